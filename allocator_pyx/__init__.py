@@ -1,0 +1,1 @@
+"""mbuma: a UMA-style slab allocator and mbufs, in Cython."""
