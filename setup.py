@@ -1,10 +1,13 @@
 """Build the Cython extensions of allocator_pyx/ and forwarder/."""
+import os
 from pathlib import Path
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 HERE = Path(__file__).parent
+# MBUMA_EXT=allocator_pyx.uma,forwarder.route builds only those modules (development aid).
+ONLY = [m for m in os.environ.get("MBUMA_EXT", "").split(",") if m]
 
 
 def extensions() -> list[Extension]:
@@ -12,6 +15,8 @@ def extensions() -> list[Extension]:
     for pyx in sorted(HERE.glob("allocator_pyx/*.pyx")) + sorted(HERE.glob("forwarder/*.pyx")):
         rel = pyx.relative_to(HERE)
         module = ".".join(rel.with_suffix("").parts)
+        if ONLY and module not in ONLY:
+            continue
         exts.append(Extension(module, [str(rel)],
                               extra_compile_args=["-O2", "-g0", "-Wno-unused-function"],
                               extra_link_args=["-lpthread"]))

@@ -195,13 +195,18 @@ cdef uma_slab *slab_of(uma_keg *keg, void *item) noexcept nogil
 cdef bint keg_owns(uma_keg *keg, void *item) noexcept nogil
 
 # --- Python-visible handles (safe for tools and tests) -------------------------
+cdef class Item
+
 cdef class Zone:
     cdef uma_zone *zone
     cdef bint owner             # created from Python: destroyed with the object
     cdef object __weakref__
+    cdef void _check(self) except *
+    cdef uint32_t *_refcnt(self, Item item) except NULL
 
 cdef class Item:
     cdef void *ptr              # NULL once freed: a freed handle raises
     cdef readonly Zone zone
+    cdef void _check(self) except *
 
 cdef Zone zone_wrap(uma_zone *z)

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install everything the router, its lab and its tests need (run as root on Debian).
+#   Debian tools: iproute2, ping, traceroute, iperf3, gcc (only those missing).
+#   Python: this package, built in place with its Cython extensions, plus the test extra.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v ip >/dev/null         || need+=(iproute2)
+command -v ping >/dev/null       || need+=(iputils-ping)
+command -v traceroute >/dev/null || need+=(traceroute)
+command -v iperf3 >/dev/null     || need+=(iperf3)
+command -v gcc >/dev/null        || need+=(gcc)
+python3 -c 'import sysconfig,os,sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"],"Python.h")))' \
+                                 || need+=(python3-dev)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "install.sh: installing Debian packages: ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+pip_flags=(--quiet --disable-pip-version-check --root-user-action=ignore)
+# Debian's own python3 refuses system-wide pip installs (PEP 668); this is a
+# dedicated router/lab machine, so install anyway.
+if python3 -c 'import sysconfig,os,sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["stdlib"],"EXTERNALLY-MANAGED")))'; then
+    pip_flags+=(--break-system-packages)
+fi
+echo "install.sh: pip install -e '.[test]' (builds the Cython extensions)"
+python3 -m pip install "${pip_flags[@]}" -e '.[test]'
