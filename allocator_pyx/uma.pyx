@@ -19,6 +19,12 @@ A zone's zinit/zfini may allocate from or free to *another* zone while this
 zone's lock is held (the Packet zone attaches clusters that way); so a zone
 must never be stacked, through its hooks, on a zone that calls back into it.
 
+Caches work as Bonwick's magazines: allocations pop from and frees push to
+the alloc ("loaded") bucket, so an item freed is the next one handed out while
+it is still in the CPU cache; the free bucket is the spare that is swapped in
+when the loaded one runs empty or full, and only when both are empty (full)
+is a bucket exchanged with the zone under its lock.
+
 Bucket sizing.  A new bucket holds clamp(256 KiB / item size, 16, 256)
 entries: 256 mbufs, 128 clusters, 64 page-size jumbos, 28 9k and 16 16k
 jumbos.  Two buckets per thread per zone bound what one thread can sit on to
@@ -734,8 +740,9 @@ cdef void *cache_alloc_slow(uma_zone *zone, void *arg, int flags, int64_t timeou
 
 
 cdef void cache_free_slow(uma_zone *zone, void *item) noexcept nogil:
-    """The free bucket is full (or missing): swap with an empty alloc
-    bucket, or hand the full bucket to the zone for an empty one."""
+    """The alloc bucket is full (or missing).  If the free bucket has room
+    the two swap; otherwise the full free bucket goes to the zone, the full
+    alloc bucket becomes the free bucket and an empty one is loaded."""
     cdef uma_cache *c
     cdef uma_bucket *b
     if zone.uz_slow:
@@ -745,23 +752,24 @@ cdef void cache_free_slow(uma_zone *zone, void *item) noexcept nogil:
     if c == NULL:
         zone_free_item(zone, item, NULL, False)
         return
-    b = c.uc_allocbucket
-    if c.uc_freebucket != NULL and b != NULL and b.ub_cnt == 0:
-        c.uc_allocbucket = c.uc_freebucket
-        c.uc_freebucket = b
+    b = c.uc_freebucket
+    if b != NULL and b.ub_cnt < b.ub_entries:
+        c.uc_freebucket = c.uc_allocbucket
+        c.uc_allocbucket = b
     else:
         lock(&zone.uz_lock)
-        if c.uc_freebucket != NULL:
-            zone_take_bucket(zone, c.uc_freebucket)
+        if b != NULL:
+            zone_take_bucket(zone, b)
+        c.uc_freebucket = c.uc_allocbucket
         b = bucket_pop(&zone.uz_empty_bucket)
         if b == NULL:
             b = bucket_alloc(zone.uz_bucket_size)
-        c.uc_freebucket = b
+        c.uc_allocbucket = b
         unlock(&zone.uz_lock)
         if b == NULL:
             zone_free_item(zone, item, NULL, False)
             return
-    b = c.uc_freebucket
+    b = c.uc_allocbucket
     b.ub_bucket[b.ub_cnt] = item
     b.ub_cnt += 1
     c.uc_frees += 1
@@ -812,7 +820,7 @@ cdef void uma_zfree_arg(uma_zone *zone, void *item, void *arg) noexcept nogil:
         zone.uz_dtor(item, zone.uz_size, arg)
     if uma_likely(t != NULL and not zone.uz_slow):
         c = &t.ut_cache[zone.uz_id]
-        b = c.uc_freebucket
+        b = c.uc_allocbucket       # LIFO: the next alloc gets this item, cache-hot
         if uma_likely(b != NULL and b.ub_cnt < b.ub_entries):
             b.ub_bucket[b.ub_cnt] = item
             b.ub_cnt += 1

@@ -1,0 +1,1 @@
+"""forwarder: a userspace IPv4 router between Linux TAP devices, on mbufs."""
