@@ -1,0 +1,645 @@
+"""The router's TOML configuration: parsing, validation, errors with file:line.
+
+The contract (see configs/router.toml for a commented example)::
+
+    [router]            name (required), socket, log_level
+    [sysctl]            FreeBSD tunable names, dotted or quoted keys
+    [metrics]           listen = "127.0.0.1:9477"   (optional)
+    [[interface]]       name, addresses, mtu, mac, netns
+    [[route]]           prefix + exactly one of via / interface / type
+
+:func:`load_config` returns a :class:`Config` or raises :class:`ConfigError`
+listing every problem found, each as ``file:line: key: what is wrong``.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import re
+import tomllib
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from forwarder import sysctl
+from forwarder.tomlpos import Locator
+
+log = logging.getLogger(__name__)
+
+SOCKET_DIR = Path("/run/forwarder")
+NETNS_DIR = Path("/var/run/netns")
+IFNAMSIZ = 16                      # including the terminating NUL
+# The largest frame must fit a 16k jumbo cluster (MJUM16BYTES) with its Ethernet header.
+MTU_MIN, MTU_MAX, MTU_DEFAULT = 68, 16000, 1500
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+ROUTE_TYPES = ("blackhole", "unreachable", "prohibit")
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$")
+
+# --- errors --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One validation failure: where, which key, and what is allowed."""
+    file: str | None
+    line: int | None
+    key: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.file is not None else "command line"
+        if self.line is not None:
+            where += f":{self.line}"
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The config cannot be used; ``problems`` lists every reason (first one first)."""
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+    @property
+    def file(self) -> str | None:
+        return self.problems[0].file
+
+    @property
+    def line(self) -> int | None:
+        return self.problems[0].line
+
+    @property
+    def key(self) -> str | None:
+        return self.problems[0].key
+
+
+# --- the model -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    name: str
+    socket: Path
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class Interface:
+    name: str
+    addresses: tuple[IPv4Interface, ...]
+    mtu: int = MTU_DEFAULT
+    mac: str = ""                 # the router's MAC on this link, lower case
+    mac_generated: bool = False   # True when derived from the names
+    netns: str | None = None      # where the TAP's kernel side goes: a name or a path
+
+    @property
+    def networks(self) -> tuple[IPv4Network, ...]:
+        return tuple(a.network for a in self.addresses)
+
+    @property
+    def netns_path(self) -> str | None:
+        """The namespace as a file: names live under /var/run/netns."""
+        if self.netns is None:
+            return None
+        return self.netns if "/" in self.netns else str(NETNS_DIR / self.netns)
+
+
+@dataclass(frozen=True)
+class Route:
+    prefix: IPv4Network
+    via: IPv4Address | None = None
+    interface: str | None = None
+    type: str = "unicast"         # unicast | blackhole | unreachable | prohibit
+
+
+@dataclass(frozen=True)
+class Metrics:
+    listen: str | None = None
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) to bind, or None when metrics are off."""
+        return None if self.listen is None else _split_hostport(self.listen)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path | None
+    router: RouterConfig
+    interfaces: tuple[Interface, ...]
+    routes: tuple[Route, ...]
+    sysctl: dict[str, int] = field(default_factory=dict)   # values set by the file and -o
+    metrics: Metrics = Metrics()
+
+    def interface(self, name: str) -> Interface:
+        for itf in self.interfaces:
+            if itf.name == name:
+                return itf
+        raise KeyError(name)
+
+    def connected(self) -> list[tuple[IPv4Interface, Interface]]:
+        """Every configured address with the interface it is on."""
+        return [(addr, itf) for itf in self.interfaces for addr in itf.addresses]
+
+    def interface_for(self, address: IPv4Address) -> Interface | None:
+        """The interface whose connected prefix holds ``address`` (a gateway)."""
+        for addr, itf in self.connected():
+            if address in addr.network:
+                return itf
+        return None
+
+    def sysctl_tree(self, physmem: int | None = None) -> sysctl.SysctlTree:
+        """A tree with the defaults overlaid by this config's values."""
+        return sysctl.SysctlTree(self.sysctl, physmem=physmem)
+
+
+# --- helpers -------------------------------------------------------------------
+
+
+def generate_mac(ifname: str, router: str = "") -> str:
+    """A stable, locally administered unicast MAC derived from the names."""
+    digest = hashlib.sha256(f"{router}/{ifname}".encode()).digest()
+    octets = [(digest[0] & 0xFC) | 0x02] + list(digest[1:6])
+    return ":".join(f"{o:02x}" for o in octets)
+
+
+def _split_hostport(text: str) -> tuple[str, int]:
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", text)
+    if not m:
+        raise ValueError(f"{text!r}: expected HOST:PORT (e.g. 127.0.0.1:9477)")
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{text!r}: port {port} out of range (1..65535)")
+    return host, port
+
+
+def _type_name(value: object) -> str:
+    return {bool: "boolean", int: "integer", float: "float", str: "string",
+            list: "array", dict: "table"}.get(type(value), type(value).__name__)
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``{"kern": {"ipc": {"nmbclusters": 0}}}`` -> ``[("kern.ipc.nmbclusters", 0)]``."""
+    out: list[tuple[str, Any]] = []
+    for key, value in table.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            out.extend(_flatten(value, name))
+        else:
+            out.append((name, value))
+    return out
+
+
+def _path_text(path: tuple[str | int, ...]) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+# --- the validator -------------------------------------------------------------
+
+
+class _Reader:
+    """Validates a parsed document, collecting problems with their lines."""
+
+    def __init__(self, doc: dict[str, Any], text: str, file: str | None) -> None:
+        self.doc = doc
+        self.file = file
+        self.shown = file if file is not None else "<config>"
+        self.locator = Locator(text)
+        self.problems: list[Problem] = []
+
+    # reporting
+    def error(self, path: tuple[str | int, ...], message: str, *,
+              line: int | None = None, key: str | None = None) -> None:
+        if line is None:
+            line = self.locator.line_of(path)
+        self.problems.append(Problem(self.shown, line, key or _path_text(path), message))
+
+    def unknown_keys(self, table: Mapping[str, Any], allowed: Iterable[str],
+                     path: tuple[str | int, ...]) -> None:
+        allowed = tuple(allowed)
+        for key in table:
+            if key not in allowed:
+                self.error(path + (key,), f"unknown key (allowed: {', '.join(allowed)})")
+
+    def table(self, path: tuple[str, ...]) -> dict[str, Any] | None:
+        value = self.doc.get(path[0])
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            self.error(path, f"must be a table [{path[0]}], not {_type_name(value)}")
+            return None
+        return value
+
+    def array_of_tables(self, name: str) -> list[dict[str, Any]]:
+        value = self.doc.get(name, [])
+        if isinstance(value, dict):
+            self.error((name,), f"must be an array of tables: write [[{name}]], not [{name}]")
+            return []
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            self.error((name,), f"must be an array of tables ([[{name}]])")
+            return []
+        return value
+
+    def string(self, table: Mapping[str, Any], key: str, path: tuple[str | int, ...], *,
+               required: bool = False) -> str | None:
+        if key not in table:
+            if required:
+                self.error(path, f"missing required key '{key}'", key=_path_text(path + (key,)))
+            return None
+        value = table[key]
+        if not isinstance(value, str):
+            self.error(path + (key,), f"must be a string, not {_type_name(value)}")
+            return None
+        return value
+
+    def integer(self, table: Mapping[str, Any], key: str, path: tuple[str | int, ...],
+                lo: int, hi: int, default: int) -> int:
+        if key not in table:
+            return default
+        value = table[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.error(path + (key,), f"must be an integer ({lo}..{hi}), not {_type_name(value)}")
+            return default
+        if not lo <= value <= hi:
+            self.error(path + (key,), f"{value} out of range ({lo}..{hi})")
+            return default
+        return value
+
+    # sections
+    def read(self, overrides: list[str]) -> Config | None:
+        self.unknown_keys(self.doc, ("router", "sysctl", "metrics", "interface", "route"), ())
+        values = self.read_sysctl()
+        self.apply_overrides(values, overrides)
+        router = self.read_router()
+        metrics = self.read_metrics()
+        interfaces = self.read_interfaces(router.name if router else "")
+        routes = self.read_routes(interfaces)
+        self.check_limits(values, interfaces, routes)
+        if self.problems or router is None:
+            return None
+        return Config(path=Path(self.file) if self.file else None, router=router,
+                      interfaces=tuple(interfaces), routes=tuple(routes),
+                      sysctl=values, metrics=metrics)
+
+    def read_router(self) -> RouterConfig | None:
+        path = ("router",)
+        table = self.table(path)
+        if table is None:
+            if "router" not in self.doc:
+                self.error(path, "missing required table [router] with name = \"...\"", line=1)
+            return None
+        self.unknown_keys(table, ("name", "socket", "log_level"), path)
+        name = self.string(table, "name", path, required=True)
+        if name is not None and not _NAME_RE.match(name):
+            self.error(path + ("name",),
+                       f"{name!r} is not a valid router name "
+                       "(letters, digits, '_', '.', '-'; at most 64; no leading punctuation)")
+            name = None
+        socket = self.string(table, "socket", path)
+        if socket is not None and not socket.startswith("/"):
+            self.error(path + ("socket",), f"{socket!r} must be an absolute path")
+            socket = None
+        level = self.string(table, "log_level", path) or "info"
+        if level.lower() not in LOG_LEVELS:
+            self.error(path + ("log_level",),
+                       f"{level!r} is not a log level ({', '.join(LOG_LEVELS)})")
+            level = "info"
+        if name is None:
+            return None
+        return RouterConfig(name=name,
+                            socket=Path(socket) if socket else SOCKET_DIR / f"{name}.sock",
+                            log_level=level.lower())
+
+    def read_metrics(self) -> Metrics:
+        path = ("metrics",)
+        table = self.table(path)
+        if table is None:
+            return Metrics()
+        self.unknown_keys(table, ("listen",), path)
+        listen = self.string(table, "listen", path)
+        if listen is not None:
+            try:
+                _split_hostport(listen)
+            except ValueError as e:
+                self.error(path + ("listen",), str(e))
+                listen = None
+        return Metrics(listen=listen)
+
+    def read_sysctl(self) -> dict[str, int]:
+        table = self.table(("sysctl",))
+        values: dict[str, int] = {}
+        if table is None:
+            return values
+        seen: set[str] = set()
+        for name, raw in _flatten(table):
+            line = self.locator.line_of_flat(("sysctl",), name)
+            key = f"sysctl.{name}"
+            if name in seen:
+                # tomllib keeps both `a.b = 1` and `"a.b" = 2`: the later one is the duplicate
+                line = self._second_spelling_line(name) or line
+                self.error(("sysctl",), "set twice (dotted and quoted spellings of one name)",
+                           line=line, key=key)
+                continue
+            seen.add(name)
+            try:
+                tunable = sysctl.lookup(name)
+                if isinstance(raw, (list, float)) or (
+                        isinstance(raw, bool) and tunable.type is not bool):
+                    raise sysctl.SysctlError(
+                        f"must be {'an integer' if tunable.type is int else 'a boolean'} "
+                        f"({tunable.allowed()}), not {_type_name(raw)}")
+                values[name] = tunable.parse(raw)
+            except sysctl.SysctlError as e:
+                self.error(("sysctl",), _strip_name(str(e), name), line=line, key=key)
+        return values
+
+    def _second_spelling_line(self, name: str) -> int | None:
+        lines = sorted(line for path, line in self.locator.lines.items()
+                       if path[:1] == ("sysctl",) and len(path) > 1
+                       and ".".join(str(p) for p in path[1:]) == name)
+        return lines[-1] if lines else None
+
+    def apply_overrides(self, values: dict[str, int], overrides: list[str]) -> None:
+        for text in overrides:
+            try:
+                name, raw = sysctl.parse_assignment(text)
+                values[name] = sysctl.lookup(name).parse(raw)
+                log.debug("override %s = %s", name, raw)
+            except sysctl.SysctlError as e:
+                name = text.partition("=")[0].strip()
+                self.problems.append(Problem(None, None, f"-o {text}", _strip_name(str(e), name)))
+
+    def read_interfaces(self, router_name: str) -> list[Interface]:
+        interfaces: list[Interface] = []
+        seen_names: dict[str, int] = {}
+        seen_macs: dict[str, int] = {}
+        connected: list[tuple[IPv4Network, IPv4Interface, int]] = []
+        for i, table in enumerate(self.array_of_tables("interface")):
+            path: tuple[str | int, ...] = ("interface", i)
+            self.unknown_keys(table, ("name", "addresses", "mtu", "mac", "netns"), path)
+            name = self.string(table, "name", path, required=True)
+            if name is not None:
+                if not 1 <= len(name) < IFNAMSIZ:
+                    self.error(path + ("name",),
+                               f"{name!r} is {len(name)} characters; interface names "
+                               f"have 1..{IFNAMSIZ - 1}")
+                elif "/" in name or any(c.isspace() for c in name) or name in (".", ".."):
+                    self.error(path + ("name",), f"{name!r}: no '/', whitespace, '.' or '..'")
+                elif name in seen_names:
+                    self.error(path + ("name",), f"duplicate interface name {name!r} "
+                                                 f"(also interface[{seen_names[name]}])")
+                else:
+                    seen_names[name] = i
+            addresses = self.read_addresses(table, path, connected)
+            mtu = self.integer(table, "mtu", path, MTU_MIN, MTU_MAX, MTU_DEFAULT)
+            mac = self.string(table, "mac", path)
+            generated = False
+            if mac is not None:
+                mac = self.check_mac(mac, path + ("mac",))
+            if mac is None:
+                mac, generated = generate_mac(name or str(i), router_name), True
+            if mac in seen_macs and not generated:
+                self.error(path + ("mac",),
+                           f"{mac} is also the MAC of interface[{seen_macs[mac]}]")
+            seen_macs.setdefault(mac, i)
+            netns = self.string(table, "netns", path)
+            if netns is not None:
+                netns = self.check_netns(netns, path + ("netns",))
+            interfaces.append(Interface(name=name or "", addresses=tuple(addresses), mtu=mtu,
+                                        mac=mac, mac_generated=generated, netns=netns))
+        return interfaces
+
+    def read_addresses(self, table: Mapping[str, Any], path: tuple[str | int, ...],
+                       connected: list[tuple[IPv4Network, IPv4Interface, int]]
+                       ) -> list[IPv4Interface]:
+        if "addresses" not in table:
+            self.error(path, "missing required key 'addresses' "
+                             "(a list like [\"10.1.0.1/24\"])", key=_path_text(path + ("addresses",)))
+            return []
+        raw = table["addresses"]
+        if isinstance(raw, str):
+            raw = [raw]
+        if not isinstance(raw, list) or not raw:
+            self.error(path + ("addresses",),
+                       "must be a non-empty list of IPv4 addresses with prefix length "
+                       "(e.g. [\"10.1.0.1/24\"])")
+            return []
+        out: list[IPv4Interface] = []
+        for j, text in enumerate(raw):
+            apath = path + ("addresses", j)
+            addr = self.parse_address(text, apath)
+            if addr is None:
+                continue
+            for net, other, k in connected:
+                if addr.network.overlaps(net):
+                    self.error(apath, f"{addr} overlaps {other} on interface[{k}] "
+                                      "(connected prefixes must be disjoint)")
+                    break
+            else:
+                connected.append((addr.network, addr, int(path[1])))
+                out.append(addr)
+        return out
+
+    def parse_address(self, text: object, path: tuple[str | int, ...]) -> IPv4Interface | None:
+        if not isinstance(text, str) or "/" not in text:
+            self.error(path, f"{text!r}: expected an IPv4 address with prefix length "
+                             "(e.g. \"10.1.0.1/24\")")
+            return None
+        try:
+            addr = IPv4Interface(text)
+        except (ipaddress.AddressValueError, ipaddress.NetmaskValueError, ValueError) as e:
+            self.error(path, f"{text!r} is not an IPv4 address/prefix ({e})")
+            return None
+        ip, net = addr.ip, addr.network
+        if ip.is_multicast or ip.is_loopback or ip.is_unspecified or ip.is_reserved \
+                or ip == IPv4Address("255.255.255.255"):
+            self.error(path, f"{text}: not a unicast host address")
+            return None
+        if net.prefixlen < 31 and ip in (net.network_address, net.broadcast_address):
+            kind = "network" if ip == net.network_address else "broadcast"
+            self.error(path, f"{text} is the {kind} address of {net}; use a host address")
+            return None
+        return addr
+
+    def check_mac(self, mac: str, path: tuple[str | int, ...]) -> str | None:
+        if not _MAC_RE.match(mac):
+            self.error(path, f"{mac!r} is not a MAC address (xx:xx:xx:xx:xx:xx)")
+            return None
+        mac = mac.lower().replace("-", ":")
+        first = int(mac[:2], 16)
+        if first & 1 or mac == "00:00:00:00:00:00":
+            self.error(path, f"{mac} is not a unicast address (the low bit of the first octet "
+                             "must be 0, and not all zero)")
+            return None
+        return mac
+
+    def check_netns(self, netns: str, path: tuple[str | int, ...]) -> str | None:
+        if "/" in netns:
+            if not netns.startswith("/"):
+                self.error(path, f"{netns!r}: a namespace path must be absolute "
+                                 "(e.g. /proc/PID/ns/net)")
+                return None
+        elif not netns or netns in (".", "..") or any(c.isspace() for c in netns):
+            self.error(path, f"{netns!r}: a namespace name (under /var/run/netns) "
+                             "or an absolute path such as /proc/PID/ns/net")
+            return None
+        return netns
+
+    def read_routes(self, interfaces: list[Interface]) -> list[Route]:
+        routes: list[Route] = []
+        seen: dict[IPv4Network, int] = {}
+        names = {itf.name for itf in interfaces}
+        own = {a.ip for itf in interfaces for a in itf.addresses}
+        connected = {a.network: itf.name for itf in interfaces for a in itf.addresses}
+        for i, table in enumerate(self.array_of_tables("route")):
+            path: tuple[str | int, ...] = ("route", i)
+            self.unknown_keys(table, ("prefix", "via", "interface", "type"), path)
+            prefix = self.read_prefix(table, path)
+            targets = [k for k in ("via", "interface", "type") if k in table]
+            if len(targets) != 1:
+                found = f"has {', '.join(targets)}" if targets else "has none"
+                self.error(path, f"exactly one of via, interface, type is required ({found})",
+                           key=_path_text(path))
+                continue
+            target = targets[0]
+            value = self.string(table, target, path)
+            if value is None:
+                continue
+            route: Route | None = None
+            if target == "via":
+                route = self.read_via(value, prefix, path + ("via",), own, list(connected))
+            elif target == "interface":
+                if value not in names:
+                    known = ", ".join(sorted(names)) or "none configured"
+                    self.error(path + ("interface",),
+                               f"{value!r} is not a configured interface ({known})")
+                elif prefix is not None:
+                    route = Route(prefix=prefix, interface=value)
+            elif value not in ROUTE_TYPES:
+                self.error(path + ("type",),
+                           f"{value!r} is not a route type ({', '.join(ROUTE_TYPES)})")
+            elif prefix is not None:
+                route = Route(prefix=prefix, type=value)
+            if route is None or prefix is None:
+                continue
+            if prefix in seen:
+                self.error(path + ("prefix",), f"{prefix} is also route[{seen[prefix]}]")
+                continue
+            if prefix in connected:
+                self.error(path + ("prefix",),
+                           f"{prefix} is the connected prefix of {connected[prefix]}")
+                continue
+            seen[prefix] = i
+            routes.append(route)
+        return routes
+
+    def read_prefix(self, table: Mapping[str, Any], path: tuple[str | int, ...]
+                    ) -> IPv4Network | None:
+        text = self.string(table, "prefix", path, required=True)
+        if text is None:
+            return None
+        if text == "default":
+            return IPv4Network("0.0.0.0/0")
+        try:
+            return IPv4Network(text)
+        except ValueError as e:
+            hint = ""
+            try:
+                hint = f"; did you mean {IPv4Network(text, strict=False)}?"
+            except ValueError:
+                pass
+            reason = "host bits set" if "host bits" in str(e) else str(e)
+            self.error(path + ("prefix",), f"{text!r}: {reason} (a network like 10.3.0.0/16 "
+                                           f"or \"default\"){hint}")
+            return None
+
+    def read_via(self, text: str, prefix: IPv4Network | None, path: tuple[str | int, ...],
+                 own: set[IPv4Address], nets: list[IPv4Network]) -> Route | None:
+        try:
+            via = IPv4Address(text)
+        except ValueError:
+            self.error(path, f"{text!r} is not an IPv4 address")
+            return None
+        if via in own:
+            self.error(path, f"{via} is one of the router's own addresses")
+            return None
+        match = [n for n in nets if via in n]
+        if not match:
+            self.error(path, f"{via} is not on any connected prefix")
+            return None
+        net = match[0]
+        if net.prefixlen < 31 and via in (net.network_address, net.broadcast_address):
+            self.error(path, f"{via} is the network or broadcast address of {net}")
+            return None
+        return None if prefix is None else Route(prefix=prefix, via=via)
+
+    def check_limits(self, values: Mapping[str, int], interfaces: list[Interface],
+                     routes: list[Route]) -> None:
+        max_if = values.get("net.link.max_interfaces",
+                            sysctl.REGISTRY["net.link.max_interfaces"].default_value())
+        if len(interfaces) > max_if:
+            self.error(("interface", max_if),
+                       f"{len(interfaces)} interfaces exceed net.link.max_interfaces ({max_if})",
+                       key="interface")
+        max_routes = values.get("net.route.max_routes",
+                                sysctl.REGISTRY["net.route.max_routes"].default_value())
+        if len(routes) > max_routes:
+            self.error(("route", max_routes),
+                       f"{len(routes)} routes exceed net.route.max_routes ({max_routes})",
+                       key="route")
+
+
+def _strip_name(message: str, name: str) -> str:
+    """SysctlError messages start with the name, which the Problem already shows."""
+    return message[len(name) + 2:] if message.startswith(name + ": ") else message
+
+
+_SYNTAX_POS = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
+_SYNTAX_EOF = re.compile(r"\s*\(at end of document\)\s*$")
+
+
+def parse_config(text: str, file: str | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Validate config text; ``file`` names it in errors."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        message, line = str(e), None
+        m = _SYNTAX_POS.search(message)
+        if m:
+            line = int(m.group(1))
+            message = message[:m.start()] + f" (column {m.group(2)})"
+        elif _SYNTAX_EOF.search(message):
+            line = text.count("\n") + 1
+            message = _SYNTAX_EOF.sub(" (at end of document)", message)
+        raise ConfigError([Problem(file if file is not None else "<config>", line, None,
+                                   f"TOML syntax error: {message}")]) from None
+    reader = _Reader(doc, text, file)
+    config = reader.read(list(overrides))
+    if reader.problems or config is None:
+        # file order; command-line problems last
+        problems = sorted(reader.problems, key=lambda p: (p.file is None, p.line or 0))
+        raise ConfigError(problems)
+    return config
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
+    """Read and validate a config file; ``overrides`` are ``name=value`` tunables (-o)."""
+    file = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError([Problem(file, None, None, f"cannot read: {e.strerror or e}")]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ConfigError([Problem(file, line, None, "not valid UTF-8")]) from None
+    return parse_config(text, file, overrides)

@@ -1,0 +1,468 @@
+"""Network namespaces, TAP devices and links, through pyroute2.
+
+A namespace is named by a *spec*: a name under /var/run/netns (``"h1"``) or an
+absolute path (``"/proc/1234/ns/net"``, a container's namespace).  ``None``
+means the namespace the calling thread is in.
+
+* :func:`tap_open` opens a TAP through /dev/net/tun inside a namespace: it
+  enters the namespace on the calling thread only (setns(2)), creates the
+  device with TUNSETIFF, and returns to the thread's own namespace.
+* :func:`link_set`, :func:`link_move`, :func:`configure_host` and
+  :func:`add_veth` configure links over netlink in the right namespace.
+* :class:`Topology` builds throw-away namespaces for tests and benchmarks and
+  removes everything it made on exit, on an exception or on KeyboardInterrupt.
+
+A TAP lives as long as its file descriptor: closing the fd removes the device
+from whatever namespace it is in, and destroying the namespace that holds the
+device unregisters it (the fd then reads EBADFD).
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import logging
+import os
+import signal
+import struct
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface
+from typing import Iterable, Iterator, Sequence
+
+from pyroute2 import IPRoute
+from pyroute2 import netns as _pyr_netns
+
+log = logging.getLogger(__name__)
+
+NETNS_RUN_DIR = "/var/run/netns"
+CLONE_NEWNET = 0x40000000
+
+# <linux/if_tun.h>
+TUNSETIFF = 0x400454CA
+IFF_TUN = 0x0001
+IFF_TAP = 0x0002
+IFF_MULTI_QUEUE = 0x0100
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+IFF_UP = 0x1
+IFNAMSIZ = 16
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+class NetnsError(OSError):
+    """A namespace or link operation failed."""
+
+
+# --- namespaces --------------------------------------------------------------------
+
+def netns_path(spec: str) -> str:
+    """The file of a namespace: names live under /var/run/netns, paths stay."""
+    if "/" in spec:
+        return spec
+    return os.path.join(NETNS_RUN_DIR, spec)
+
+
+def netns_exists(spec: str) -> bool:
+    return os.path.exists(netns_path(spec))
+
+
+def list_netns() -> list[str]:
+    return sorted(_pyr_netns.listnetns())
+
+
+def create_netns(name: str, *, loopback_up: bool = True) -> str:
+    """Create a named namespace (FileExistsError if it exists); return its path."""
+    if "/" in name or not name:
+        raise ValueError(f"{name!r}: a namespace name has no '/'")
+    if netns_exists(name):
+        raise FileExistsError(errno.EEXIST, "network namespace exists", name)
+    _pyr_netns.create(name)
+    log.debug("netns %s created", name)
+    if loopback_up:
+        link_set("lo", name, up=True)
+    return netns_path(name)
+
+
+def remove_netns(name: str, *, missing_ok: bool = True) -> None:
+    """Unmount and unlink a named namespace; it dies with its last user."""
+    if not netns_exists(name):
+        if missing_ok:
+            return
+        raise FileNotFoundError(errno.ENOENT, "no such network namespace", name)
+    _pyr_netns.remove(name)
+    log.debug("netns %s removed", name)
+
+
+def _setns(fd: int) -> None:
+    if hasattr(os, "setns"):  # Python >= 3.12
+        os.setns(fd, CLONE_NEWNET)
+        return
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise NetnsError(err, f"setns: {os.strerror(err)}")
+
+
+@contextlib.contextmanager
+def enter_netns(spec: str | None) -> Iterator[None]:
+    """Run the body with the calling *thread* in namespace ``spec``, then return.
+
+    setns(2) changes the namespace of the calling thread only; sockets and
+    devices created in the body belong to ``spec`` and stay there.
+    """
+    if spec is None:
+        yield
+        return
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        target = os.open(netns_path(spec), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _setns(target)
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            try:
+                _setns(own)
+            except OSError as e:  # the thread would keep working in the wrong namespace
+                log.critical("cannot return to the original network namespace: %s", e)
+                raise RuntimeError("cannot restore the thread's network namespace") from e
+    finally:
+        os.close(own)
+
+
+def iproute(spec: str | None = None) -> IPRoute:
+    """An IPRoute whose netlink socket is in namespace ``spec`` (never creates it)."""
+    if spec is None:
+        return IPRoute()
+    if not netns_exists(spec):
+        raise FileNotFoundError(errno.ENOENT, "no such network namespace", spec)
+    return IPRoute(netns=netns_path(spec), flags=0)
+
+
+# --- links -------------------------------------------------------------------------
+
+def _index(ipr: IPRoute, ifname: str, spec: str | None) -> int:
+    found = ipr.link_lookup(ifname=ifname)
+    if not found:
+        raise NetnsError(errno.ENODEV, f"no link {ifname!r} in netns {spec or '(current)'}")
+    return found[0]
+
+
+def tap_open(name: str, netns: str | None = None, *, extra_flags: int = 0) -> int:
+    """Create (or attach to) TAP ``name`` in namespace ``netns``; return its fd.
+
+    The fd is non-blocking and close-on-exec, IFF_TAP | IFF_NO_PI: one read()
+    is one Ethernet frame.  ``extra_flags`` may add IFF_VNET_HDR or
+    IFF_MULTI_QUEUE.
+    """
+    encoded = name.encode()
+    if not 0 < len(encoded) < IFNAMSIZ:
+        raise ValueError(f"{name!r}: interface names have 1..{IFNAMSIZ - 1} bytes")
+    ifr = struct.pack("16sH22x", encoded, IFF_TAP | IFF_NO_PI | extra_flags)
+    with enter_netns(netns):
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(fd, TUNSETIFF, ifr)
+        except OSError:
+            os.close(fd)
+            raise
+    log.debug("tap %s opened in netns %s (fd %d)", name, netns or "(current)", fd)
+    return fd
+
+
+def link_set(ifname: str, netns: str | None = None, *, up: bool | None = None,
+             mtu: int | None = None, mac: str | None = None) -> None:
+    """Set MTU / MAC / state of a link; None leaves that attribute alone."""
+    with iproute(netns) as ipr:
+        idx = _index(ipr, ifname, netns)
+        attrs: dict[str, object] = {}
+        if mtu is not None:
+            attrs["mtu"] = mtu
+        if mac is not None:
+            attrs["address"] = mac
+        if attrs:
+            ipr.link("set", index=idx, **attrs)
+        if up is not None:
+            ipr.link("set", index=idx, state="up" if up else "down")
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    index: int
+    name: str
+    mac: str
+    mtu: int
+    up: bool
+    addresses: tuple[IPv4Interface, ...]
+
+
+def link_info(ifname: str, netns: str | None = None) -> LinkInfo | None:
+    """What a link looks like in ``netns``, or None when it is not there."""
+    with iproute(netns) as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            return None
+        link = ipr.get_links(found[0])[0]
+        addrs = tuple(
+            IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
+            for a in ipr.get_addr(index=found[0], family=2))
+        return LinkInfo(index=found[0], name=ifname, mac=link.get_attr("IFLA_ADDRESS"),
+                        mtu=link.get_attr("IFLA_MTU"), up=bool(link["flags"] & IFF_UP),
+                        addresses=addrs)
+
+
+def wait_link(ifname: str, netns: str | None, timeout: float = 5.0) -> LinkInfo:
+    """Poll until ``ifname`` shows up in ``netns`` (e.g. after a router moved it there)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = link_info(ifname, netns)
+        if info is not None:
+            return info
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"link {ifname!r} did not appear in netns {netns!r}")
+        time.sleep(0.05)
+
+
+def link_move(ifname: str, dst: str, src: str | None = None) -> None:
+    """Move link ``ifname`` from namespace ``src`` into ``dst`` (a name or a path).
+
+    An open TAP fd keeps working after its device moved.
+    """
+    with iproute(src) as ipr:
+        idx = _index(ipr, ifname, src)
+        fd = os.open(netns_path(dst), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            ipr.link("set", index=idx, net_ns_fd=fd)
+        finally:
+            os.close(fd)
+    log.debug("link %s moved from %s to %s", ifname, src or "(current)", dst)
+
+
+def configure_host(ifname: str, netns: str, addresses: Iterable[str | IPv4Interface], *,
+                   gateway: str | IPv4Address | None = None, mtu: int | None = None,
+                   mac: str | None = None, routes: Iterable[tuple[str, str]] = (),
+                   ipv6: bool = False) -> None:
+    """Configure a host's end of a link inside ``netns``.
+
+    Loopback and the link go up, the addresses are added, and ``gateway``
+    becomes the default route; ``routes`` adds (prefix, gateway) pairs.
+    With ``ipv6=False`` (the default) IPv6 is disabled on the link, so the host
+    sends no router solicitations or MLD reports through it.
+    """
+    if not ipv6:
+        _write_proc(netns, f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6", 1)
+    with iproute(netns) as ipr:
+        lo = ipr.link_lookup(ifname="lo")
+        if lo:
+            ipr.link("set", index=lo[0], state="up")
+        idx = _index(ipr, ifname, netns)
+        attrs: dict[str, object] = {}
+        if mtu is not None:
+            attrs["mtu"] = mtu
+        if mac is not None:
+            attrs["address"] = mac
+        if attrs:
+            ipr.link("set", index=idx, **attrs)
+        for addr in addresses:
+            a = IPv4Interface(addr)
+            ipr.addr("add", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
+        ipr.link("set", index=idx, state="up")
+        if gateway is not None:
+            ipr.route("add", dst="0.0.0.0/0", gateway=str(gateway), oif=idx)
+        for prefix, via in routes:
+            ipr.route("add", dst=prefix, gateway=via, oif=idx)
+    log.debug("host side %s in %s configured (gateway %s)", ifname, netns, gateway)
+
+
+def add_veth(name_a: str, netns_a: str, name_b: str, netns_b: str) -> None:
+    """A veth pair with end ``name_a`` in ``netns_a`` and ``name_b`` in ``netns_b``.
+
+    Both namespaces must exist; the pair dies with either of them.
+    """
+    with iproute(netns_a) as ipr:
+        fd = os.open(netns_path(netns_b), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            ipr.link("add", ifname=name_a, kind="veth",
+                     peer={"ifname": name_b, "net_ns_fd": fd})
+        finally:
+            os.close(fd)
+    log.debug("veth %s@%s <-> %s@%s", name_a, netns_a, name_b, netns_b)
+
+
+def write_sysctl(netns: str | None, name: str, value: str | int) -> None:
+    """Write a Linux sysctl (``net.ipv4.ip_forward``) as seen from inside ``netns``."""
+    _write_proc(netns, "/proc/sys/" + name.replace(".", "/"), value)
+
+
+def _write_proc(netns: str | None, path: str, value: str | int) -> None:
+    with enter_netns(netns):
+        with open(path, "w", encoding="ascii") as f:
+            f.write(f"{value}\n")
+
+
+# --- running tools inside a namespace -------------------------------------------------
+
+def ns_argv(netns: str, argv: Sequence[str]) -> list[str]:
+    """argv that runs ``argv`` inside ``netns`` (ip netns exec, or nsenter for paths)."""
+    if "/" in netns:
+        return ["nsenter", f"--net={netns}", "--", *argv]
+    return ["ip", "netns", "exec", netns, *argv]
+
+
+def run_in_netns(netns: str, argv: Sequence[str], *, timeout: float = 30.0,
+                 check: bool = False, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """Run a tool (ping, iperf3, ...) inside ``netns`` and capture its output."""
+    kwargs.setdefault("capture_output", True)
+    kwargs.setdefault("text", True)
+    return subprocess.run(ns_argv(netns, argv), timeout=timeout, check=check,
+                          **kwargs)  # type: ignore[call-overload]
+
+
+def popen_in_netns(netns: str, argv: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
+    """Start a tool inside ``netns`` (a server, a traffic generator)."""
+    return subprocess.Popen(ns_argv(netns, argv), **kwargs)  # type: ignore[call-overload]
+
+
+# --- topologies ----------------------------------------------------------------------
+
+@dataclass
+class Tap:
+    name: str
+    fd: int
+    router_ns: str | None
+    host_ns: str | None
+
+
+@dataclass
+class Topology:
+    """Throw-away namespaces, TAPs, veths and processes, all undone by :meth:`close`.
+
+    Namespace names get a per-instance prefix so that parallel runs never
+    collide: ``topo.netns("h1")`` returns e.g. ``"fw3f9a1c-h1"``.
+
+        with Topology() as topo:
+            r = topo.netns("r")
+            h1 = topo.netns("h1")
+            tap = topo.tap("tap1", r, host_ns=h1, host_addresses=["10.1.0.2/24"],
+                           gateway="10.1.0.1")
+    """
+    prefix: str = field(default_factory=lambda: f"fw{uuid.uuid4().hex[:6]}-")
+    namespaces: list[str] = field(default_factory=list)
+    taps: list[Tap] = field(default_factory=list)
+    processes: list[subprocess.Popen] = field(default_factory=list)
+    _closed: bool = False
+
+    def __post_init__(self) -> None:
+        atexit.register(self.close)
+
+    def __enter__(self) -> "Topology":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def netns(self, name: str) -> str:
+        """Create namespace ``<prefix><name>`` with loopback up; return its name."""
+        full = self.prefix + name
+        create_netns(full, loopback_up=False)
+        self.namespaces.append(full)
+        link_set("lo", full, up=True)
+        return full
+
+    def anonymous_netns(self) -> str:
+        """A namespace with no name, held by a sleeping process (like a container's).
+
+        Returns its path ``/proc/PID/ns/net``; the process is killed on close.
+        """
+        proc = subprocess.Popen(["unshare", "--net", "sleep", "infinity"],
+                                stdin=subprocess.DEVNULL)
+        self.processes.append(proc)
+        own = os.stat("/proc/self/ns/net").st_ino
+        path = f"/proc/{proc.pid}/ns/net"
+        deadline = time.monotonic() + 5
+        while True:  # wait until unshare(2) happened
+            try:
+                if os.stat(path).st_ino != own:
+                    break
+            except FileNotFoundError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise NetnsError(errno.ESRCH, "unshare --net did not start")
+            time.sleep(0.01)
+        link_set("lo", path, up=True)
+        return path
+
+    def tap(self, name: str, router_ns: str, *, host_ns: str | None = None,
+            host_addresses: Iterable[str] = (), gateway: str | None = None,
+            mtu: int | None = None, host_mac: str | None = None,
+            ipv6: bool = False) -> Tap:
+        """Open TAP ``name`` in ``router_ns`` (the fd is the router's end), bring it up,
+        then optionally move the kernel side into ``host_ns`` and configure it there."""
+        fd = tap_open(name, router_ns)
+        tap = Tap(name=name, fd=fd, router_ns=router_ns, host_ns=host_ns or router_ns)
+        self.taps.append(tap)
+        if host_ns is None:  # the kernel side stays with the router
+            host_ns = router_ns
+        else:
+            link_move(name, host_ns, src=router_ns)
+        configure_host(name, host_ns, list(host_addresses), gateway=gateway,
+                       mtu=mtu, mac=host_mac, ipv6=ipv6)
+        return tap
+
+    def veth(self, name_a: str, netns_a: str, name_b: str, netns_b: str, *,
+             addresses_a: Iterable[str] = (), addresses_b: Iterable[str] = (),
+             mtu: int | None = None, ipv6: bool = False) -> None:
+        """A veth pair between two of our namespaces, configured and up."""
+        add_veth(name_a, netns_a, name_b, netns_b)
+        configure_host(name_a, netns_a, list(addresses_a), mtu=mtu, ipv6=ipv6)
+        configure_host(name_b, netns_b, list(addresses_b), mtu=mtu, ipv6=ipv6)
+
+    def popen(self, netns: str, argv: Sequence[str], **kwargs: object) -> subprocess.Popen:
+        """Start a process inside ``netns``; it is terminated on close."""
+        proc = popen_in_netns(netns, argv, **kwargs)
+        self.processes.append(proc)
+        return proc
+
+    def close(self) -> None:
+        """Undo everything: processes, TAP fds, then namespaces.  Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
+        # a second Ctrl-C must not leave namespaces behind
+        old = None
+        with contextlib.suppress(ValueError):  # not the main thread
+            old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for proc in reversed(self.processes):
+                _stop(proc)
+            for tap in reversed(self.taps):
+                with contextlib.suppress(OSError):
+                    os.close(tap.fd)
+            for name in reversed(self.namespaces):
+                try:
+                    remove_netns(name)
+                except OSError as e:
+                    log.error("cannot remove netns %s: %s", name, e)
+        finally:
+            if old is not None:
+                signal.signal(signal.SIGINT, old)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=3)

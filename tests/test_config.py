@@ -1,0 +1,517 @@
+"""Config file contract: parsing, every validation rule with file:line: key, overrides.
+
+Each bad config marks the line the error must point at with ``#!``.
+"""
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+
+import pytest
+
+from forwarder.config import (ConfigError, Interface, generate_mac, load_config,
+                              parse_config)
+from forwarder.tomlpos import Locator
+
+REPO = Path(__file__).resolve().parent.parent
+
+ROUTER = '[router]\nname = "r1"\n'
+TWO_LINKS = ROUTER + '''
+[[interface]]
+name = "tap0"
+addresses = ["10.1.0.1/24"]
+
+[[interface]]
+name = "tap1"
+addresses = ["10.2.0.1/24"]
+'''
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "router.toml"
+    path.write_text(text)
+    return path
+
+
+def marked_line(text: str) -> int:
+    lines = [i for i, line in enumerate(text.splitlines(), 1) if "#!" in line]
+    assert len(lines) == 1, "mark exactly one line with #!"
+    return lines[0]
+
+
+def error_of(tmp_path: Path, text: str, overrides: list[str] | None = None) -> ConfigError:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path, overrides or [])
+    return e.value
+
+
+def expect(tmp_path: Path, text: str, key: str, message: str) -> ConfigError:
+    """The config fails, and its first problem is ``file:<#! line>: key: message...``."""
+    err = error_of(tmp_path, text)
+    first = str(err.problems[0])
+    prefix = f"{tmp_path / 'router.toml'}:{marked_line(text)}: {key}: "
+    assert first.startswith(prefix), f"{first!r} does not start with {prefix!r}"
+    assert message in first, f"{message!r} not in {first!r}"
+    assert (err.line, err.key) == (marked_line(text), key)
+    return err
+
+
+# --- the good path --------------------------------------------------------------------
+
+def test_example_config_loads() -> None:
+    cfg = load_config(REPO / "configs" / "router.toml")
+    assert cfg.router.name == "r1"
+    assert cfg.router.socket == Path("/run/forwarder/r1.sock")
+    assert [i.name for i in cfg.interfaces] == ["tap1", "tap2", "tap3"]
+    assert all(i.netns for i in cfg.interfaces)
+    assert cfg.interface("tap3").mtu == 1280
+    assert cfg.interface("tap3").addresses == (IPv4Interface("10.3.0.1/24"),
+                                               IPv4Interface("172.16.3.1/24"))
+    types = {r.type for r in cfg.routes}
+    assert {"unicast", "blackhole"} <= types
+    assert any(r.via is not None for r in cfg.routes)
+    # both spellings of sysctl keys are in the example
+    text = (REPO / "configs" / "router.toml").read_text()
+    assert '\nkern.ipc.nmbclusters' in text and '\n"kern.ipc.nmbufs"' in text
+    assert cfg.sysctl["kern.ipc.nmbclusters"] == 0 and cfg.sysctl["kern.ipc.nmbufs"] == 0
+
+
+def test_full_model(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, '''
+[router]
+name = "edge-1"
+socket = "/tmp/edge.sock"
+log_level = "DEBUG"
+
+[metrics]
+listen = "127.0.0.1:9477"
+
+[[interface]]
+name = "tap0"
+addresses = ["10.1.0.1/24", "192.168.7.1/30"]
+mtu = 9000
+mac = "02:AA:00:00:00:01"
+netns = "/proc/1/ns/net"
+
+[[interface]]
+name = "tap1"
+addresses = ["10.2.0.1/24"]
+netns = "h2"
+
+[[route]]
+prefix = "default"
+via = "10.2.0.2"
+
+[[route]]
+prefix = "10.9.0.0/16"
+interface = "tap0"
+
+[[route]]
+prefix = "10.10.0.0/16"
+type = "unreachable"
+'''))
+    assert cfg.router.socket == Path("/tmp/edge.sock")
+    assert cfg.router.log_level == "debug"
+    assert cfg.metrics.address == ("127.0.0.1", 9477)
+    tap0, tap1 = cfg.interfaces
+    assert tap0 == Interface(name="tap0", addresses=(IPv4Interface("10.1.0.1/24"),
+                                                     IPv4Interface("192.168.7.1/30")),
+                             mtu=9000, mac="02:aa:00:00:00:01", netns="/proc/1/ns/net")
+    assert tap0.netns_path == "/proc/1/ns/net"
+    assert tap1.netns_path == "/var/run/netns/h2"
+    assert tap1.mtu == 1500 and tap1.mac_generated and tap1.mac == generate_mac("tap1", "edge-1")
+    r0, r1, r2 = cfg.routes
+    assert r0.prefix == IPv4Network("0.0.0.0/0") and r0.via == IPv4Address("10.2.0.2")
+    assert cfg.interface_for(r0.via) is tap1
+    assert r1.interface == "tap0" and r1.type == "unicast"
+    assert r2.type == "unreachable" and r2.via is None and r2.interface is None
+    assert cfg.sysctl == {}
+    assert cfg.sysctl_tree(physmem=1 << 30).get("net.inet.ip.ttl") == 64
+
+
+def test_generated_mac_is_stable_local_unicast() -> None:
+    mac = generate_mac("tap0", "r1")
+    assert mac == generate_mac("tap0", "r1") != generate_mac("tap1", "r1")
+    assert mac != generate_mac("tap0", "r2")
+    first = int(mac[:2], 16)
+    assert first & 0x02 and not first & 0x01
+
+
+def test_parse_config_from_text_without_file() -> None:
+    cfg = parse_config(TWO_LINKS)
+    assert cfg.path is None and len(cfg.interfaces) == 2
+    with pytest.raises(ConfigError) as e:
+        parse_config("bogus = 1\n" + ROUTER)
+    assert str(e.value) == "<config>:1: bogus: unknown key (allowed: router, sysctl, " \
+                           "metrics, interface, route)"
+
+
+# --- sysctl table ---------------------------------------------------------------------
+
+def test_sysctl_dotted_and_quoted_keys(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, ROUTER + '''
+[sysctl]
+kern.ipc.nmbclusters = 1024
+"kern.ipc.nmbufs" = 4096
+"net.inet".ip.ttl = 32
+net.inet.ip.forwarding = false
+
+[sysctl.net.link]
+max_interfaces = 8
+'''))
+    assert cfg.sysctl == {"kern.ipc.nmbclusters": 1024, "kern.ipc.nmbufs": 4096,
+                          "net.inet.ip.ttl": 32, "net.inet.ip.forwarding": 0,
+                          "net.link.max_interfaces": 8}
+    tree = cfg.sysctl_tree(physmem=1 << 30)
+    assert tree.get("kern.ipc.nmbclusters") == 1024 and tree.get("net.inet.ip.ttl") == 32
+
+
+def test_overrides_win_over_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, ROUTER + '[sysctl]\nkern.ipc.nmbclusters = 1024\n')
+    cfg = load_config(path, ["kern.ipc.nmbclusters=65536", "net.inet.ip.ttl = 9",
+                             "net.route.max_routes=1000"])
+    assert cfg.sysctl == {"kern.ipc.nmbclusters": 65536, "net.inet.ip.ttl": 9,
+                          "net.route.max_routes": 1000}
+
+
+@pytest.mark.parametrize("override,message", [
+    ("kern.ipc.nmbclusterz=1", "-o kern.ipc.nmbclusterz=1: unknown oid"),
+    ("net.inet.ip.ttl=0", "-o net.inet.ip.ttl=0: 0 out of range (1..255)"),
+    ("net.inet.ip.ttl", "expected name=value"),
+    ("net.inet.ip.forwarding=maybe", "invalid value 'maybe'"),
+])
+def test_bad_overrides(tmp_path: Path, override: str, message: str) -> None:
+    err = error_of(tmp_path, ROUTER, [override])
+    assert str(err).startswith("command line: -o ")
+    assert message in str(err)
+    assert err.line is None
+
+
+def test_sysctl_unknown_name(tmp_path: Path) -> None:
+    expect(tmp_path, ROUTER + '[sysctl]\nkern.ipc.nmbcluster = 5 #!\n',
+           "sysctl.kern.ipc.nmbcluster", "unknown oid 'kern.ipc.nmbcluster'; did you mean "
+                                         "kern.ipc.nmbclusters")
+
+
+def test_sysctl_out_of_range_quoted(tmp_path: Path) -> None:
+    expect(tmp_path, ROUTER + '[sysctl]\nnet.inet.ip.ttl = 64\n"net.inet.icmp.icmplim" = -3 #!\n',
+           "sysctl.net.inet.icmp.icmplim", "-3 out of range (0..100000)")
+
+
+def test_sysctl_in_subtable(tmp_path: Path) -> None:
+    expect(tmp_path, ROUTER + '[sysctl.net.inet.ip]\nforwarding = 1\nttl = 300 #!\n',
+           "sysctl.net.inet.ip.ttl", "300 out of range (1..255)")
+
+
+def test_sysctl_wrong_type(tmp_path: Path) -> None:
+    expect(tmp_path, ROUTER + '[sysctl]\nnet.inet.ip.ttl = 1.5 #!\n',
+           "sysctl.net.inet.ip.ttl", "must be an integer (1..255), not float")
+
+
+def test_sysctl_set_twice(tmp_path: Path) -> None:
+    expect(tmp_path, ROUTER + '[sysctl]\nkern.ipc.nmbclusters = 5\n'
+                              '"kern.ipc.nmbclusters" = 6 #!\n',
+           "sysctl.kern.ipc.nmbclusters", "set twice")
+
+
+def test_sysctl_must_be_a_table(tmp_path: Path) -> None:
+    expect(tmp_path, 'sysctl = 3 #!\n' + ROUTER, "sysctl", "must be a table")
+
+
+# --- syntax and structure -------------------------------------------------------------
+
+def test_toml_syntax_error_has_line(tmp_path: Path) -> None:
+    expect_text = ROUTER + '[[interface]]\nname = "tap0\n'
+    err = error_of(tmp_path, expect_text)
+    assert str(err).startswith(f"{tmp_path / 'router.toml'}:4: TOML syntax error: ")
+    err = error_of(tmp_path, ROUTER + 'mtu = = 3\n')
+    assert err.line == 3 and "column" in str(err)
+    err = error_of(tmp_path, ROUTER + 'name = "again"\n')   # duplicate key is a TOML error
+    assert err.line == 3
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="nonexistent.toml: cannot read: No such file"):
+        load_config("/nonexistent.toml")
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "router.toml"
+    path.write_bytes(ROUTER.encode() + b'# \xff\n')
+    with pytest.raises(ConfigError, match=r"router.toml:3: not valid UTF-8"):
+        load_config(path)
+
+
+def test_unknown_top_level_key(tmp_path: Path) -> None:
+    expect(tmp_path, ROUTER + '\n[routes] #!\nprefix = "1.0.0.0/8"\n',
+           "routes", "unknown key (allowed: router, sysctl, metrics, interface, route)")
+
+
+def test_missing_router(tmp_path: Path) -> None:
+    expect(tmp_path, '#!\n[sysctl]\n', "router", "missing required table [router]")
+
+
+def test_router_name_required_and_valid(tmp_path: Path) -> None:
+    expect(tmp_path, '[router] #!\nlog_level = "info"\n', "router.name", "missing required key")
+    expect(tmp_path, '[router]\nname = "../etc" #!\n', "router.name", "not a valid router name")
+    expect(tmp_path, '[router]\nname = 7 #!\n', "router.name", "must be a string, not integer")
+
+
+def test_router_unknown_key_and_level(tmp_path: Path) -> None:
+    expect(tmp_path, ROUTER + 'colour = "red" #!\n', "router.colour",
+           "unknown key (allowed: name, socket, log_level)")
+    expect(tmp_path, ROUTER + 'log_level = "loud" #!\n', "router.log_level",
+           "'loud' is not a log level (debug, info, warning, error, critical)")
+    expect(tmp_path, ROUTER + 'socket = "r1.sock" #!\n', "router.socket", "absolute path")
+
+
+def test_metrics_listen(tmp_path: Path) -> None:
+    expect(tmp_path, ROUTER + '[metrics]\nlisten = "127.0.0.1" #!\n', "metrics.listen",
+           "expected HOST:PORT")
+    expect(tmp_path, ROUTER + '[metrics]\nlisten = "127.0.0.1:70000" #!\n', "metrics.listen",
+           "port 70000 out of range (1..65535)")
+    assert parse_config(ROUTER + '[metrics]\nlisten = "[::1]:9477"\n').metrics.address == \
+        ("::1", 9477)
+
+
+def test_interface_as_plain_table(tmp_path: Path) -> None:
+    expect(tmp_path, ROUTER + '[interface] #!\nname = "tap0"\n', "interface",
+           "write [[interface]], not [interface]")
+
+
+# --- interfaces ---------------------------------------------------------------------
+
+def test_interface_unknown_key(tmp_path: Path) -> None:
+    expect(tmp_path, TWO_LINKS + 'speed = 10 #!\n', "interface[1].speed",
+           "unknown key (allowed: name, addresses, mtu, mac, netns)")
+
+
+def test_interface_name_too_long(tmp_path: Path) -> None:
+    expect(tmp_path, ROUTER + '[[interface]]\nname = "tap0123456789abc" #!\n'
+                              'addresses = ["10.1.0.1/24"]\n',
+           "interface[0].name", "'tap0123456789abc' is 16 characters; interface names have 1..15")
+    # 15 is fine
+    parse_config(ROUTER + '[[interface]]\nname = "tap0123456789ab"\naddresses = ["10.1.0.1/24"]\n')
+
+
+def test_interface_name_missing(tmp_path: Path) -> None:
+    expect(tmp_path, ROUTER + '[[interface]] #!\naddresses = ["10.1.0.1/24"]\n',
+           "interface[0].name", "missing required key 'name'")
+
+
+def test_duplicate_interface_names(tmp_path: Path) -> None:
+    text = TWO_LINKS + '\n[[interface]]\nname = "tap0" #!\naddresses = ["10.3.0.1/24"]\n'
+    expect(tmp_path, text, "interface[2].name", "duplicate interface name 'tap0' "
+                                                "(also interface[0])")
+
+
+def test_overlapping_prefixes(tmp_path: Path) -> None:
+    text = TWO_LINKS + '\n[[interface]]\nname = "tap2"\naddresses = [\n  "10.3.0.1/24",\n' \
+                       '  "10.0.0.1/12", #!\n]\n'
+    expect(tmp_path, text, "interface[2].addresses[1]",
+           "10.0.0.1/12 overlaps 10.1.0.1/24 on interface[0]")
+
+
+def test_overlap_on_the_same_interface(tmp_path: Path) -> None:
+    text = ROUTER + '[[interface]]\nname = "tap0"\naddresses = ["10.1.0.1/24", ' \
+                    '"10.1.0.2/24"] #!\n'
+    expect(tmp_path, text, "interface[0].addresses[1]", "overlaps 10.1.0.1/24")
+
+
+@pytest.mark.parametrize("address,message", [
+    ("10.1.0.1", "expected an IPv4 address with prefix length"),
+    ("10.1.0.1/33", "is not an IPv4 address/prefix"),
+    ("10.1.0.300/24", "is not an IPv4 address/prefix"),
+    ("10.1.0.0/24", "is the network address of 10.1.0.0/24"),
+    ("10.1.0.255/24", "is the broadcast address of 10.1.0.0/24"),
+    ("127.0.0.1/8", "not a unicast host address"),
+    ("224.0.0.1/24", "not a unicast host address"),
+])
+def test_bad_addresses(tmp_path: Path, address: str, message: str) -> None:
+    text = ROUTER + f'[[interface]]\nname = "tap0"\naddresses = ["{address}"] #!\n'
+    expect(tmp_path, text, "interface[0].addresses[0]", message)
+
+
+def test_addresses_required(tmp_path: Path) -> None:
+    expect(tmp_path, ROUTER + '[[interface]] #!\nname = "tap0"\n', "interface[0].addresses",
+           "missing required key 'addresses'")
+    expect(tmp_path, ROUTER + '[[interface]]\nname = "tap0"\naddresses = [] #!\n',
+           "interface[0].addresses", "must be a non-empty list")
+
+
+def test_point_to_point_prefixes_are_fine() -> None:
+    cfg = parse_config(ROUTER + '[[interface]]\nname = "p0"\naddresses = ["10.9.9.0/31"]\n'
+                                '[[route]]\nprefix = "10.8.0.0/16"\nvia = "10.9.9.1"\n')
+    assert cfg.routes[0].via == IPv4Address("10.9.9.1")
+
+
+@pytest.mark.parametrize("mtu,message", [(40, "40 out of range (68..16000)"),
+                                         (70000, "70000 out of range (68..16000)"),
+                                         ('"1500"', "must be an integer (68..16000), not string")])
+def test_bad_mtu(tmp_path: Path, mtu: object, message: str) -> None:
+    expect(tmp_path, TWO_LINKS.replace('name = "tap0"', f'name = "tap0"\nmtu = {mtu} #!'),
+           "interface[0].mtu", message)
+
+
+@pytest.mark.parametrize("mac,message", [("02:00:00:00:00", "is not a MAC address"),
+                                         ("01:00:5e:00:00:01", "is not a unicast address"),
+                                         ("00:00:00:00:00:00", "is not a unicast address")])
+def test_bad_mac(tmp_path: Path, mac: str, message: str) -> None:
+    expect(tmp_path, TWO_LINKS.replace('name = "tap1"', f'name = "tap1"\nmac = "{mac}" #!'),
+           "interface[1].mac", message)
+
+
+def test_duplicate_mac(tmp_path: Path) -> None:
+    text = TWO_LINKS.replace('name = "tap0"', 'name = "tap0"\nmac = "02:00:00:00:00:01"')
+    text = text.replace('name = "tap1"', 'name = "tap1"\nmac = "02:00:00:00:00:01" #!')
+    expect(tmp_path, text, "interface[1].mac", "is also the MAC of interface[0]")
+
+
+@pytest.mark.parametrize("netns,message", [("proc/1/ns/net", "must be absolute"),
+                                           ("", "a namespace name"),
+                                           ("my ns", "a namespace name")])
+def test_bad_netns(tmp_path: Path, netns: str, message: str) -> None:
+    expect(tmp_path, TWO_LINKS.replace('name = "tap1"', f'name = "tap1"\nnetns = "{netns}" #!'),
+           "interface[1].netns", message)
+
+
+def test_too_many_interfaces(tmp_path: Path) -> None:
+    text = TWO_LINKS + '\n[[interface]] #!\nname = "tap2"\naddresses = ["10.3.0.1/24"]\n'
+    err = error_of(tmp_path, text, ["net.link.max_interfaces=2"])
+    assert str(err) == f"{tmp_path / 'router.toml'}:{marked_line(text)}: interface: " \
+                       "3 interfaces exceed net.link.max_interfaces (2)"
+
+
+# --- routes ---------------------------------------------------------------------------
+
+def route(body: str) -> str:
+    return TWO_LINKS + '\n[[route]]\nprefix = "10.3.0.0/16"\nvia = "10.2.0.2"\n\n' + body
+
+
+def test_route_via_not_connected(tmp_path: Path) -> None:
+    text = route('[[route]]\nprefix = "10.4.0.0/16"\nvia = "10.9.0.1" #!\n')
+    err = expect(tmp_path, text, "route[1].via", "10.9.0.1 is not on any connected prefix")
+    assert str(err) == f"{tmp_path / 'router.toml'}:{marked_line(text)}: route[1].via: " \
+                       "10.9.0.1 is not on any connected prefix"
+
+
+def test_route_via_own_address(tmp_path: Path) -> None:
+    expect(tmp_path, route('[[route]]\nprefix = "10.4.0.0/16"\nvia = "10.2.0.1" #!\n'),
+           "route[1].via", "10.2.0.1 is one of the router's own addresses")
+
+
+def test_route_via_not_an_address(tmp_path: Path) -> None:
+    expect(tmp_path, route('[[route]]\nprefix = "10.4.0.0/16"\nvia = "gateway" #!\n'),
+           "route[1].via", "'gateway' is not an IPv4 address")
+
+
+def test_route_prefix_host_bits(tmp_path: Path) -> None:
+    expect(tmp_path, route('[[route]]\nprefix = "10.4.1.0/16" #!\ntype = "blackhole"\n'),
+           "route[1].prefix", "'10.4.1.0/16': host bits set (a network like 10.3.0.0/16 "
+                              "or \"default\"); did you mean 10.4.0.0/16?")
+
+
+def test_route_prefix_garbage_and_missing(tmp_path: Path) -> None:
+    expect(tmp_path, route('[[route]]\nprefix = "10.4/16x" #!\ntype = "blackhole"\n'),
+           "route[1].prefix", "'10.4/16x'")
+    expect(tmp_path, route('[[route]] #!\ntype = "blackhole"\n'),
+           "route[1].prefix", "missing required key 'prefix'")
+
+
+def test_route_with_no_target(tmp_path: Path) -> None:
+    expect(tmp_path, route('[[route]] #!\nprefix = "10.4.0.0/16"\n'), "route[1]",
+           "exactly one of via, interface, type is required (has none)")
+
+
+def test_route_with_several_targets(tmp_path: Path) -> None:
+    expect(tmp_path, route('[[route]] #!\nprefix = "10.4.0.0/16"\nvia = "10.1.0.2"\n'
+                           'interface = "tap0"\n'), "route[1]",
+           "exactly one of via, interface, type is required (has via, interface)")
+
+
+def test_route_unknown_interface_and_type(tmp_path: Path) -> None:
+    expect(tmp_path, route('[[route]]\nprefix = "10.4.0.0/16"\ninterface = "eth9" #!\n'),
+           "route[1].interface", "'eth9' is not a configured interface (tap0, tap1)")
+    expect(tmp_path, route('[[route]]\nprefix = "10.4.0.0/16"\ntype = "drop" #!\n'),
+           "route[1].type", "'drop' is not a route type (blackhole, unreachable, prohibit)")
+
+
+def test_route_unknown_key(tmp_path: Path) -> None:
+    expect(tmp_path, route('[[route]]\nprefix = "10.4.0.0/16"\ntype = "prohibit"\n'
+                           'metric = 5 #!\n'),
+           "route[1].metric", "unknown key (allowed: prefix, via, interface, type)")
+
+
+def test_duplicate_routes(tmp_path: Path) -> None:
+    expect(tmp_path, route('[[route]]\nprefix = "10.3.0.0/16" #!\ntype = "blackhole"\n'),
+           "route[1].prefix", "10.3.0.0/16 is also route[0]")
+    expect(tmp_path, route('[[route]]\nprefix = "10.1.0.0/24" #!\ntype = "blackhole"\n'),
+           "route[1].prefix", "10.1.0.0/24 is the connected prefix of tap0")
+
+
+def test_too_many_routes(tmp_path: Path) -> None:
+    err = error_of(tmp_path, route('[[route]]\nprefix = "10.4.0.0/16"\ntype = "blackhole"\n'),
+                   ["net.route.max_routes=1"])
+    assert "route: 2 routes exceed net.route.max_routes (1)" in str(err)
+
+
+def test_every_problem_is_reported_in_file_order(tmp_path: Path) -> None:
+    text = ROUTER + '''
+[sysctl]
+net.inet.ip.ttl = 0
+
+[[interface]]
+name = "tap0"
+addresses = ["10.1.0.1/24"]
+mtu = 40
+
+[[route]]
+prefix = "10.4.0.0/16"
+via = "10.9.0.1"
+'''
+    err = error_of(tmp_path, text, ["bogus=1"])
+    keys = [p.key for p in err.problems]
+    assert keys == ["sysctl.net.inet.ip.ttl", "interface[0].mtu", "route[0].via", "-o bogus=1"]
+    lines = [p.line for p in err.problems]
+    assert lines == [5, 10, 14, None]
+    assert len(str(err).splitlines()) == 4
+
+
+# --- the locator ------------------------------------------------------------------------
+
+def test_locator_handles_strings_comments_and_multiline_values() -> None:
+    text = '''# [[route]] in a comment
+[router]
+name = "a # not a comment"
+s = """
+[[route]]
+x = 1
+"""
+t = \'\'\'[[route]]\'\'\'
+arr = [
+  "x", # ]
+  [1, 2],
+  { k = "}" },
+]
+
+[[route]]
+prefix = "1.0.0.0/8"
+[[route]]
+"pre.fix" = 1
+[route.sub]
+k = 2
+'''
+    loc = Locator(text)
+    assert loc.line_of(("router", "name")) == 3
+    assert loc.line_of(("router", "t")) == 8
+    assert loc.line_of(("router", "arr", 0)) == 10
+    assert loc.line_of(("router", "arr", 2)) == 12
+    assert loc.line_of(("route", 0)) == 15
+    assert loc.line_of(("route", 0, "prefix")) == 16
+    assert loc.line_of(("route", 1)) == 17
+    assert loc.line_of(("route", 1, "pre.fix")) == 18
+    assert loc.line_of(("route", 1, "sub", "k")) == 20
+    assert loc.line_of(("route", 1, "missing")) == 17
+    assert loc.line_of(("nothing",)) is None
+
