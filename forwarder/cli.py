@@ -1,46 +1,372 @@
-"""The `forwarder` command: one entry point, one subcommand per job."""
+"""The `forwarder` command: one entry point, one subcommand per job.
+
+  forwarder run -c CONFIG [-o NAME=VALUE ...]     run a router (foreground)
+  forwarder sysctl [-a | -d NAME | NAME[=VALUE] ...]
+  forwarder netstat -m | vmstat -z | stats         [--json]
+  forwarder route [list | add PREFIX (via GW | dev IF | TYPE) | del PREFIX]
+  forwarder arp -a | -d IP [-i IF]
+  forwarder health | reload
+
+Every command but run talks to a running router, chosen with -c CONFIG,
+--name NAME or --socket PATH (default: the only socket in /run/forwarder).
+"""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import signal
 import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable
 
 log = logging.getLogger("forwarder")
 
+SOCKET_DIR = Path("/run/forwarder")
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="forwarder", description=__doc__)
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
-    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
-    sub.required = True
-    vz = sub.add_parser("vmstat", help="UMA zone statistics of this process's allocator")
-    vz.add_argument("-z", action="store_true", help="zone table (the default)")
-    vz.add_argument("--json", action="store_true")
-    return p
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --- choosing the router ----------------------------------------------------------
+
+def socket_path(args: argparse.Namespace) -> Path:
+    if getattr(args, "socket", None):
+        return Path(args.socket)
+    if getattr(args, "name", None):
+        return SOCKET_DIR / f"{args.name}.sock"
+    if getattr(args, "config", None):
+        from forwarder.config import ConfigError, load_config
+        try:
+            return load_config(args.config).router.socket
+        except ConfigError as e:
+            raise CliError(str(e), EXIT_USAGE) from None
+    socks = sorted(SOCKET_DIR.glob("*.sock")) if SOCKET_DIR.is_dir() else []
+    if len(socks) == 1:
+        return socks[0]
+    if not socks:
+        raise CliError(f"no router socket in {SOCKET_DIR}; is a router running? "
+                       "(select one with -c CONFIG, --name NAME or --socket PATH)",
+                       EXIT_UNREACHABLE)
+    raise CliError(f"several routers in {SOCKET_DIR} ({', '.join(s.stem for s in socks)}): "
+                   "choose one with --name NAME", EXIT_USAGE)
+
+
+def call(args: argparse.Namespace, command: str, **kw: Any) -> Any:
+    from forwarder.control import Client, ControlError
+    try:
+        return Client(socket_path(args)).call(command, **kw)
+    except ControlError as e:
+        raise CliError(str(e), EXIT_UNREACHABLE if e.kind == "unreachable" else EXIT_ERROR) from None
+
+
+def emit(args: argparse.Namespace, data: Any, text: Callable[[Any], str]) -> int:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2))
+    else:
+        out = text(data)
+        if out:
+            print(out)
+    return EXIT_OK
+
+
+# --- run ---------------------------------------------------------------------------
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from forwarder import mbufs
+    from forwarder.config import ConfigError, load_config
+    from forwarder.control import ControlError, ControlServer
+    from forwarder.router import Router
+
+    try:
+        config = load_config(args.config, args.option or [])
+    except ConfigError as e:
+        print(f"forwarder: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except FileNotFoundError:
+        print(f"forwarder: {args.config}: no such file", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.verbose:
+        logging.getLogger().setLevel(config.router.log_level.upper())
+
+    router = Router(config)
+    stop = threading.Event()
+    hup = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: hup.set())
+    try:
+        server = ControlServer(config.router.socket, router)
+    except (ControlError, OSError) as e:
+        print(f"forwarder: control socket: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    metrics = None
+    try:
+        router.start()
+        server.start()
+        if config.metrics.address:
+            from forwarder.metrics import start_metrics
+            metrics = start_metrics(router, *config.metrics.address)
+        log.info("router %s running (pid %d, socket %s)", config.router.name,
+                 __import__("os").getpid(), config.router.socket)
+        while not stop.wait(0.2):
+            if hup.is_set():
+                hup.clear()
+                try:
+                    router.reload()
+                except Exception:  # noqa: BLE001 - logged and counted by reload()
+                    pass
+            if not router.running:
+                log.error("dataplane thread exited; stopping")
+                return EXIT_ERROR
+    except (OSError, ValueError) as e:
+        log.error("cannot start: %s", e)
+        return EXIT_ERROR
+    finally:
+        if metrics is not None:
+            metrics.shutdown()
+        server.close()
+        router.stop()
+    leaked = mbufs.in_use()
+    print(mbufs.netstat_text())
+    if leaked:
+        log.error("mbufs still in use at exit: %s", leaked)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+# --- sysctl ------------------------------------------------------------------------
+
+def cmd_sysctl(args: argparse.Namespace) -> int:
+    from forwarder.sysctl import format_get, format_set
+    if args.describe:
+        if not args.names:
+            raise CliError("sysctl -d needs a NAME", EXIT_USAGE)
+        infos = call(args, "sysctl.get", names=args.names)
+        return emit(args, infos, lambda d: "\n".join(f"{i['name']}: {i['description']}" for i in d))
+    sets = [n for n in args.names if "=" in n]
+    gets = [n for n in args.names if "=" not in n]
+    if sets and gets:
+        raise CliError("give either NAME ... or NAME=VALUE ..., not both", EXIT_USAGE)
+    if sets:
+        assignments = dict(s.split("=", 1) for s in sets)
+        changed = call(args, "sysctl.set", assignments=assignments)
+        return emit(args, changed, lambda d: "\n".join(format_set(n, o, v) for n, o, v in d))
+    if args.all or not gets:
+        infos = call(args, "sysctl.list")
+    else:
+        infos = call(args, "sysctl.get", names=gets)
+    return emit(args, infos, lambda d: "\n".join(format_get(i["name"], i["value"]) for i in d))
+
+
+# --- observability -------------------------------------------------------------------
+
+def cmd_netstat(args: argparse.Namespace) -> int:
+    from allocator_pyx.netstat import netstat_m, netstat_m_dict
+    if not args.m:
+        raise CliError("netstat: only -m (mbuf statistics) is supported", EXIT_USAGE)
+    zones = call(args, "zones")
+    if args.json:
+        print(json.dumps(netstat_m_dict(zones), indent=2))
+        return EXIT_OK
+    print(netstat_m(zones))
+    return EXIT_OK
 
 
 def cmd_vmstat(args: argparse.Namespace) -> int:
-    import json
+    from allocator_pyx.netstat import vmstat_z
+    if not args.z:
+        raise CliError("vmstat: only -z (zone statistics) is supported", EXIT_USAGE)
+    zones = call(args, "zones")
+    return emit(args, zones, vmstat_z)
 
-    from allocator_pyx import uma
-    rows = uma.vmstat()
+
+def format_stats(s: dict) -> str:
+    lines = [f"{'interface':<12}{'rx pkts':>12}{'rx bytes':>14}{'rx nobuf':>10}{'rx err':>8}"
+             f"{'tx pkts':>12}{'tx bytes':>14}{'tx err':>8}"]
+    for i in s["interfaces"]:
+        lines.append(f"{i['name']:<12}{i['rx_packets']:>12}{i['rx_bytes']:>14}{i['rx_nobuf']:>10}"
+                     f"{i['rx_errors']:>8}{i['tx_packets']:>12}{i['tx_bytes']:>14}{i['tx_errors']:>8}")
+    lines.append("")
+    lines.append(f"forwarded {s['forwarded']}, delivered locally {s['delivered_local']}, "
+                 f"fragments created {s['fragments_created']}")
+    ic = s["icmp"]
+    lines.append(f"icmp: {ic['errors_sent']} errors sent ({ic['unreachable']} unreachable, "
+                 f"{ic['time_exceeded']} time exceeded), {ic['echo_replies']} echo replies, "
+                 f"{ic['ratelimited']} rate-limited")
+    a = s["arp"]
+    lines.append(f"arp: {a['requests_sent']} requests sent, {a['replies_sent']} replies sent, "
+                 f"{a['entries']} entries")
+    drops = {k: v for k, v in s["drops"].items() if v}
+    lines.append("drops:" + ("" if drops else " none"))
+    for k, v in sorted(drops.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {v:>12} {k}")
+    r = s.get("reloads")
+    if r:
+        lines.append(f"reloads: {r['ok']} ok, {r['failed']} failed"
+                     + (f" (last error: {r['last_error']})" if r["last_error"] else ""))
+    return "\n".join(lines)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    return emit(args, call(args, "stats"), format_stats)
+
+
+def format_routes(routes: list[dict]) -> str:
+    lines = [f"{'destination':<20}{'gateway':<17}{'interface':<12}type"]
+    for r in routes:
+        lines.append(f"{r['prefix']:<20}{r['via'] or '-':<17}{r['interface'] or '-':<12}{r['type']}")
+    return "\n".join(lines)
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    words = args.words
+    if not words or words[0] in ("list", "show"):
+        return emit(args, call(args, "route.list"), format_routes)
+    op, rest = words[0], words[1:]
+    if op in ("del", "delete"):
+        if len(rest) != 1:
+            raise CliError("usage: forwarder route del PREFIX", EXIT_USAGE)
+        call(args, "route.del", prefix=rest[0])
+        print(f"route {rest[0]} deleted")
+        return EXIT_OK
+    if op == "add":
+        if not rest:
+            raise CliError("usage: forwarder route add PREFIX (via GW | dev IF | blackhole "
+                           "| unreachable | prohibit)", EXIT_USAGE)
+        prefix, spec = rest[0], rest[1:]
+        kw: dict[str, str] = {}
+        if len(spec) == 2 and spec[0] == "via":
+            kw["via"] = spec[1]
+        elif len(spec) == 2 and spec[0] in ("dev", "interface"):
+            kw["interface"] = spec[1]
+        elif len(spec) == 1 and spec[0] in ("blackhole", "unreachable", "prohibit"):
+            kw["type"] = spec[0]
+        else:
+            raise CliError(f"route add {prefix}: expected 'via GW', 'dev IF' or a type "
+                           "(blackhole, unreachable, prohibit)", EXIT_USAGE)
+        r = call(args, "route.add", prefix=prefix, **kw)
+        print(f"route {r['prefix']} added")
+        return EXIT_OK
+    raise CliError(f"route: unknown operation {op!r} (list, add, del)", EXIT_USAGE)
+
+
+def format_arp(entries: list[dict]) -> str:
+    lines = []
+    for e in entries:
+        mac = e["mac"] or "(incomplete)"
+        exp = f"expires in {e['expires_in']:.0f} seconds" if e["expires_in"] is not None \
+            else f"{e['held']} packets held"
+        lines.append(f"? ({e['ip']}) at {mac} on {e['interface']} {exp} [ethernet]")
+    return "\n".join(lines)
+
+
+def cmd_arp(args: argparse.Namespace) -> int:
+    if args.delete:
+        n = call(args, "arp.del", ip=args.delete, interface=args.interface)
+        print(f"{args.delete} ({n} entr{'y' if n == 1 else 'ies'}) deleted")
+        return EXIT_OK
+    return emit(args, call(args, "arp.list"), format_arp)
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    try:
+        h = call(args, "health")
+    except CliError as e:
+        print(f"unhealthy: {e}", file=sys.stderr)
+        return EXIT_ERROR
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(h))
+    elif h["healthy"]:
+        print(f"healthy: dataplane went round {h['progress_age']:.3f} s ago")
     else:
-        for r in rows:
-            print(f"{r['name'] + ':':<20}{r['size']:>6},{r['limit']:>8},{r['used']:>8},"
-                  f"{r['free']:>8},{r['requests']:>8},{r['fails']:>4},{r['sleeps']:>4}")
-    return 0
+        age = h["progress_age"]
+        print("unhealthy: dataplane " + ("not running" if age is None else
+                                         f"stalled for {age:.1f} s"), file=sys.stderr)
+    return EXIT_OK if h["healthy"] else EXIT_ERROR
 
 
-COMMANDS = {"vmstat": cmd_vmstat}
+def cmd_reload(args: argparse.Namespace) -> int:
+    changes = call(args, "reload")
+    print("reloaded: " + ("; ".join(changes) if changes else "no changes"))
+    return EXIT_OK
+
+
+# --- the parser ------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="forwarder", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    which = argparse.ArgumentParser(add_help=False)
+    g = which.add_argument_group("which router")
+    g.add_argument("-c", "--config", help="the router's config file")
+    g.add_argument("--name", help="the router's name ([router] name)")
+    g.add_argument("--socket", help="the control socket's path")
+    js = argparse.ArgumentParser(add_help=False)
+    js.add_argument("--json", action="store_true", help="JSON output")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+    sub.required = True
+
+    r = sub.add_parser("run", help="run a router in the foreground")
+    r.add_argument("-c", "--config", required=True, help="config file (TOML)")
+    r.add_argument("-o", "--option", action="append", metavar="NAME=VALUE",
+                   help="override a tunable at boot (repeatable)")
+
+    s = sub.add_parser("sysctl", parents=[which, js], help="read or set tunables")
+    s.add_argument("-a", "--all", action="store_true", help="list every tunable")
+    s.add_argument("-d", "--describe", action="store_true", help="describe NAME")
+    s.add_argument("names", nargs="*", metavar="NAME[=VALUE]")
+
+    n = sub.add_parser("netstat", parents=[which, js], help="mbuf statistics (-m)")
+    n.add_argument("-m", action="store_true", help="memory (mbuf) statistics")
+    v = sub.add_parser("vmstat", parents=[which, js], help="UMA zone statistics (-z)")
+    v.add_argument("-z", action="store_true", help="zone statistics")
+    sub.add_parser("stats", parents=[which, js], help="interface counters and drop reasons")
+    rt = sub.add_parser("route", parents=[which, js], help="list, add or delete routes")
+    rt.add_argument("words", nargs="*", metavar="list | add PREFIX ... | del PREFIX")
+    a = sub.add_parser("arp", parents=[which, js], help="the ARP table")
+    a.add_argument("-a", "--all", action="store_true", help="list entries (default)")
+    a.add_argument("-d", "--delete", metavar="IP", help="delete the entry for IP")
+    a.add_argument("-i", "--interface", help="with -d: only on this interface")
+    sub.add_parser("health", parents=[which, js], help="exit 0 if the dataplane made progress in the last 2 s")
+    sub.add_parser("reload", parents=[which], help="re-read the config file (as SIGHUP)")
+    for name, help_ in (("lab", "build a lab topology, ping, trace, load-test, report"),
+                        ("loadgen", "scapy-built load between lab hosts"),
+                        ("bench", "side-by-side benchmark")):
+        try:
+            mod = __import__(f"forwarder.{name}", fromlist=["add_parser"])
+        except ImportError:
+            continue
+        mod.add_parser(sub, help_)
+    return p
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run, "sysctl": cmd_sysctl, "netstat": cmd_netstat, "vmstat": cmd_vmstat,
+    "stats": cmd_stats, "route": cmd_route, "arp": cmd_arp, "health": cmd_health,
+    "reload": cmd_reload,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
+    level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return COMMANDS[args.cmd](args)
+    fn = COMMANDS.get(args.cmd) or getattr(args, "func", None)
+    try:
+        return fn(args)
+    except CliError as e:
+        print(f"forwarder {args.cmd}: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

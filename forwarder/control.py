@@ -1,0 +1,214 @@
+"""The control socket: a small versioned JSON protocol over a Unix socket.
+
+One request per line, one response per line:
+
+    {"version": 1, "command": "sysctl.set", "args": {"assignments": {"kern.ipc.nmbclusters": 0}}}
+    {"version": 1, "ok": true, "result": [["kern.ipc.nmbclusters", 65536, 0]]}
+    {"version": 1, "ok": false, "error": "kern.ipc.foo: unknown tunable", "kind": "SysctlError"}
+
+The socket is created mode 0600 (root only): whoever can write to it can
+reconfigure the router.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import socketserver
+import stat
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from forwarder.router import Router
+
+log = logging.getLogger("forwarder.control")
+
+PROTOCOL_VERSION = 1
+MAX_REQUEST = 1 << 20
+
+
+class ControlError(Exception):
+    """The router answered with an error (or could not be reached)."""
+
+    def __init__(self, message: str, kind: str = "error") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _zones() -> list[dict]:
+    from forwarder import mbufs
+    return mbufs.zone_stats()
+
+
+def handlers(router: "Router") -> dict[str, Callable[..., Any]]:
+    """command -> function(**args) for one router."""
+    from forwarder import sysctl as sc
+
+    def sysctl_list(prefix: str = "") -> list[dict]:
+        return [router.sysctl.info(n) for n, _ in router.sysctl.all(prefix)]
+
+    def sysctl_get(names: list[str]) -> list[dict]:
+        out = []
+        for n in names:
+            if n in router.sysctl:
+                out.append(router.sysctl.info(n))
+            else:
+                prefix = router.sysctl.all(n)
+                if not prefix:
+                    sc.lookup(n)            # raises with a "did you mean"
+                out += [router.sysctl.info(m) for m, _ in prefix]
+        return out
+
+    def sysctl_set(assignments: dict[str, Any]) -> list[list]:
+        return [list(t) for t in router.sysctl.set_many(assignments)]
+
+    def stats() -> dict:
+        s = router.dp.stats()
+        s["reloads"] = {"ok": router.reloads.ok, "failed": router.reloads.failed,
+                        "last_error": router.reloads.last_error}
+        s["router"] = router.config.router.name
+        return s
+
+    def health() -> dict:
+        age = router.dp.progress_age()
+        return {"healthy": router.healthy(), "running": router.running,
+                "progress_age": None if age == float("inf") else age}
+
+    def route_add(prefix: str, via: str | None = None, interface: str | None = None,
+                  type: str = "unicast") -> dict:
+        return router.route_add(prefix, via=via, interface=interface, type_=type)
+
+    def arp_delete(ip: str, interface: str | None = None) -> int:
+        n = router.dp.arp_delete(ip, interface)
+        if n == 0:
+            raise KeyError(f"no ARP entry for {ip}")
+        return n
+
+    return {
+        "ping": lambda: "pong",
+        "health": health,
+        "sysctl.list": sysctl_list,
+        "sysctl.get": sysctl_get,
+        "sysctl.set": sysctl_set,
+        "zones": _zones,
+        "stats": stats,
+        "route.list": router.route_list,
+        "route.add": route_add,
+        "route.del": router.route_delete,
+        "arp.list": router.dp.arp_entries,
+        "arp.del": arp_delete,
+        "reload": lambda: router.reload(),
+    }
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    server: "ControlServer"
+
+    def handle(self) -> None:
+        while True:
+            line = self.rfile.readline(MAX_REQUEST)
+            if not line:
+                return
+            reply = self.server.dispatch(line)
+            self.wfile.write(json.dumps(reply).encode() + b"\n")
+
+
+class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    allow_reuse_address = False
+
+    def __init__(self, path: Path, router: "Router") -> None:
+        self.path = Path(path)
+        self.commands = handlers(router)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() or self.path.is_symlink():
+            if _alive(self.path):
+                raise ControlError(f"{self.path}: a router is already listening there", "busy")
+            self.path.unlink()
+        old = os.umask(0o177)
+        try:
+            super().__init__(str(self.path), _Handler)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, stat.S_IRUSR | stat.S_IWUSR)
+        self._thread: threading.Thread | None = None
+
+    def dispatch(self, line: bytes) -> dict:
+        try:
+            req = json.loads(line)
+            if not isinstance(req, dict):
+                raise ValueError("request must be a JSON object")
+            if req.get("version") != PROTOCOL_VERSION:
+                raise ControlError(f"protocol version {req.get('version')!r} not supported "
+                                   f"(this router speaks {PROTOCOL_VERSION})", "version")
+            fn = self.commands.get(req.get("command"))
+            if fn is None:
+                raise ControlError(f"unknown command {req.get('command')!r}", "command")
+            result = fn(**(req.get("args") or {}))
+            return {"version": PROTOCOL_VERSION, "ok": True, "result": result}
+        except Exception as e:  # noqa: BLE001 - every error goes back to the client
+            kind = getattr(e, "kind", type(e).__name__)
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            return {"version": PROTOCOL_VERSION, "ok": False, "error": str(msg), "kind": kind}
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.serve_forever, name="control", daemon=True)
+        self._thread.start()
+        log.info("control socket %s", self.path)
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _alive(path: Path) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(1)
+    try:
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+class Client:
+    """Talks to one router's control socket."""
+
+    def __init__(self, path: str | Path, timeout: float = 10.0) -> None:
+        self.path = Path(path)
+        self.timeout = timeout
+
+    def call(self, command: str, **args: Any) -> Any:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        try:
+            try:
+                s.connect(str(self.path))
+            except FileNotFoundError:
+                raise ControlError(f"{self.path}: no such socket (is the router running?)",
+                                   "unreachable") from None
+            except OSError as e:
+                raise ControlError(f"{self.path}: {e.strerror}", "unreachable") from None
+            req = {"version": PROTOCOL_VERSION, "command": command, "args": args}
+            s.sendall(json.dumps(req).encode() + b"\n")
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise ControlError(f"{self.path}: connection closed", "unreachable")
+                buf += chunk
+        finally:
+            s.close()
+        reply = json.loads(buf)
+        if not reply.get("ok"):
+            raise ControlError(reply.get("error", "error"), reply.get("kind", "error"))
+        return reply["result"]

@@ -1,0 +1,43 @@
+"""The router's view of the mbuf layer: zone limits from tunables, stats."""
+from __future__ import annotations
+
+from allocator_pyx import mbuf
+from allocator_pyx.netstat import netstat_m, netstat_m_dict
+from forwarder.sysctl import SysctlError, SysctlTree
+
+LIMIT_SYSCTLS = ("kern.ipc.nmbclusters", "kern.ipc.nmbufs", "kern.ipc.nmbjumbop",
+                 "kern.ipc.nmbjumbo9", "kern.ipc.nmbjumbo16")
+
+
+def apply_limits(tree: SysctlTree) -> dict:
+    """Boot: every mbuf zone limit from the tunables, together."""
+    try:
+        return mbuf.set_limits(**{name: tree.get(name) for name in LIMIT_SYSCTLS})
+    except mbuf.LimitError as e:
+        raise SysctlError(str(e)) from None
+
+
+def set_limit(name: str, value: int, tree: SysctlTree) -> None:
+    """Runtime: one limit, raised or lowered; an inconsistent result is
+    vetoed (SysctlError) and nothing changes."""
+    try:
+        mbuf.set_limits(**{name: value})
+    except mbuf.LimitError as e:
+        raise SysctlError(str(e)) from None
+
+
+def zone_stats() -> list[dict]:
+    """vmstat -z rows of the mbuf zones (FreeBSD's order)."""
+    return list(mbuf.zone_stats().values())
+
+
+def in_use() -> dict[str, int]:
+    """What is still in use, counted as netstat -m counts it (a cluster
+    attached to a cached Packet-zone mbuf is cache, not use): {kind: n}."""
+    d = netstat_m_dict(mbuf.zone_stats())
+    return {k: d[k]["current"] for k in ("mbufs", "clusters", "jumbop", "jumbo9", "jumbo16")
+            if d[k]["current"]}
+
+
+def netstat_text() -> str:
+    return netstat_m(mbuf.zone_stats())

@@ -1,0 +1,112 @@
+"""A real router process in its own namespace, with hosts on TAPs (for tests).
+
+    from tests.routerlab import start_router
+
+The router runs as `python -m forwarder.cli run -c CONFIG` inside the lab's
+router namespace; it opens the TAPs there and moves their kernel sides into
+the host namespaces, which are then configured as hosts.  CLI calls go to its
+control socket, which lives in a per-test temporary directory.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from tests.topology import RouterLab
+
+ROUTER_MAC = "02:00:00:00:{k:02x}:01"
+
+
+def router_mac(k: int) -> str:
+    return ROUTER_MAC.format(k=k)
+
+
+def lab_config(lab: RouterLab, sock: Path, sysctl: dict[str, int] | None = None,
+               routes: Sequence[dict[str, str]] = (), metrics: str | None = None) -> str:
+    lines = ["[router]", f'name = "{lab.name}"', f'socket = "{sock}"', 'log_level = "info"', ""]
+    if sysctl:
+        lines.append("[sysctl]")
+        lines += [f'"{k}" = {v}' for k, v in sysctl.items()]
+        lines.append("")
+    if metrics:
+        lines += ["[metrics]", f'listen = "{metrics}"', ""]
+    for k, h in enumerate(lab.hosts, start=1):
+        lines += ["[[interface]]", f'name = "{h.ifname}"', f'addresses = ["{h.router}"]',
+                  f"mtu = {h.mtu}", f'mac = "{router_mac(k)}"', f'netns = "{h.netns}"', ""]
+    for r in routes:
+        lines.append("[[route]]")
+        lines += [f'{k} = "{v}"' for k, v in r.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+@dataclass
+class RunningRouter:
+    lab: RouterLab
+    proc: subprocess.Popen
+    config: Path
+    socket: Path
+    log: Path
+
+    def cli(self, *argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "forwarder.cli", argv[0], "--socket", str(self.socket), *argv[1:]]
+        cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if check and cp.returncode != 0:
+            raise AssertionError(f"{' '.join(argv)} exited {cp.returncode}: {cp.stderr}")
+        return cp
+
+    def cli_json(self, *argv: str) -> object:
+        return json.loads(self.cli(*argv, "--json").stdout)
+
+    def stats(self) -> dict:
+        return self.cli_json("stats")  # type: ignore[return-value]
+
+    def zones(self) -> dict[str, dict]:
+        return {z["name"]: z for z in self.cli_json("vmstat", "-z")}  # type: ignore[union-attr]
+
+    def sysctl(self, assignment: str) -> str:
+        return self.cli("sysctl", assignment).stdout
+
+    def stop(self, timeout: float = 15) -> tuple[int, str]:
+        """SIGTERM, then the exit code and what the router printed."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode, self.log.read_text()
+
+
+def start_router(lab: RouterLab, workdir: Path, *, sysctl: dict[str, int] | None = None,
+                 routes: Sequence[dict[str, str]] = (), metrics: str | None = None,
+                 extra_argv: Sequence[str] = (), timeout: float = 20) -> RunningRouter:
+    workdir.mkdir(parents=True, exist_ok=True)
+    sock = workdir / f"{lab.name}.sock"
+    cfg = workdir / "router.toml"
+    cfg.write_text(lab_config(lab, sock, sysctl, routes, metrics))
+    log = workdir / "router.log"
+    out = open(log, "w")
+    proc = lab.popen_router([sys.executable, "-m", "forwarder.cli", "run", "-c", str(cfg),
+                             *extra_argv], stdout=out, stderr=subprocess.STDOUT)
+    out.close()
+    r = RunningRouter(lab, proc, cfg, sock, log)
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"router exited {proc.returncode}:\n{log.read_text()}")
+        if sock.exists() and r.cli("health", check=False).returncode == 0:
+            break
+        if time.monotonic() > deadline:
+            r.stop()
+            raise AssertionError(f"router not healthy after {timeout} s:\n{log.read_text()}")
+        time.sleep(0.1)
+    lab.configure_hosts()
+    return r

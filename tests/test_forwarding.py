@@ -1,0 +1,339 @@
+"""The router forwards between real kernel hosts as RFC 1812 asks.
+
+h1 (10.1.0.2) --tap1-- router --tap3 (MTU 1280)-- h3 (10.3.0.2)
+                         |--tap2-- h2 (10.2.0.2)
+"""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+
+import pytest
+from scapy.layers.inet import ICMP, IP, UDP
+from scapy.layers.l2 import Ether
+
+from forwarder import netns as nn
+from tests.routerlab import RunningRouter, router_mac, start_router
+from tests.topology import make_lab, requires_netns, topology  # noqa: F401
+
+pytestmark = requires_netns
+
+ROUTES = [
+    {"prefix": "10.20.0.0/16", "via": "10.2.0.2"},
+    {"prefix": "192.0.2.0/24", "type": "blackhole"},
+    {"prefix": "198.51.100.0/24", "type": "unreachable"},
+    {"prefix": "203.0.113.0/24", "type": "prohibit"},
+]
+
+
+@pytest.fixture(scope="module")
+def lab(topology):  # noqa: F811
+    return make_lab(topology, mtus=(1500, 1500, 1280))
+
+
+@pytest.fixture(scope="module")
+def router(lab, tmp_path_factory):
+    r = start_router(lab, tmp_path_factory.mktemp("router"), routes=ROUTES)
+    yield r
+    code, out = r.stop()
+    assert code == 0, out
+    assert "mbuf clusters in use" in out
+
+
+def drops(r: RunningRouter) -> dict[str, int]:
+    return r.stats()["drops"]
+
+
+class Sniffer:
+    """An AF_PACKET socket on a host's side of its TAP."""
+
+    def __init__(self, ns: str, ifname: str) -> None:
+        with nn.enter_netns(ns):
+            self.s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+            self.s.bind((ifname, 0))
+        self.s.settimeout(0.2)
+
+    def send(self, frame: bytes) -> None:
+        self.s.send(frame)
+
+    def collect(self, match, timeout: float = 2.0, want: int = 1) -> list:
+        got, deadline = [], time.monotonic() + timeout
+        while time.monotonic() < deadline and len(got) < want:
+            try:
+                pkt = Ether(self.s.recv(65536))
+            except socket.timeout:
+                continue
+            if match(pkt):
+                got.append(pkt)
+        return got
+
+    def close(self) -> None:
+        self.s.close()
+
+
+def udp_socket(ns: str) -> socket.socket:
+    with nn.enter_netns(ns):
+        return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+
+def host_mac(lab, name: str) -> str:
+    h = lab.host(name)
+    return nn.link_info(h.ifname, h.netns).mac
+
+
+def test_first_ping_through_a_cold_router_is_not_lost(lab, router):
+    cp = lab.ping("h1", "10.3.0.2", count=1, wait=3)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert "1 received" in cp.stdout
+
+
+def test_ping_between_every_pair_of_hosts(lab, router):
+    for src, dst in (("h1", "10.2.0.2"), ("h2", "10.3.0.2"), ("h3", "10.1.0.2")):
+        cp = lab.ping(src, dst, count=2, wait=2)
+        assert cp.returncode == 0, f"{src} -> {dst}: {cp.stdout}"
+
+
+def test_echo_to_any_router_address_is_answered_from_that_address(lab, router):
+    s = Sniffer(lab.host("h1").netns, "tap1")
+    try:
+        cp = lab.ping("h1", "10.3.0.1", count=1, wait=2)
+        assert cp.returncode == 0, cp.stdout
+        cp = lab.ping("h1", "10.1.0.1", count=1, wait=2, extra=["-s", "1000"])
+        assert cp.returncode == 0, cp.stdout
+    finally:
+        s.close()
+    assert router.stats()["delivered_local"] >= 2
+
+
+def test_forwarded_packet_has_ttl_decremented_and_a_valid_checksum(lab, router):
+    rx = Sniffer(lab.host("h3").netns, "tap3")
+    tx = udp_socket(lab.host("h1").netns)
+    try:
+        tx.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 17)
+        tx.sendto(b"ttl-check", ("10.3.0.2", 40001))
+        got = rx.collect(lambda p: UDP in p and p[UDP].dport == 40001)
+    finally:
+        rx.close()
+        tx.close()
+    assert got, "the datagram did not arrive"
+    ip = got[0][IP]
+    assert ip.ttl == 16
+    sent_sum = ip.chksum
+    del ip.chksum
+    assert IP(bytes(ip)).chksum == sent_sum
+    assert got[0].src == router_mac(3)
+
+
+def test_traceroute_lists_the_router(lab, router):
+    cp = lab.run("h1", ["traceroute", "-n", "-q", "1", "-w", "2", "-m", "4", "10.3.0.2"], timeout=30)
+    lines = [ln.split() for ln in cp.stdout.splitlines()[1:]]
+    assert lines[0][:2] == ["1", "10.1.0.1"], cp.stdout
+    assert lines[1][:2] == ["2", "10.3.0.2"], cp.stdout
+
+
+def test_large_ping_is_fragmented_and_reassembled_by_the_far_host(lab, router):
+    before = router.stats()["fragments_created"]
+    cp = lab.ping("h1", "10.3.0.2", count=2, wait=2, extra=["-s", "3000", "-M", "dont"])
+    assert cp.returncode == 0, cp.stdout
+    assert "2 received" in cp.stdout
+    assert router.stats()["fragments_created"] >= before + 4
+
+
+def test_fragments_keep_the_payload_intact(lab, router):
+    rx = Sniffer(lab.host("h3").netns, "tap3")
+    tx = udp_socket(lab.host("h1").netns)
+    payload = bytes(range(256)) * 8            # 2048 bytes: h1 fragments, the router again
+    try:
+        tx.sendto(payload, ("10.3.0.2", 40002))
+        frags = rx.collect(lambda p: IP in p and p[IP].src == "10.1.0.2" and p[IP].proto == 17
+                           and (p[IP].flags.MF or p[IP].frag), want=3)
+    finally:
+        rx.close()
+        tx.close()
+    assert len(frags) >= 2
+    assert all(len(f[IP]) <= 1280 for f in frags)
+    data = b"".join(bytes(f[IP].payload) for f in sorted(frags, key=lambda f: f[IP].frag))
+    assert data[8:8 + len(payload)] == payload        # after the UDP header
+
+
+# After the fragmentation tests: it teaches h1 the path MTU to h3.
+def test_df_set_and_too_big_gets_frag_needed_with_the_mtu(lab, router):
+    before = drops(router)["needfrag_df_set"]
+    cp = lab.ping("h1", "10.3.0.2", count=1, wait=2, extra=["-M", "do", "-s", "1400"])
+    assert cp.returncode != 0
+    assert "mtu = 1280" in cp.stdout, cp.stdout
+    assert drops(router)["needfrag_df_set"] == before + 1
+
+
+@pytest.mark.parametrize("dst,text,reason", [
+    ("10.99.0.1", "Destination Net Unreachable", "no_route"),
+    ("198.51.100.7", "Destination Host Unreachable", "unreachable_route"),
+    ("203.0.113.7", "Packet filtered", "prohibited_route"),
+])
+def test_unroutable_destinations_get_the_right_icmp_error(lab, router, dst, text, reason):
+    before = drops(router)[reason]
+    cp = lab.ping("h1", dst, count=1, wait=2)
+    assert cp.returncode != 0
+    assert text in cp.stdout, cp.stdout
+    assert "From 10.1.0.1" in cp.stdout
+    assert drops(router)[reason] == before + 1
+
+
+def test_blackhole_route_drops_silently(lab, router):
+    before = router.stats()
+    cp = lab.ping("h1", "192.0.2.9", count=1, wait=1)
+    assert cp.returncode != 0
+    assert "From" not in cp.stdout
+    after = router.stats()
+    assert after["drops"]["blackhole"] == before["drops"]["blackhole"] + 1
+    assert after["icmp"]["errors_sent"] == before["icmp"]["errors_sent"]
+
+
+def test_ttl_expiring_gets_time_exceeded(lab, router):
+    cp = lab.ping("h1", "10.3.0.2", count=1, wait=2, extra=["-t", "1"])
+    assert cp.returncode != 0
+    assert "Time to live exceeded" in cp.stdout, cp.stdout
+
+
+def bad_headers() -> dict[str, tuple[str, bytes]]:
+    """Malformed IPv4 headers, each with the drop counter it must raise."""
+    good = IP(src="10.1.0.2", dst="10.3.0.2", ttl=9) / UDP(sport=1, dport=9) / (b"x" * 20)
+    raw = bytearray(bytes(good))
+
+    def fix_sum(b: bytearray, hl: int = 20) -> bytes:
+        b[10:12] = b"\0\0"
+        s = sum(int.from_bytes(b[i:i + 2], "big") for i in range(0, hl, 2))
+        s = (s & 0xFFFF) + (s >> 16)
+        s = (s & 0xFFFF) + (s >> 16)
+        b[10:12] = (~s & 0xFFFF).to_bytes(2, "big")
+        return bytes(b)
+
+    v6 = bytearray(raw)
+    v6[0] = 0x65
+    short_ihl = bytearray(raw)
+    short_ihl[0] = 0x44
+    long_ihl = bytearray(raw)
+    long_ihl[0] = 0x4F
+    badsum = bytearray(raw)
+    badsum[10] ^= 0xFF
+    too_long = bytearray(raw)
+    too_long[2:4] = (len(raw) + 100).to_bytes(2, "big")
+    too_short = bytearray(raw)
+    too_short[2:4] = (12).to_bytes(2, "big")
+    return {
+        "version": ("ip_bad_version", fix_sum(v6)),
+        "ihl<5": ("ip_bad_header_length", fix_sum(short_ihl, 16)),
+        "ihl>frame": ("ip_bad_header_length", bytes(long_ihl)),
+        "checksum": ("ip_bad_checksum", bytes(badsum)),
+        "total>frame": ("ip_bad_total_length", fix_sum(too_long)),
+        "total<header": ("ip_bad_total_length", fix_sum(too_short)),
+        "runt": ("ip_too_short", bytes(raw[:12])),
+    }
+
+
+@pytest.mark.parametrize("case", list(bad_headers()))
+def test_malformed_headers_are_dropped_counted_and_never_answered(lab, router, case):
+    reason, ip = bad_headers()[case]
+    frame = bytes(Ether(dst=router_mac(1), src=host_mac(lab, "h1"), type=0x0800)) + ip
+    s1 = Sniffer(lab.host("h1").netns, "tap1")
+    s3 = Sniffer(lab.host("h3").netns, "tap3")
+    try:
+        before = router.stats()
+        s1.send(frame)
+        icmp = s1.collect(lambda p: ICMP in p and p[IP].src.startswith("10.1.0.1"), timeout=0.7)
+        fwd = s3.collect(lambda p: UDP in p and p[UDP].dport == 9, timeout=0.1)
+        after = router.stats()
+    finally:
+        s1.close()
+        s3.close()
+    assert after["drops"][reason] == before["drops"][reason] + 1
+    assert after["icmp"]["errors_sent"] == before["icmp"]["errors_sent"]
+    assert not icmp and not fwd
+
+
+def test_martian_sources_are_not_forwarded(lab, router):
+    s1 = Sniffer(lab.host("h1").netns, "tap1")
+    try:
+        before = drops(router)["martian_source"]
+        for src in ("127.0.0.9", "0.1.2.3", "240.0.0.1", "224.0.0.5"):
+            pkt = IP(src=src, dst="10.3.0.2") / UDP(sport=1, dport=9)
+            s1.send(bytes(Ether(dst=router_mac(1), src=host_mac(lab, "h1")) / pkt))
+        time.sleep(0.3)
+    finally:
+        s1.close()
+    assert drops(router)["martian_source"] == before + 4
+
+
+def test_icmp_errors_are_rate_limited_under_a_burst(lab, router):
+    router.sysctl("net.inet.icmp.icmplim=5")
+    tx = udp_socket(lab.host("h1").netns)
+    try:
+        before = router.stats()["icmp"]
+        for i in range(200):
+            tx.sendto(b"burst", ("10.99.0.%d" % (i % 250 + 1), 9))
+        time.sleep(0.5)
+        after = router.stats()["icmp"]
+    finally:
+        tx.close()
+        router.sysctl("net.inet.icmp.icmplim=200")
+    sent = after["errors_sent"] - before["errors_sent"]
+    limited = after["ratelimited"] - before["ratelimited"]
+    assert sent + limited == 200
+    assert 1 <= sent <= 5 + 5, sent                    # the bucket plus at most a second's refill
+
+
+def test_iperf3_tcp_and_udp_cross_the_router(lab, router):
+    server = lab.topo.popen(lab.host("h3").netns, ["iperf3", "-s", "-1", "-p", "5201"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        cp = lab.run("h1", ["iperf3", "-c", "10.3.0.2", "-p", "5201", "-t", "2", "-J"], timeout=30)
+        tcp = json.loads(cp.stdout)
+        assert tcp["end"]["sum_received"]["bits_per_second"] > 10e6
+    finally:
+        server.wait(10)
+    server = lab.topo.popen(lab.host("h3").netns, ["iperf3", "-s", "-1", "-p", "5202"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        cp = lab.run("h1", ["iperf3", "-c", "10.3.0.2", "-p", "5202", "-u", "-b", "20M",
+                            "-t", "2", "-J"], timeout=30)
+        udp = json.loads(cp.stdout)
+        assert udp["end"]["sum"]["lost_percent"] < 5
+        assert udp["end"]["sum"]["packets"] > 1000
+    finally:
+        server.wait(10)
+
+
+def test_flood_with_few_clusters_is_denied_counted_and_recovers(lab, router):
+    """Packets held for 150 neighbours that never answer ARP pin clusters;
+    with kern.ipc.nmbclusters small the rest is denied and counted, and the
+    router keeps serving: a ping works again right after the flood."""
+    router.sysctl("kern.ipc.nmbclusters=256")
+    s1 = Sniffer(lab.host("h1").netns, "tap1")
+    src_mac = host_mac(lab, "h1")
+    frames = [bytes(Ether(dst=router_mac(1), src=src_mac)
+                    / IP(src="10.1.0.2", dst=f"10.3.0.{100 + i}") / UDP(sport=7, dport=9) / (b"f" * 18))
+              for i in range(150)]
+    try:
+        z0 = router.zones()
+        deadline = time.monotonic() + 3
+        n = 0
+        while n < 40_000 and time.monotonic() < deadline:
+            s1.send(frames[n % 150])
+            n += 1
+        z1 = router.zones()
+        denied = sum(z1[k]["fails"] - z0[k]["fails"] for k in z1)
+        assert denied > 0, "no allocation was denied"
+        assert drops(router)["no_buffer"] > 0
+        netstat = router.cli("netstat", "-m").stdout
+        assert "requests for mbufs denied" in netstat
+        t0 = time.monotonic()
+        cp = lab.ping("h1", "10.2.0.2", count=1, wait=1)
+        assert cp.returncode == 0 and time.monotonic() - t0 < 1.5, cp.stdout
+    finally:
+        s1.close()
+        router.sysctl("kern.ipc.nmbclusters=0")
+    assert router.proc.poll() is None
