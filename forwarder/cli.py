@@ -6,15 +6,23 @@
   forwarder route [list | add PREFIX (via GW | dev IF | TYPE) | del PREFIX]
   forwarder arp -a | -d IP [-i IF]
   forwarder health | reload
+  forwarder debug stall SECONDS | debug resume
 
 Every command but run talks to a running router, chosen with -c CONFIG,
 --name NAME or --socket PATH (default: the only socket in /run/forwarder).
+
+Exit status: 0 done; 1 the router refused (unknown tunable, bad or out of
+range value, boot-only tunable at runtime, no such route, broken config on
+reload, ...) and nothing changed; 2 a usage error (the command line has the
+wrong shape); 3 the router cannot be reached.  `health` exits 0 or 1 only
+(container health checks reserve other codes).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -95,7 +103,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.verbose:
         logging.getLogger().setLevel(config.router.log_level.upper())
 
-    router = Router(config)
+    router = Router(config, overrides=tuple(args.option or ()),
+                    manage_log_level=not args.verbose)
     stop = threading.Event()
     hup = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -114,10 +123,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             from forwarder.metrics import start_metrics
             metrics = start_metrics(router, *config.metrics.address)
         log.info("router %s running (pid %d, socket %s)", config.router.name,
-                 __import__("os").getpid(), config.router.socket)
+                 os.getpid(), config.router.socket)
         while not stop.wait(0.2):
             if hup.is_set():
                 hup.clear()
+                log.info("SIGHUP: reloading %s", config.path)
                 try:
                     router.reload()
                 except Exception:  # noqa: BLE001 - logged and counted by reload()
@@ -144,25 +154,39 @@ def cmd_run(args: argparse.Namespace) -> int:
 # --- sysctl ------------------------------------------------------------------------
 
 def cmd_sysctl(args: argparse.Namespace) -> int:
-    from forwarder.sysctl import format_get, format_set
-    if args.describe:
-        if not args.names:
-            raise CliError("sysctl -d needs a NAME", EXIT_USAGE)
-        infos = call(args, "sysctl.get", names=args.names)
-        return emit(args, infos, lambda d: "\n".join(f"{i['name']}: {i['description']}" for i in d))
+    from forwarder.sysctl import SysctlError, format_get, format_set, parse_assignment
     sets = [n for n in args.names if "=" in n]
     gets = [n for n in args.names if "=" not in n]
+    if args.describe:
+        if sets:
+            raise CliError("sysctl -d takes names, not NAME=VALUE", EXIT_USAGE)
+        if not gets and not args.all:
+            raise CliError("sysctl -d needs a NAME (or -a for every tunable)", EXIT_USAGE)
+        infos = call(args, "sysctl.get", names=gets) if gets else call(args, "sysctl.list")
+        return emit(args, infos, lambda d: "\n".join(f"{i['name']}: {i['description']}"
+                                                     for i in d))
     if sets and gets:
         raise CliError("give either NAME ... or NAME=VALUE ..., not both", EXIT_USAGE)
+    if args.all and args.names:
+        raise CliError("sysctl -a lists every tunable; it takes no NAME", EXIT_USAGE)
     if sets:
-        assignments = dict(s.split("=", 1) for s in sets)
+        assignments: dict[str, str] = {}
+        for text in sets:
+            try:
+                name, value = parse_assignment(text)
+            except SysctlError as e:
+                raise CliError(str(e), EXIT_USAGE) from None
+            if name in assignments:
+                raise CliError(f"{name} given twice", EXIT_USAGE)
+            assignments[name] = value
         changed = call(args, "sysctl.set", assignments=assignments)
-        return emit(args, changed, lambda d: "\n".join(format_set(n, o, v) for n, o, v in d))
-    if args.all or not gets:
-        infos = call(args, "sysctl.list")
-    else:
-        infos = call(args, "sysctl.get", names=gets)
-    return emit(args, infos, lambda d: "\n".join(format_get(i["name"], i["value"]) for i in d))
+        data = [{"name": n, "old": o, "new": v} for n, o, v in changed]
+        return emit(args, data, lambda d: "\n".join(
+            str(x["new"]) if args.values_only else format_set(x["name"], x["old"], x["new"])
+            for x in d))
+    infos = call(args, "sysctl.get", names=gets) if gets else call(args, "sysctl.list")
+    return emit(args, infos, lambda d: "\n".join(
+        str(i["value"]) if args.values_only else format_get(i["name"], i["value"]) for i in d))
 
 
 # --- observability -------------------------------------------------------------------
@@ -268,6 +292,10 @@ def format_arp(entries: list[dict]) -> str:
 
 
 def cmd_arp(args: argparse.Namespace) -> int:
+    if args.delete and args.all:
+        raise CliError("arp: -a lists, -d deletes: give one of them", EXIT_USAGE)
+    if args.interface and not args.delete:
+        raise CliError("arp: -i IF goes with -d IP", EXIT_USAGE)
     if args.delete:
         n = call(args, "arp.del", ip=args.delete, interface=args.interface)
         print(f"{args.delete} ({n} entr{'y' if n == 1 else 'ies'}) deleted")
@@ -290,6 +318,19 @@ def cmd_health(args: argparse.Namespace) -> int:
         print("unhealthy: dataplane " + ("not running" if age is None else
                                          f"stalled for {age:.1f} s"), file=sys.stderr)
     return EXIT_OK if h["healthy"] else EXIT_ERROR
+
+
+def cmd_debug(args: argparse.Namespace) -> int:
+    if args.what == "stall":
+        if args.seconds is None:
+            raise CliError("usage: forwarder debug stall SECONDS", EXIT_USAGE)
+        r = call(args, "debug.stall", seconds=args.seconds)
+        return emit(args, r, lambda d: f"dataplane stalled for {d['seconds']:g} s "
+                                       "(forwarder debug resume ends it)")
+    if args.seconds is not None:
+        raise CliError("usage: forwarder debug resume", EXIT_USAGE)
+    r = call(args, "debug.resume")
+    return emit(args, r, lambda d: "dataplane resumed" if d["resumed"] else "dataplane was not stalled")
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
@@ -317,11 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a router in the foreground")
     r.add_argument("-c", "--config", required=True, help="config file (TOML)")
     r.add_argument("-o", "--option", action="append", metavar="NAME=VALUE",
-                   help="override a tunable at boot (repeatable)")
+                   help="override a tunable at boot (repeatable; kept across reloads)")
+    r.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                   help="more logging than [router] log_level (-vv: debug)")
 
     s = sub.add_parser("sysctl", parents=[which, js], help="read or set tunables")
     s.add_argument("-a", "--all", action="store_true", help="list every tunable")
     s.add_argument("-d", "--describe", action="store_true", help="describe NAME")
+    s.add_argument("-n", dest="values_only", action="store_true", help="print values only")
     s.add_argument("names", nargs="*", metavar="NAME[=VALUE]")
 
     n = sub.add_parser("netstat", parents=[which, js], help="mbuf statistics (-m)")
@@ -335,8 +379,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("-a", "--all", action="store_true", help="list entries (default)")
     a.add_argument("-d", "--delete", metavar="IP", help="delete the entry for IP")
     a.add_argument("-i", "--interface", help="with -d: only on this interface")
-    sub.add_parser("health", parents=[which, js], help="exit 0 if the dataplane made progress in the last 2 s")
+    sub.add_parser("health", parents=[which, js],
+                   help="exit 0 if the dataplane made progress in the last 2 s, else 1")
     sub.add_parser("reload", parents=[which], help="re-read the config file (as SIGHUP)")
+    d = sub.add_parser("debug", parents=[which, js],
+                       help="debug facilities: stall the forwarding loop (health then fails)")
+    d.add_argument("what", choices=("stall", "resume"))
+    d.add_argument("seconds", nargs="?", type=float, metavar="SECONDS")
     for name, help_ in (("lab", "build a lab topology, ping, trace, load-test, report"),
                         ("loadgen", "scapy-built load between lab hosts"),
                         ("bench", "side-by-side benchmark")):
@@ -351,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "sysctl": cmd_sysctl, "netstat": cmd_netstat, "vmstat": cmd_vmstat,
     "stats": cmd_stats, "route": cmd_route, "arp": cmd_arp, "health": cmd_health,
-    "reload": cmd_reload,
+    "reload": cmd_reload, "debug": cmd_debug,
 }
 
 
@@ -367,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
         return e.code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:            # `forwarder sysctl -a | head`: the reader left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

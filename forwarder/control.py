@@ -6,11 +6,30 @@ One request per line, one response per line:
     {"version": 1, "ok": true, "result": [["kern.ipc.nmbclusters", 65536, 0]]}
     {"version": 1, "ok": false, "error": "kern.ipc.foo: unknown tunable", "kind": "SysctlError"}
 
+Commands (``args`` in brackets):
+
+    hello                         protocol version, router name, pid
+    ping                          "pong"
+    health                        {healthy, running, progress_age, stalled}
+    sysctl.list [prefix]          every tunable's record (name, value, default, range, ...)
+    sysctl.get  [names]           records by name or prefix
+    sysctl.set  [assignments]     {name: value}, all or nothing -> [[name, old, new]]
+    zones                         vmstat -z rows of the mbuf zones
+    stats                         interface counters, drop reasons, ICMP, ARP, reloads
+    route.list | route.add [prefix, via | interface | type] | route.del [prefix]
+    arp.list | arp.del [ip, interface]
+    reload                        re-read the config file -> [change, ...]
+    debug.stall [seconds] | debug.resume
+                                  stop the forwarding loop for a while (a debug and
+                                  test facility: health checks fail meanwhile)
+
 The socket is created mode 0600 (root only): whoever can write to it can
 reconfigure the router.
 """
 from __future__ import annotations
 
+import inspect
+import ipaddress
 import json
 import logging
 import os
@@ -75,19 +94,31 @@ def handlers(router: "Router") -> dict[str, Callable[..., Any]]:
     def health() -> dict:
         age = router.dp.progress_age()
         return {"healthy": router.healthy(), "running": router.running,
+                "stalled": router.dp.stalled,
                 "progress_age": None if age == float("inf") else age}
+
+    def hello() -> dict:
+        return {"protocol": PROTOCOL_VERSION, "router": router.config.router.name,
+                "pid": os.getpid()}
 
     def route_add(prefix: str, via: str | None = None, interface: str | None = None,
                   type: str = "unicast") -> dict:
         return router.route_add(prefix, via=via, interface=interface, type_=type)
 
     def arp_delete(ip: str, interface: str | None = None) -> int:
+        try:
+            ipaddress.IPv4Address(ip)
+        except ValueError:
+            raise ValueError(f"{ip!r} is not an IPv4 address") from None
+        if interface is not None and interface not in router.ifindex:
+            raise KeyError(f"no interface {interface!r}")
         n = router.dp.arp_delete(ip, interface)
         if n == 0:
             raise KeyError(f"no ARP entry for {ip}")
         return n
 
     return {
+        "hello": hello,
         "ping": lambda: "pong",
         "health": health,
         "sysctl.list": sysctl_list,
@@ -101,6 +132,8 @@ def handlers(router: "Router") -> dict[str, Callable[..., Any]]:
         "arp.list": router.dp.arp_entries,
         "arp.del": arp_delete,
         "reload": lambda: router.reload(),
+        "debug.stall": lambda seconds: router.stall(seconds),
+        "debug.resume": router.resume,
     }
 
 
@@ -147,7 +180,14 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             fn = self.commands.get(req.get("command"))
             if fn is None:
                 raise ControlError(f"unknown command {req.get('command')!r}", "command")
-            result = fn(**(req.get("args") or {}))
+            args = req.get("args") or {}
+            if not isinstance(args, dict):
+                raise ControlError("args must be a JSON object", "args")
+            try:
+                _signature(fn).bind(**args)
+            except TypeError as e:
+                raise ControlError(f"{req['command']}: bad arguments ({e})", "args") from None
+            result = fn(**args)
             return {"version": PROTOCOL_VERSION, "ok": True, "result": result}
         except Exception as e:  # noqa: BLE001 - every error goes back to the client
             kind = getattr(e, "kind", type(e).__name__)
@@ -166,6 +206,13 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             self.path.unlink()
         except FileNotFoundError:
             pass
+
+
+def _signature(fn: Callable[..., Any]) -> inspect.Signature:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):          # an extension function without one
+        return inspect.Signature([inspect.Parameter("kw", inspect.Parameter.VAR_KEYWORD)])
 
 
 def _alive(path: Path) -> bool:

@@ -31,7 +31,7 @@ from posix.time cimport clock_gettime, timespec
 from posix.unistd cimport close, read
 
 from allocator_pyx.mbuf cimport (MHLEN, MT_DATA, M_PKTHDR, m_adj, m_copydata, m_copym,
-                                 m_discard_fd, m_freem, m_getcl, m_gethdr, m_prepend,
+                                 m_discard_fd, m_freem, m_getcl, m_gethdr, M_PREPEND,
                                  m_read_fd, m_writev_fd, mbuf)
 from allocator_pyx.uma cimport M_NOWAIT, pthread_mutex_t, uma_thread_flush
 from forwarder.inet cimport (ETHER_HDR_LEN, ETHERTYPE_ARP, ETHERTYPE_IP, ICMP_ECHO,
@@ -439,7 +439,7 @@ cdef void dp_transmit(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
 cdef void ether_output(dp_state *dp, dp_ifnet *ifp, mbuf *m, const uint8_t *dst,
                        uint16_t type) noexcept nogil:
     cdef unsigned char *eh
-    m = m_prepend(m, ETHER_HDR_LEN, M_NOWAIT)
+    m = M_PREPEND(m, ETHER_HDR_LEN, M_NOWAIT)       # in the leading space when there is room
     if m == NULL:
         dp.drops[DROP_NOBUF] += 1
         return
@@ -891,6 +891,10 @@ def _int2ip(v) -> str:
     return str(ipaddress.IPv4Address(v))
 
 
+cdef extern from "<unistd.h>" nogil:
+    int usleep(unsigned int usec)
+
+
 TUNABLES = ("forwarding", "ttl", "icmplim", "arp_max_age", "arp_maxhold", "arp_max_tries")
 
 
@@ -900,6 +904,7 @@ cdef class Dataplane:
     cdef dp_state *dp
     cdef RouteTable routes
     cdef bint running
+    cdef volatile int stalling       # debug: stall() holds dp.lock while set
 
     def __cinit__(self, RouteTable routes not None):
         cdef epoll_event ev
@@ -1050,6 +1055,36 @@ cdef class Dataplane:
         if self.dp.last_progress_ns == 0:
             return float("inf")
         return (dp_clock() - self.dp.last_progress_ns) / 1e9
+
+    def stall(self, double seconds):
+        """Debug facility (forwarder debug stall): hold the dataplane lock for
+        ``seconds`` so the forwarding loop makes no progress -- frames queue
+        in the TAPs, progress_age() grows, health checks fail -- until the
+        time is up or resume() is called.  Blocks the caller (run it in a
+        thread of its own); every other method taking the lock waits too."""
+        cdef int64_t end
+        if not 0 < seconds <= 3600:
+            raise ValueError(f"stall of {seconds} s: expected 0 < seconds <= 3600")
+        if self.stalling:
+            raise RuntimeError("the dataplane is already stalled")
+        self.stalling = 1
+        end = dp_clock() + <int64_t>(seconds * 1e9)
+        with nogil:
+            pthread_mutex_lock(&self.dp.lock)
+            while self.stalling and dp_clock() < end:
+                usleep(10000)
+            pthread_mutex_unlock(&self.dp.lock)
+        self.stalling = 0
+
+    def resume(self) -> bool:
+        """End a stall() early; True if one was in progress."""
+        was = self.stalling != 0
+        self.stalling = 0
+        return was
+
+    @property
+    def stalled(self) -> bool:
+        return self.stalling != 0
 
     @property
     def running(self) -> bool:

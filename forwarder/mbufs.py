@@ -8,6 +8,13 @@ from forwarder.sysctl import SysctlError, SysctlTree
 LIMIT_SYSCTLS = ("kern.ipc.nmbclusters", "kern.ipc.nmbufs", "kern.ipc.nmbjumbop",
                  "kern.ipc.nmbjumbo9", "kern.ipc.nmbjumbo16")
 
+# The zone each limit applies to, as FreeBSD's uma_zone_set_warning() pairs
+# them ("[zone: mbuf_cluster] kern.ipc.nmbclusters limit reached").  The
+# Packet zone has no limit of its own: its items are mbufs with clusters.
+ZONE_LIMITS = {"mbuf": "kern.ipc.nmbufs", "mbuf_cluster": "kern.ipc.nmbclusters",
+               "mbuf_jumbo_page": "kern.ipc.nmbjumbop", "mbuf_jumbo_9k": "kern.ipc.nmbjumbo9",
+               "mbuf_jumbo_16k": "kern.ipc.nmbjumbo16"}
+
 
 def apply_limits(tree: SysctlTree) -> dict:
     """Boot: every mbuf zone limit from the tunables, together."""

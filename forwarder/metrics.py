@@ -1,5 +1,24 @@
 """Prometheus endpoint ([metrics] listen = "host:port"): interface counters,
-drop reasons, ICMP counters and UMA zone gauges, read at scrape time."""
+drop reasons, ICMP counters, UMA zone gauges, reloads and dataplane health,
+all read at scrape time.
+
+    forwarder_interface_{rx,tx}_{packets,bytes}_total{router,interface}
+    forwarder_interface_{rx_nobuf,rx_errors,tx_errors}_total{router,interface}
+    forwarder_drops_total{router,reason}        one series per drop reason
+    forwarder_icmp_total{router,kind}           errors sent, rate-limited, echo replies
+    forwarder_forwarded_packets_total, forwarder_delivered_local_total,
+    forwarder_fragments_created_total{router}
+    forwarder_zone_{used,free,limit}{router,zone}      gauges (limit 0 = unlimited)
+    forwarder_zone_{failures,sleeps,requests}_total{router,zone}
+    forwarder_arp_entries{router}
+    forwarder_reloads_total{router,result}      ok | failed
+    forwarder_sysctl{router,name}               every tunable's current value
+    forwarder_dataplane_up{router}              1 when healthy (progress in the last 2 s)
+    forwarder_dataplane_progress_age_seconds{router}
+
+Note: a scrape reads the dataplane's counters under its lock, so while the
+loop is stalled (`forwarder debug stall`) a scrape waits for it.
+"""
 from __future__ import annotations
 
 import logging
@@ -13,6 +32,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("forwarder.metrics")
 
+INTERFACE_COUNTERS = (
+    ("rx_packets", "frames read"), ("rx_bytes", "bytes read"),
+    ("rx_nobuf", "frames dropped for want of a buffer"), ("rx_errors", "read errors"),
+    ("tx_packets", "frames written"), ("tx_bytes", "bytes written"),
+    ("tx_errors", "write errors"),
+)
+
 
 class RouterCollector(Collector):
     def __init__(self, router: "Router") -> None:
@@ -20,27 +46,50 @@ class RouterCollector(Collector):
 
     def collect(self) -> Iterator:
         from forwarder import mbufs
-        s = self.router.dp.stats()
-        name = self.router.config.router.name
-        for key, doc in (("rx_packets", "frames read"), ("rx_bytes", "bytes read"),
-                         ("rx_nobuf", "frames dropped for want of a buffer"),
-                         ("rx_errors", "read errors"), ("tx_packets", "frames written"),
-                         ("tx_bytes", "bytes written"), ("tx_errors", "write errors")):
-            c = CounterMetricFamily(f"forwarder_interface_{key}", doc, labels=["router", "interface"])
+        r = self.router
+        name = r.config.router.name
+        # Health first: it must not wait for the dataplane's lock.
+        age = r.dp.progress_age()
+        up = GaugeMetricFamily("forwarder_dataplane_up",
+                               "1 when the forwarding loop made progress in the last 2 s",
+                               labels=["router"])
+        up.add_metric([name], 1 if r.healthy() else 0)
+        yield up
+        g = GaugeMetricFamily("forwarder_dataplane_progress_age_seconds",
+                              "seconds since the forwarding loop last went round",
+                              labels=["router"])
+        g.add_metric([name], age)
+        yield g
+
+        s = r.dp.stats()
+        for key, doc in INTERFACE_COUNTERS:
+            c = CounterMetricFamily(f"forwarder_interface_{key}", doc,
+                                    labels=["router", "interface"])
             for i in s["interfaces"]:
                 c.add_metric([name, i["name"]], i[key])
             yield c
-        d = CounterMetricFamily("forwarder_drops", "packets dropped, by reason", labels=["router", "reason"])
+        d = CounterMetricFamily("forwarder_drops", "packets dropped, by reason",
+                                labels=["router", "reason"])
         for reason, v in s["drops"].items():
             d.add_metric([name, reason], v)
         yield d
-        ic = CounterMetricFamily("forwarder_icmp", "ICMP messages sent or suppressed", labels=["router", "kind"])
+        ic = CounterMetricFamily("forwarder_icmp", "ICMP messages sent or suppressed, by kind",
+                                 labels=["router", "kind"])
         for k, v in s["icmp"].items():
             ic.add_metric([name, k], v)
         yield ic
-        f = CounterMetricFamily("forwarder_forwarded_packets", "packets forwarded", labels=["router"])
-        f.add_metric([name], s["forwarded"])
-        yield f
+        for key, metric, doc in (("forwarded", "forwarded_packets", "packets forwarded"),
+                                 ("delivered_local", "delivered_local",
+                                  "packets for the router itself"),
+                                 ("fragments_created", "fragments_created",
+                                  "fragments made of packets too big for the next link")):
+            f = CounterMetricFamily(f"forwarder_{metric}", doc, labels=["router"])
+            f.add_metric([name], s[key])
+            yield f
+        a = GaugeMetricFamily("forwarder_arp_entries", "ARP table entries", labels=["router"])
+        a.add_metric([name], s["arp"]["entries"])
+        yield a
+
         zones = mbufs.zone_stats()
         for key, doc in (("used", "items in use"), ("free", "items cached"),
                          ("limit", "item limit (0 = unlimited)")):
@@ -48,12 +97,24 @@ class RouterCollector(Collector):
             for z in zones:
                 g.add_metric([name, z["name"]], z[key])
             yield g
-        for key, doc in (("fails", "allocations denied"), ("sleeps", "allocations delayed"),
-                         ("requests", "allocations")):
-            c = CounterMetricFamily(f"forwarder_zone_{key}", doc, labels=["router", "zone"])
+        for key, metric, doc in (("fails", "failures", "allocations denied at the limit"),
+                                 ("sleeps", "sleeps", "allocations delayed at the limit"),
+                                 ("requests", "requests", "allocations")):
+            c = CounterMetricFamily(f"forwarder_zone_{metric}", doc, labels=["router", "zone"])
             for z in zones:
                 c.add_metric([name, z["name"]], z[key])
             yield c
+
+        rl = CounterMetricFamily("forwarder_reloads", "config reloads, by result",
+                                 labels=["router", "result"])
+        rl.add_metric([name, "ok"], r.reloads.ok)
+        rl.add_metric([name, "failed"], r.reloads.failed)
+        yield rl
+        sc = GaugeMetricFamily("forwarder_sysctl", "current value of each tunable",
+                               labels=["router", "name"])
+        for n, v in r.sysctl.all():
+            sc.add_metric([name, n], v)
+        yield sc
 
 
 def start_metrics(router: "Router", host: str, port: int):

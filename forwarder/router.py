@@ -3,6 +3,26 @@
 The control plane's view of one router.  The forwarding path itself lives in
 forwarder/dataplane.pyx and runs in a thread of its own without the GIL;
 everything here runs with the GIL and talks to it through Dataplane methods.
+
+The dataplane never logs.  A watcher thread here turns what operators must
+hear about into log lines: a zone that refused allocations at its limit is
+reported like FreeBSD's UMA does, ``[zone: mbuf_cluster] kern.ipc.nmbclusters
+limit reached``, at most once per zone every ``zone_warning_interval`` seconds
+(300, FreeBSD's interval).
+
+Reload (``forwarder reload`` or SIGHUP) re-reads the config file with the
+boot ``-o`` overrides given at start:
+
+* routes become the config's again (connected, local and [[route]]); routes
+  added at runtime with ``forwarder route add`` are dropped;
+* a tunable is set when the new config's value differs from the previous
+  config's, so values changed with ``forwarder sysctl`` survive a reload that
+  does not touch them; boot-only tunables cannot change (restart);
+* addresses and MTUs of existing interfaces are applied; adding, removing or
+  reordering interfaces, or changing a MAC or netns, needs a restart.
+
+A config that does not parse or validate changes nothing: the reason is
+logged, the failure counted (``stats``: reloads.failed) and returned.
 """
 from __future__ import annotations
 
@@ -21,6 +41,13 @@ from forwarder.sysctl import SysctlError, SysctlTree
 
 log = logging.getLogger("forwarder.router")
 
+# FreeBSD's uma_core.c warninterval: one "limit reached" line per zone per 5 min.
+ZONE_WARNING_INTERVAL = 300.0
+# How often the watcher thread looks at the zones' failure counters.
+WATCH_PERIOD = 0.5
+# A debug stall is bounded.
+MAX_STALL = 3600.0
+
 # Tunables the dataplane applies, by sysctl name.
 DATAPLANE_TUNABLES = {
     "net.inet.ip.forwarding": "forwarding",
@@ -30,6 +57,29 @@ DATAPLANE_TUNABLES = {
     "net.link.ether.inet.maxhold": "arp_maxhold",
     "net.link.ether.inet.maxtries": "arp_max_tries",
 }
+
+
+class _QuietTrees(logging.Filter):
+    """Silences forwarder.sysctl's change lines in the thread that builds
+    throw-away trees from a config being reloaded (they are not changes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self._local, "on", False)
+
+    def tree(self, config: Config) -> SysctlTree:
+        self._local.on = True
+        try:
+            return config.sysctl_tree()
+        finally:
+            self._local.on = False
+
+
+_quiet = _QuietTrees()
+logging.getLogger("forwarder.sysctl").addFilter(_quiet)
 
 
 def mac_bytes(mac: str) -> bytes:
@@ -59,7 +109,15 @@ class Router:
     runtime_routes: dict[str, dict] = field(default_factory=dict)
     reloads: ReloadStats = field(default_factory=ReloadStats)
     started_at: float = 0.0
+    # Boot overrides (-o name=value), re-applied on every reload.
+    overrides: tuple[str, ...] = ()
+    # Set the root logger's level from [router] log_level on reload (not with -v).
+    manage_log_level: bool = False
+    zone_warning_interval: float = ZONE_WARNING_INTERVAL
     _thread: threading.Thread | None = None
+    _watcher: threading.Thread | None = None
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _stall_thread: threading.Thread | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     def __post_init__(self) -> None:
@@ -86,6 +144,9 @@ class Router:
         self._thread = threading.Thread(target=self.dp.run, name="dataplane", daemon=True)
         self._thread.start()
         self.started_at = time.monotonic()
+        self._stopping.clear()
+        self._watcher = threading.Thread(target=self._watch, name="zone-watcher", daemon=True)
+        self._watcher.start()
         log.info("router %s forwarding on %s", self.config.router.name,
                  ", ".join(self.ifindex) or "no interfaces")
 
@@ -105,6 +166,15 @@ class Router:
 
     def stop(self) -> None:
         """Stop forwarding, free every held packet, close the TAPs."""
+        self._stopping.set()
+        if self.dp.resume():
+            log.warning("dataplane stall ended by shutdown")
+        if self._stall_thread is not None:
+            self._stall_thread.join(5)
+            self._stall_thread = None
+        if self._watcher is not None:
+            self._watcher.join(5)
+            self._watcher = None
         if self._thread is not None:
             self.dp.stop()
             self._thread.join(10)
@@ -166,8 +236,14 @@ class Router:
             raise ValueError("a unicast route needs exactly one of via or interface")
         nh = self._nexthop(self.config, type_, IPv4Address(via) if via else None, interface)
         with self._lock:
+            limit = self.sysctl.get("net.route.max_routes")
+            if str(net) not in self.routes and len(self.routes) >= limit:
+                raise ValueError(f"route table full: {len(self.routes)} routes, "
+                                 f"net.route.max_routes is {limit}")
             self.routes.add(str(net), nh)
             self.runtime_routes[str(net)] = nh
+            # Overrides a config route: a reload puts the config's back.
+            self.config_routes.pop(str(net), None)
         log.info("route add %s %s", net, nh)
         return self.routes.get(str(net))
 
@@ -202,29 +278,93 @@ class Router:
             mbufs.set_limit(name, new, self.sysctl)
         elif name in DATAPLANE_TUNABLES:
             self.dp.set(DATAPLANE_TUNABLES[name], new)
-        log.info("sysctl %s: %s -> %s", name, old, new)
+        # SysctlTree logs the change once it is committed.
+
+    # --- zone limit warnings (the dataplane must not log) ---------------------------
+
+    def _watch(self) -> None:
+        """Every WATCH_PERIOD: a zone whose failure counter moved since the last
+        look hit its limit -- say so, at most once per zone_warning_interval."""
+        last_fails: dict[str, int] = {}
+        last_warned: dict[str, float] = {}
+        while not self._stopping.wait(WATCH_PERIOD):
+            try:
+                for z in mbufs.zone_stats():
+                    name, fails = z["name"], z["fails"]
+                    prev = last_fails.get(name, fails)
+                    last_fails[name] = fails
+                    tunable = mbufs.ZONE_LIMITS.get(name)
+                    if tunable is None or fails <= prev:
+                        continue
+                    now = time.monotonic()
+                    if now - last_warned.get(name, -1e18) >= self.zone_warning_interval:
+                        last_warned[name] = now
+                        log.warning("[zone: %s] %s limit reached", name, tunable)
+            except Exception:  # noqa: BLE001 - the watcher must outlive a bad read
+                log.exception("zone watcher")
+
+    # --- debug: stall the dataplane ---------------------------------------------------
+
+    def stall(self, seconds: float) -> dict:
+        """Debug facility: stop the forwarding loop for ``seconds`` (it makes no
+        progress, `forwarder health` fails) without stopping the router."""
+        seconds = float(seconds)
+        if not 0 < seconds <= MAX_STALL:
+            raise ValueError(f"stall of {seconds:g} s: expected 0 < SECONDS <= {MAX_STALL:g}")
+        with self._lock:
+            if not self.running:
+                raise RuntimeError("the dataplane is not running")
+            if self._stall_thread is not None and self._stall_thread.is_alive():
+                raise RuntimeError("the dataplane is already stalled "
+                                   "(forwarder debug resume ends it)")
+            self._stall_thread = threading.Thread(target=self._stall, args=(seconds,),
+                                                  name="stall", daemon=True)
+            self._stall_thread.start()
+        deadline = time.monotonic() + 1
+        while not self.dp.stalled and self._stall_thread.is_alive() \
+                and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return {"stalled": True, "seconds": seconds}
+
+    def _stall(self, seconds: float) -> None:
+        log.warning("dataplane stalled for %g s on request (debug)", seconds)
+        t0 = time.monotonic()
+        try:
+            self.dp.stall(seconds)
+        except Exception as e:  # noqa: BLE001
+            log.error("stall: %s", e)
+            return
+        log.warning("dataplane resumed after %.1f s stall", time.monotonic() - t0)
+
+    def resume(self) -> dict:
+        was = self.dp.resume()
+        if was and self._stall_thread is not None:
+            self._stall_thread.join(5)
+        return {"resumed": was}
 
     # --- reload ---------------------------------------------------------------------
 
     def reload(self, path: str | None = None) -> list[str]:
         """Re-read the config and apply routes, addresses and runtime tunables.
-        A config that does not parse or validate changes nothing (ConfigError).
-        Returns what changed."""
+        A config that does not parse or validate changes nothing: the error is
+        logged, counted and raised.  Returns what changed."""
         path = path or (str(self.config.path) if self.config.path else None)
-        if path is None:
-            raise ConfigError([])
-        try:
-            new = load_config(path)
-            changes = self._apply(new)
-        except (ConfigError, ValueError, SysctlError) as e:
-            self.reloads.failed += 1
-            self.reloads.last_error = str(e)
+        with self._lock:
+            try:
+                if path is None:
+                    raise ValueError("the router was not started from a config file")
+                new = load_config(path, self.overrides)
+                changes = self._apply(new)
+            except Exception as e:  # noqa: BLE001 - every failure is counted and logged
+                reason = str(e).replace("\n", "; ") or type(e).__name__
+                self.reloads.failed += 1
+                self.reloads.last_error = reason
+                self.reloads.last_time = time.time()
+                log.error("reload of %s failed, running config kept: %s", path, reason)
+                raise
+            self.reloads.ok += 1
+            self.reloads.last_error = None
             self.reloads.last_time = time.time()
-            log.error("reload of %s failed, running config kept: %s", path, e)
-            raise
-        self.reloads.ok += 1
-        self.reloads.last_error = None
-        self.reloads.last_time = time.time()
         log.info("reload of %s ok: %s", path, "; ".join(changes) or "no changes")
         return changes
 
@@ -237,42 +377,66 @@ class Router:
                 raise ValueError(f"interface {a.name}: netns and mac change only with a restart")
         # Validate everything before changing anything.
         specs = self._route_specs(new)
-        tree = new.sysctl_tree()
+        tree = _quiet.tree(new)
         boot_changed = [n for n, v in tree.all()
                         if not tree.info(n)["runtime"] and v != self.sysctl.get(n)]
         if boot_changed:
             raise ValueError(f"boot-only tunables changed: {', '.join(boot_changed)}; restart")
-        wanted = {n: v for n, v in tree.all() if v != self.sysctl.get(n)}
+        # Tunables the config changed (since the previous config) -- values set
+        # at runtime with `forwarder sysctl` survive a reload that leaves them be.
+        before = _quiet.tree(old).snapshot()
+        wanted = {n: v for n, v in tree.all() if v != before[n] and v != self.sysctl.get(n)}
+        wanted = _limits_order(wanted, self.sysctl)
         changes: list[str] = []
-        with self._lock:
-            if wanted:
-                self.sysctl.set_many(wanted)
-                changes += [f"{n}={v}" for n, v in wanted.items()]
-            for a, b in zip(old.interfaces, new.interfaces):
-                if a.addresses != b.addresses:
-                    self.dp.set_addresses(self.ifindex[b.name],
-                                          [(str(x.ip), x.network.prefixlen) for x in b.addresses])
-                    changes.append(f"{b.name} addresses")
-                if a.mtu != b.mtu:
-                    netns.link_set(b.name, b.netns_path, mtu=b.mtu) if b.netns else \
-                        netns.link_set(b.name, mtu=b.mtu)
-                    self.dp.set_mtu(self.ifindex[b.name], b.mtu)
-                    changes.append(f"{b.name} mtu {b.mtu}")
-            current = {r["prefix"] for r in self.routes.routes()}
-            for prefix in sorted(current - set(specs), key=lambda p: -IPv4Network(p).prefixlen):
-                self.routes.delete(prefix)
-                changes.append(f"route -{prefix}")
-            for prefix, nh in specs.items():
-                if self.config_routes.get(prefix) != nh or prefix not in current:
-                    self.routes.add(prefix, nh)
-                    if prefix not in self.config_routes:
-                        changes.append(f"route +{prefix}")
-            self.config_routes = specs
-            self.runtime_routes.clear()
-            self.config = new
+        if wanted:
+            self.sysctl.set_many(wanted)        # all or nothing (SysctlError)
+            changes += [f"{n}={v}" for n, v in wanted.items()]
+        for a, b in zip(old.interfaces, new.interfaces):
+            if a.addresses != b.addresses:
+                self.dp.set_addresses(self.ifindex[b.name],
+                                      [(str(x.ip), x.network.prefixlen) for x in b.addresses])
+                changes.append(f"{b.name} addresses")
+            if a.mtu != b.mtu:
+                netns.link_set(b.name, b.netns_path, mtu=b.mtu) if b.netns else \
+                    netns.link_set(b.name, mtu=b.mtu)
+                self.dp.set_mtu(self.ifindex[b.name], b.mtu)
+                changes.append(f"{b.name} mtu {b.mtu}")
+        current = {r["prefix"] for r in self.routes.routes()}
+        for prefix in sorted(current - set(specs), key=lambda p: -IPv4Network(p).prefixlen):
+            self.routes.delete(prefix)
+            changes.append(f"route -{prefix}")
+        for prefix, nh in specs.items():
+            if prefix not in current:
+                self.routes.add(prefix, nh)
+                changes.append(f"route +{prefix}")
+            elif self.config_routes.get(prefix) != nh:
+                self.routes.add(prefix, nh)
+                changes.append(f"route ~{prefix}")
+        self.config_routes = specs
+        self.runtime_routes.clear()
+        if new.metrics != old.metrics:
+            log.warning("reload: [metrics] changes take effect at the next restart")
+        if self.manage_log_level and new.router.log_level != old.router.log_level:
+            logging.getLogger().setLevel(new.router.log_level.upper())
+            changes.append(f"log_level {new.router.log_level}")
+        self.config = new
         return changes
 
     # --- health ---------------------------------------------------------------------
 
     def healthy(self, within: float = 2.0) -> bool:
         return self.running and self.dp.progress_age() <= within
+
+
+def _limits_order(wanted: dict[str, int], tree: SysctlTree) -> dict[str, int]:
+    """Order mbuf limit changes so that every intermediate state is valid:
+    kern.ipc.nmbufs first when it grows (or becomes unlimited), last when it
+    shrinks -- it must cover the cluster limits at each step."""
+    name = "kern.ipc.nmbufs"
+    if name not in wanted:
+        return wanted
+    new, cur = wanted[name], tree.get(name)
+    rest = {k: v for k, v in wanted.items() if k != name}
+    if new == 0 or (cur != 0 and new > cur):
+        return {name: new, **rest}
+    return {**rest, name: new}
