@@ -37,10 +37,10 @@ Limits.  A zone limit caps uz_items: the items taken out of the keg for the
 zone, in use *or* cached (FreeBSD's uz_items).  At the cap a M_NOWAIT request
 fails (uz_fails, netstat's "denied"); a M_WAITOK request sleeps (uz_sleeps,
 "delayed") in 10 ms slices until an item comes back or its timeout passes.
-While a zone has sleepers, or holds more items than a freshly lowered limit,
-it is "slow": allocations and frees bypass the per-thread caches and go to the
-keg item by item, so every free is seen by the sleepers at once and usage
-falls as items come back.  Deliberate races: uz_slow is read without the lock
+While a zone is at its limit (or above a freshly lowered one), or has
+sleepers, it is "slow": allocations and frees bypass the per-thread caches
+and go to the keg item by item, so every free is seen by the sleepers at once
+and usage falls as items come back.  Speed at the cap is traded for that.  Deliberate races: uz_slow is read without the lock
 on the fast path, so a free that races with a sleeper's arrival may still land
 in a cache; the sleeper's 10 ms slices bound that.  Items parked in *another*
 thread's cache are not stolen at the cap (as in FreeBSD): that thread hands
@@ -435,8 +435,8 @@ cdef inline void zone_update_slow(uma_zone *zone) noexcept nogil:
     """Recompute whether the caches are bypassed (zone lock held)."""
     cdef uma_keg *keg = zone.uz_keg
     zone.uz_slow = (zone.uz_sleepers > 0 or
-                    (zone.uz_limit != 0 and zone.uz_items > zone.uz_limit) or
-                    (keg.uk_limit != 0 and keg_items_out(keg) > keg.uk_limit))
+                    (zone.uz_limit != 0 and zone.uz_items >= zone.uz_limit) or
+                    (keg.uk_limit != 0 and keg_items_out(keg) >= keg.uk_limit))
 
 
 cdef inline void zone_update_bucket_size(uma_zone *zone) noexcept nogil:
@@ -465,6 +465,7 @@ cdef void zone_release(uma_zone *zone, void **items, int n) noexcept nogil:
         keg_release(keg, items[i])
     unlock(&keg.uk_lock)
     zone.uz_items -= n
+    zone_update_slow(zone)
 
 
 cdef int zone_import(uma_zone *zone, void **out, int n, int flags) noexcept nogil:
@@ -481,6 +482,7 @@ cdef int zone_import(uma_zone *zone, void **out, int n, int flags) noexcept nogi
     got = <int>keg_fetch(keg, out, <uint32_t>n, flags)
     unlock(&keg.uk_lock)
     zone.uz_items += got
+    zone_update_slow(zone)
     if zone.uz_init == NULL:
         return got
     for i in range(got):
@@ -492,6 +494,7 @@ cdef int zone_import(uma_zone *zone, void **out, int n, int flags) noexcept nogi
             keg_release(keg, out[i])
             unlock(&keg.uk_lock)
             zone.uz_items -= 1
+    zone_update_slow(zone)
     return kept
 
 
@@ -917,6 +920,7 @@ cdef int uma_zdestroy(uma_zone *zone) noexcept nogil:
     cdef uma_thread *t
     cdef uma_keg *keg = zone.uz_keg
     cdef bint last
+    cache_lookup(zone)              # register before the locks (zfini may free)
     uma_zone_stats(zone, &st)
     if st.used != 0:
         return -1
@@ -973,6 +977,9 @@ cdef void uma_keg_set_max(uma_zone *zone, uint64_t nitems) noexcept nogil:
     cdef int i
     cdef uma_zone *z
     cdef uma_keg *keg = zone.uz_keg
+    # Register the calling thread before any lock: draining below runs zfini
+    # hooks, which free into other zones through this thread's cache.
+    cache_lookup(zone)
     lock(&uma_global_lock)
     lock(&keg.uk_lock)
     keg.uk_limit = nitems

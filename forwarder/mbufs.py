@@ -10,7 +10,7 @@ LIMIT_SYSCTLS = ("kern.ipc.nmbclusters", "kern.ipc.nmbufs", "kern.ipc.nmbjumbop"
 
 # The zone each limit applies to, as FreeBSD's uma_zone_set_warning() pairs
 # them ("[zone: mbuf_cluster] kern.ipc.nmbclusters limit reached").  The
-# Packet zone has no limit of its own: its items are mbufs with clusters.
+# Packet zone follows nmbclusters too, but its denials show in mbuf_cluster's.
 ZONE_LIMITS = {"mbuf": "kern.ipc.nmbufs", "mbuf_cluster": "kern.ipc.nmbclusters",
                "mbuf_jumbo_page": "kern.ipc.nmbjumbop", "mbuf_jumbo_9k": "kern.ipc.nmbjumbo9",
                "mbuf_jumbo_16k": "kern.ipc.nmbjumbo16"}

@@ -1,8 +1,13 @@
 #!/usr/bin/env python3
-"""Allocator benchmark: UMA's cached alloc+free pair against glibc malloc/free
-and, from Python, against bytearray; with one thread and with two at once.
+"""Allocator benchmark, in one run:
 
-    python3 scripts/bench_alloc.py [--json] [--n N]
+* UMA's cached alloc+free pair against glibc malloc/free of the same size
+  and, from Python, against bytearray; with one thread and with two at once;
+* mbufs: m_getcl + m_freem from Cython without the GIL and from Python,
+  against the bare cached pair on the Packet zone; m_get + m_clget (the two
+  primary zones); m_copym of a 3-cluster chain.
+
+    python3 scripts/bench_alloc.py [--json] [--n N] [--repeat R]
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import sys
 import threading
 import time
 
-from allocator_pyx import uma, uma_tools
+from allocator_pyx import mbuf, mbuf_bench, uma, uma_tools
 
 SIZE = 2048   # a cluster
 
@@ -51,6 +56,28 @@ def two_threads(fn) -> list[float]:
     return out
 
 
+def python_getcl_freem_ns(n: int) -> float:
+    getcl = mbuf.Mbuf.getcl
+    t0 = time.perf_counter_ns()
+    for _ in range(n):
+        getcl().freem()
+    return (time.perf_counter_ns() - t0) / n
+
+
+def measure_mbuf(n: int, repeat: int) -> dict[str, float]:
+    res: dict[str, float] = {}
+    res["m_getcl_freem_ns"] = median_of(lambda: mbuf_bench.getcl_freem_ns(n), repeat)
+    res["packet_zone_pair_ns"] = median_of(lambda: mbuf_bench.pack_pair_ns(n), repeat)
+    res["ratio_getcl_vs_packet_pair"] = res["m_getcl_freem_ns"] / res["packet_zone_pair_ns"]
+    res["m_get_free_ns"] = median_of(lambda: mbuf_bench.get_free_ns(n), repeat)
+    res["m_get_clget_freem_ns"] = median_of(lambda: mbuf_bench.get_clget_freem_ns(n), repeat)
+    res["m_copym_3cl_ns"] = median_of(lambda: mbuf_bench.copym_3cl_ns(n // 2), repeat)
+    pn = max(n // 10, 10_000)
+    res["python_m_getcl_freem_ns"] = median_of(lambda: python_getcl_freem_ns(pn), repeat)
+    mbuf.drain()
+    return res
+
+
 def measure(n: int, repeat: int) -> dict:
     zone = uma.Zone.create("bench_cluster", SIZE)
     res: dict[str, float] = {}
@@ -69,6 +96,7 @@ def measure(n: int, repeat: int) -> dict:
     res["ratio_vs_malloc_2threads"] = max(t2) / max(m2)
     zone.drain()
     zone.destroy()
+    res.update(measure_mbuf(n, repeat))
     return res
 
 
