@@ -337,3 +337,24 @@ def test_flood_with_few_clusters_is_denied_counted_and_recovers(lab, router):
         s1.close()
         router.sysctl("kern.ipc.nmbclusters=0")
     assert router.proc.poll() is None
+
+
+def test_unanswered_arp_is_retried_once_a_second_then_host_unreachable(lab, router):
+    """Three requests, one per second, for a neighbour that never answers;
+    then ICMP host unreachable (code 1) for what was held."""
+    s3 = Sniffer(lab.host("h3").netns, "tap3")
+    try:
+        before = drops(router)["arp_timeout"]
+        t0 = time.monotonic()
+        cp = lab.ping("h1", "10.3.0.99", count=1, wait=6)
+        elapsed = time.monotonic() - t0
+        asks = s3.collect(lambda p: p.type == 0x0806 and p.pdst == "10.3.0.99", timeout=0.5, want=10)
+    finally:
+        s3.close()
+    assert "Destination Host Unreachable" in cp.stdout, cp.stdout
+    assert "From 10.1.0.1" in cp.stdout
+    assert 2.5 <= elapsed <= 5.5
+    assert drops(router)["arp_timeout"] == before + 1
+    assert len(asks) == 3, [a.time for a in asks]
+    entries = router.cli_json("arp", "-a")
+    assert not any(e["ip"] == "10.3.0.99" for e in entries)
