@@ -997,20 +997,11 @@ cdef mbuf *m_split(mbuf *m0, int len0, int how) noexcept nogil:
 cdef mbuf *m_defrag(mbuf *m0, int how) noexcept nogil:
     """The chain copied into as few mbufs as m_getm gives (page-size jumbos,
     then one 2k cluster or plain mbuf), shared clusters unshared; m0 is
-    freed.  NULL (m0 untouched) when out of memory."""
-    cdef mbuf *n
-    cdef int total, hdr
-    if m0 == NULL:
-        return NULL
-    total = <int>m_length(m0, NULL)
-    hdr = m0.m_flags & M_PKTHDR
-    n = m_getm(total, how, m0.m_type, hdr)
-    if n == NULL:
-        return NULL
-    if hdr:
-        m_dup_pkthdr(n, m0)
-    mb_fill(n, m0, total)
-    m_freem(m0)
+    freed.  NULL (m0 untouched) when out of memory.  That is m_dup, then
+    m0 let go."""
+    cdef mbuf *n = m_dup(m0, how)
+    if n != NULL:
+        m_freem(m0)
     return n
 
 

@@ -241,9 +241,7 @@ cdef void arp_request(dp_state *dp, dp_ifnet *ifp, uint32_t tip) noexcept nogil:
         dp.drops[DROP_NOBUF] += 1
         return
     p = mdata(m)
-    memcpy(p, ETHER_BCAST, 6)
-    memcpy(p + 6, ifp.mac, 6)
-    st16(p + 12, ETHERTYPE_ARP)
+    ether_header(p, ETHER_BCAST, ifp.mac, ETHERTYPE_ARP)
     p += ETHER_HDR_LEN
     st16(p, 1)                      # Ethernet
     st16(p + 2, ETHERTYPE_IP)
@@ -436,17 +434,20 @@ cdef void dp_transmit(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
     m_freem(m)
 
 
+cdef inline void ether_header(unsigned char *eh, const uint8_t *dst, const uint8_t *src,
+                              uint16_t type) noexcept nogil:
+    memcpy(eh, dst, 6)
+    memcpy(eh + 6, src, 6)
+    st16(eh + 12, type)
+
+
 cdef void ether_output(dp_state *dp, dp_ifnet *ifp, mbuf *m, const uint8_t *dst,
                        uint16_t type) noexcept nogil:
-    cdef unsigned char *eh
     m = M_PREPEND(m, ETHER_HDR_LEN, M_NOWAIT)       # in the leading space when there is room
     if m == NULL:
         dp.drops[DROP_NOBUF] += 1
         return
-    eh = mdata(m)
-    memcpy(eh, dst, 6)
-    memcpy(eh + 6, ifp.mac, 6)
-    st16(eh + 12, type)
+    ether_header(mdata(m), dst, ifp.mac, type)
     dp_transmit(dp, ifp, m)
 
 
