@@ -9,12 +9,14 @@
   forwarder debug stall SECONDS | debug resume
 
 Every command but run talks to a running router, chosen with -c CONFIG,
---name NAME or --socket PATH (default: the only socket in /run/forwarder).
+--name NAME or --socket PATH (default: the only socket in /run/forwarder);
+--timeout SECONDS bounds the wait for its answer (default 10).
 
 Exit status: 0 done; 1 the router refused (unknown tunable, bad or out of
 range value, boot-only tunable at runtime, no such route, broken config on
 reload, ...) and nothing changed; 2 a usage error (the command line has the
-wrong shape); 3 the router cannot be reached.  `health` exits 0 or 1 only
+wrong shape); 3 the router cannot be reached (no socket, nobody listening,
+no answer in time, not a forwarder socket).  `health` exits 0 or 1 only
 (container health checks reserve other codes).
 """
 from __future__ import annotations
@@ -69,7 +71,8 @@ def socket_path(args: argparse.Namespace) -> Path:
 def call(args: argparse.Namespace, command: str, **kw: Any) -> Any:
     from forwarder.control import Client, ControlError
     try:
-        return Client(socket_path(args)).call(command, **kw)
+        return Client(socket_path(args), timeout=getattr(args, "timeout", None) or 10.0
+                      ).call(command, **kw)
     except ControlError as e:
         raise CliError(str(e), EXIT_UNREACHABLE if e.kind == "unreachable" else EXIT_ERROR) from None
 
@@ -135,8 +138,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             if not router.running:
                 log.error("dataplane thread exited; stopping")
                 return EXIT_ERROR
-    except (OSError, ValueError) as e:
-        log.error("cannot start: %s", e)
+    except Exception as e:  # noqa: BLE001 - TAP, netns (pyroute2), metrics port, limits
+        log.error("cannot start: %s", e or type(e).__name__)
         return EXIT_ERROR
     finally:
         if metrics is not None:
@@ -163,8 +166,9 @@ def cmd_sysctl(args: argparse.Namespace) -> int:
         if not gets and not args.all:
             raise CliError("sysctl -d needs a NAME (or -a for every tunable)", EXIT_USAGE)
         infos = call(args, "sysctl.get", names=gets) if gets else call(args, "sysctl.list")
-        return emit(args, infos, lambda d: "\n".join(f"{i['name']}: {i['description']}"
-                                                     for i in d))
+        return emit(args, infos, lambda d: "\n".join(
+            i["description"] if args.values_only else f"{i['name']}: {i['description']}"
+            for i in d))
     if sets and gets:
         raise CliError("give either NAME ... or NAME=VALUE ..., not both", EXIT_USAGE)
     if args.all and args.names:
@@ -182,8 +186,8 @@ def cmd_sysctl(args: argparse.Namespace) -> int:
         changed = call(args, "sysctl.set", assignments=assignments)
         data = [{"name": n, "old": o, "new": v} for n, o, v in changed]
         return emit(args, data, lambda d: "\n".join(
-            str(x["new"]) if args.values_only else format_set(x["name"], x["old"], x["new"])
-            for x in d))
+            f"{x['old']} -> {x['new']}" if args.values_only
+            else format_set(x["name"], x["old"], x["new"]) for x in d))
     infos = call(args, "sysctl.get", names=gets) if gets else call(args, "sysctl.list")
     return emit(args, infos, lambda d: "\n".join(
         str(i["value"]) if args.values_only else format_get(i["name"], i["value"]) for i in d))
@@ -341,7 +345,25 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 # --- the parser ------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
+def _positive_seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < v <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 0 < SECONDS <= 3600")
+    return v
+
+
+EXTRA_COMMANDS = (("lab", "build a lab topology, ping, trace, load-test, report"),
+                  ("loadgen", "scapy-built load between lab hosts"),
+                  ("bench", "side-by-side benchmark"))
+
+
+def build_parser(extras: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; ``extras=False`` leaves out the lab, loadgen and
+    bench commands, whose modules take long to import (pyroute2, scapy): a
+    `forwarder health` run by a container health check should not pay for them."""
     p = argparse.ArgumentParser(prog="forwarder", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
@@ -350,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-c", "--config", help="the router's config file")
     g.add_argument("--name", help="the router's name ([router] name)")
     g.add_argument("--socket", help="the control socket's path")
+    g.add_argument("--timeout", type=_positive_seconds, default=10.0, metavar="SECONDS",
+                   help="give up when the router does not answer in time (default 10)")
     js = argparse.ArgumentParser(add_help=False)
     js.add_argument("--json", action="store_true", help="JSON output")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
@@ -386,9 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="debug facilities: stall the forwarding loop (health then fails)")
     d.add_argument("what", choices=("stall", "resume"))
     d.add_argument("seconds", nargs="?", type=float, metavar="SECONDS")
-    for name, help_ in (("lab", "build a lab topology, ping, trace, load-test, report"),
-                        ("loadgen", "scapy-built load between lab hosts"),
-                        ("bench", "side-by-side benchmark")):
+    for name, help_ in EXTRA_COMMANDS if extras else ():
         try:
             mod = __import__(f"forwarder.{name}", fromlist=["add_parser"])
         except ImportError:
@@ -405,7 +427,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    first = next((w for w in words if not w.startswith("-")), None)
+    args = build_parser(extras=first not in COMMANDS).parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     fn = COMMANDS.get(args.cmd) or getattr(args, "func", None)

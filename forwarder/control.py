@@ -47,6 +47,7 @@ log = logging.getLogger("forwarder.control")
 
 PROTOCOL_VERSION = 1
 MAX_REQUEST = 1 << 20
+IDLE_TIMEOUT = 60.0
 
 
 class ControlError(Exception):
@@ -139,14 +140,23 @@ def handlers(router: "Router") -> dict[str, Callable[..., Any]]:
 
 class _Handler(socketserver.StreamRequestHandler):
     server: "ControlServer"
+    # A connection that sends nothing for this long is dropped (one thread each).
+    timeout = IDLE_TIMEOUT
 
     def handle(self) -> None:
-        while True:
-            line = self.rfile.readline(MAX_REQUEST)
-            if not line:
-                return
-            reply = self.server.dispatch(line)
-            self.wfile.write(json.dumps(reply).encode() + b"\n")
+        try:
+            while True:
+                line = self.rfile.readline(MAX_REQUEST)
+                if not line:
+                    return
+                reply = self.server.dispatch(line)
+                self.wfile.write(json.dumps(reply).encode() + b"\n")
+        except TimeoutError:
+            log.debug("control connection idle for %g s: closed", IDLE_TIMEOUT)
+        except OSError as e:
+            # The client gave up before the answer (`--timeout` while the
+            # dataplane was stalled, a health check killed): not an error here.
+            log.debug("control client went away: %s", e)
 
 
 class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -200,7 +210,12 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         log.info("control socket %s", self.path)
 
     def close(self) -> None:
-        self.shutdown()
+        # shutdown() waits for serve_forever() to return: never call it when
+        # start() was not (a router that failed to start would hang here).
+        if self._thread is not None:
+            self.shutdown()
+            self._thread.join(5)
+            self._thread = None
         self.server_close()
         try:
             self.path.unlink()
@@ -246,16 +261,32 @@ class Client:
             except OSError as e:
                 raise ControlError(f"{self.path}: {e.strerror}", "unreachable") from None
             req = {"version": PROTOCOL_VERSION, "command": command, "args": args}
-            s.sendall(json.dumps(req).encode() + b"\n")
             buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    raise ControlError(f"{self.path}: connection closed", "unreachable")
-                buf += chunk
+            try:
+                s.sendall(json.dumps(req).encode() + b"\n")
+                while not buf.endswith(b"\n"):
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        raise ControlError(f"{self.path}: the router closed the connection "
+                                           "without answering", "unreachable")
+                    buf += chunk
+            except (ConnectionResetError, BrokenPipeError):
+                raise ControlError(f"{self.path}: the router closed the connection "
+                                   "without answering", "unreachable") from None
+            except TimeoutError:
+                raise ControlError(f"{self.path}: no answer within {self.timeout:g} s",
+                                   "unreachable") from None
+            except OSError as e:
+                raise ControlError(f"{self.path}: {e.strerror or e}", "unreachable") from None
         finally:
             s.close()
-        reply = json.loads(buf)
+        try:
+            reply = json.loads(buf)
+            if not isinstance(reply, dict) or ("result" not in reply and "error" not in reply):
+                raise ValueError("not a reply object")
+        except ValueError:
+            raise ControlError(f"{self.path}: not a forwarder control socket "
+                               f"(unreadable reply {buf[:60]!r})", "unreachable") from None
         if not reply.get("ok"):
             raise ControlError(reply.get("error", "error"), reply.get("kind", "error"))
         return reply["result"]

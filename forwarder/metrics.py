@@ -16,13 +16,16 @@ all read at scrape time.
     forwarder_dataplane_up{router}              1 when healthy (progress in the last 2 s)
     forwarder_dataplane_progress_age_seconds{router}
 
-Note: a scrape reads the dataplane's counters under its lock, so while the
-loop is stalled (`forwarder debug stall`) a scrape waits for it.
+The dataplane's counters are read under its lock.  A scrape waits at most
+STATS_WAIT seconds for it: while the forwarding loop is stuck (or stalled
+with `forwarder debug stall`) the scrape still answers, promptly, with
+forwarder_dataplane_up 0 and the counters of the last read that succeeded.
 """
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Iterator
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -40,12 +43,52 @@ INTERFACE_COUNTERS = (
 )
 
 
+# Seconds a scrape waits for the dataplane's lock before using the last counters.
+STATS_WAIT = 1.0
+
+
+class _Read:
+    """One read of the dataplane's counters, in a thread of its own."""
+
+    def __init__(self, fn: Callable[[], dict]) -> None:
+        self.done = threading.Event()
+        self.result: dict | None = None
+        self.error: BaseException | None = None
+        threading.Thread(target=self._run, args=(fn,), name="metrics-stats", daemon=True).start()
+
+    def _run(self, fn: Callable[[], dict]) -> None:
+        try:
+            self.result = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the scrape
+            self.error = e
+        finally:
+            self.done.set()
+
+
 class RouterCollector(Collector):
     def __init__(self, router: "Router") -> None:
         self.router = router
+        self._lock = threading.Lock()
+        self._read: _Read | None = None
+        self._last: dict | None = None
+
+    def dataplane_stats(self) -> dict | None:
+        """The dataplane's counters, waiting at most STATS_WAIT for its lock;
+        else the last ones read (None before the first).  At most one read is
+        outstanding, however many scrapes come while the loop is stuck."""
+        with self._lock:
+            if self._read is None or self._read.done.is_set():
+                self._read = _Read(self.router.dp.stats)
+            read = self._read
+        if not read.done.wait(STATS_WAIT):
+            log.debug("metrics: dataplane counters not readable within %g s", STATS_WAIT)
+            return self._last
+        if read.error is not None:
+            raise read.error
+        self._last = read.result
+        return read.result
 
     def collect(self) -> Iterator:
-        from forwarder import mbufs
         r = self.router
         name = r.config.router.name
         # Health first: it must not wait for the dataplane's lock.
@@ -61,7 +104,10 @@ class RouterCollector(Collector):
         g.add_metric([name], age)
         yield g
 
-        s = r.dp.stats()
+        s: Any = self.dataplane_stats()
+        if s is None:
+            yield from self._zones_and_config(name)
+            return
         for key, doc in INTERFACE_COUNTERS:
             c = CounterMetricFamily(f"forwarder_interface_{key}", doc,
                                     labels=["router", "interface"])
@@ -89,7 +135,12 @@ class RouterCollector(Collector):
         a = GaugeMetricFamily("forwarder_arp_entries", "ARP table entries", labels=["router"])
         a.add_metric([name], s["arp"]["entries"])
         yield a
+        yield from self._zones_and_config(name)
 
+    def _zones_and_config(self, name: str) -> Iterator:
+        """What does not need the dataplane's lock: zones, reloads, tunables."""
+        from forwarder import mbufs
+        r = self.router
         zones = mbufs.zone_stats()
         for key, doc in (("used", "items in use"), ("free", "items cached"),
                          ("limit", "item limit (0 = unlimited)")):

@@ -31,7 +31,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 
 from forwarder import mbufs, netns
 from forwarder.config import Config, ConfigError, Interface, load_config
@@ -227,14 +227,29 @@ class Router:
             raise ValueError(f"no interface {interface!r}")
         return {"type": "forward", "ifindex": self.ifindex[interface]}
 
+    def _own_addresses(self) -> set[str]:
+        return {str(a.ip) for itf in self.config.interfaces for a in itf.addresses}
+
     def route_add(self, prefix: str, via: str | None = None, interface: str | None = None,
                   type_: str = "unicast") -> dict:
         """Add (or replace) a route at runtime; kept until reload or delete."""
-        from ipaddress import IPv4Address
-        net = IPv4Network(prefix, strict=True)
+        net = _network(prefix)
+        if type_ not in ("unicast", "blackhole", "unreachable", "prohibit"):
+            raise ValueError(f"route type {type_!r}: expected unicast, blackhole, "
+                             "unreachable or prohibit")
         if type_ == "unicast" and (via is None) == (interface is None):
             raise ValueError("a unicast route needs exactly one of via or interface")
-        nh = self._nexthop(self.config, type_, IPv4Address(via) if via else None, interface)
+        if net.prefixlen == 32 and str(net.network_address) in self._own_addresses():
+            raise ValueError(f"{net} is one of the router's addresses")
+        gw = None
+        if via is not None and type_ == "unicast":
+            try:
+                gw = IPv4Address(via)
+            except ValueError:
+                raise ValueError(f"gateway {via!r} is not an IPv4 address") from None
+            if str(gw) in self._own_addresses():
+                raise ValueError(f"gateway {gw} is one of the router's own addresses")
+        nh = self._nexthop(self.config, type_, gw, interface)
         with self._lock:
             limit = self.sysctl.get("net.route.max_routes")
             if str(net) not in self.routes and len(self.routes) >= limit:
@@ -248,12 +263,11 @@ class Router:
         return self.routes.get(str(net))
 
     def route_delete(self, prefix: str) -> None:
-        net = str(IPv4Network(prefix, strict=True))
+        net = str(_network(prefix))
         with self._lock:
             if self.routes.get(net) is None:
                 raise KeyError(f"no route for {net}")
-            own = {f"{a.ip}/32" for itf in self.config.interfaces for a in itf.addresses}
-            if net in own:
+            if net in {f"{a}/32" for a in self._own_addresses()}:
                 raise ValueError(f"{net} is one of the router's addresses")
             self.routes.delete(net)
             self.runtime_routes.pop(net, None)
@@ -426,6 +440,14 @@ class Router:
 
     def healthy(self, within: float = 2.0) -> bool:
         return self.running and self.dp.progress_age() <= within
+
+
+def _network(prefix: str) -> IPv4Network:
+    """A route's destination, strictly (no host bits), with a message naming it."""
+    try:
+        return IPv4Network(prefix, strict=True)
+    except ValueError as e:
+        raise ValueError(f"{prefix!r} is not an IPv4 prefix like 10.0.0.0/8 ({e})") from None
 
 
 def _limits_order(wanted: dict[str, int], tree: SysctlTree) -> dict[str, int]:

@@ -10,14 +10,16 @@ control socket, which lives in a per-test temporary directory.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
+from forwarder.control import Client, ControlError
 from tests.topology import RouterLab
 
 ROUTER_MAC = "02:00:00:00:{k:02x}:01"
@@ -28,7 +30,9 @@ def router_mac(k: int) -> str:
 
 
 def lab_config(lab: RouterLab, sock: Path, sysctl: dict[str, int] | None = None,
-               routes: Sequence[dict[str, str]] = (), metrics: str | None = None) -> str:
+               routes: Sequence[dict[str, str]] = (), metrics: str | None = None,
+               extra: str = "") -> str:
+    """The router's config for a lab; ``extra`` is TOML appended at the end."""
     lines = ["[router]", f'name = "{lab.name}"', f'socket = "{sock}"', 'log_level = "info"', ""]
     if sysctl:
         lines.append("[sysctl]")
@@ -43,7 +47,7 @@ def lab_config(lab: RouterLab, sock: Path, sysctl: dict[str, int] | None = None,
         lines.append("[[route]]")
         lines += [f'{k} = "{v}"' for k, v in r.items()]
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines) + extra
 
 
 @dataclass
@@ -63,6 +67,40 @@ class RunningRouter:
 
     def cli_json(self, *argv: str) -> object:
         return json.loads(self.cli(*argv, "--json").stdout)
+
+    def call(self, command: str, **args: Any) -> Any:
+        """One control-socket request from this process (faster than the CLI)."""
+        return Client(self.socket).call(command, **args)
+
+    def log_text(self) -> str:
+        return self.log.read_text()
+
+    def wait_log(self, pattern: str, timeout: float = 5.0, since: int = 0) -> re.Match:
+        """The first match of ``pattern`` in the router's log after offset ``since``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            m = re.search(pattern, self.log_text()[since:], re.M)
+            if m is not None:
+                return m
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no /{pattern}/ in the router log within {timeout} s:\n"
+                                     + self.log_text()[since:][-3000:])
+            time.sleep(0.05)
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float = 5.0,
+                 what: str = "condition") -> Any:
+        """Poll ``predicate`` until it returns something true (bounded)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            v = predicate()
+            if v:
+                return v
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: not true within {timeout} s")
+            time.sleep(0.05)
+
+    def sighup(self) -> None:
+        self.proc.send_signal(signal.SIGHUP)
 
     def stats(self) -> dict:
         return self.cli_json("stats")  # type: ignore[return-value]
@@ -87,11 +125,15 @@ class RunningRouter:
 
 def start_router(lab: RouterLab, workdir: Path, *, sysctl: dict[str, int] | None = None,
                  routes: Sequence[dict[str, str]] = (), metrics: str | None = None,
-                 extra_argv: Sequence[str] = (), timeout: float = 20) -> RunningRouter:
+                 extra_config: str = "", extra_argv: Sequence[str] = (),
+                 timeout: float = 20) -> RunningRouter:
+    """Run a router for ``lab`` (config and log in ``workdir``) and wait until
+    it is healthy; then configure the hosts.  ``extra_config`` is appended
+    to the generated config; ``extra_argv`` goes to `forwarder run` (``-o``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     sock = workdir / f"{lab.name}.sock"
     cfg = workdir / "router.toml"
-    cfg.write_text(lab_config(lab, sock, sysctl, routes, metrics))
+    cfg.write_text(lab_config(lab, sock, sysctl, routes, metrics, extra_config))
     log = workdir / "router.log"
     out = open(log, "w")
     proc = lab.popen_router([sys.executable, "-m", "forwarder.cli", "run", "-c", str(cfg),
@@ -102,8 +144,12 @@ def start_router(lab: RouterLab, workdir: Path, *, sysctl: dict[str, int] | None
     while True:
         if proc.poll() is not None:
             raise AssertionError(f"router exited {proc.returncode}:\n{log.read_text()}")
-        if sock.exists() and r.cli("health", check=False).returncode == 0:
-            break
+        if sock.exists():
+            try:
+                if Client(sock, timeout=2).call("health")["healthy"]:
+                    break
+            except ControlError:
+                pass
         if time.monotonic() > deadline:
             r.stop()
             raise AssertionError(f"router not healthy after {timeout} s:\n{log.read_text()}")
