@@ -323,7 +323,7 @@ def test_metrics_endpoint_serves_counters_drops_and_zone_gauges(lab, router):
         assert before["drops"][reason] <= v <= after["drops"][reason], reason
     assert before["forwarded"] <= val("forwarder_forwarded_packets_total") <= after["forwarded"]
     assert val("forwarder_forwarded_packets_total") >= 4
-    for kind in ("echo_replies", "errors_sent", "ratelimited"):
+    for kind in ("echo_replies", "unreachable", "time_exceeded", "ratelimited"):
         assert before["icmp"][kind] <= val("forwarder_icmp_total", kind=kind) <= after["icmp"][kind]
     nmbclusters = router.call("sysctl.get", names=["kern.ipc.nmbclusters"])[0]["value"]
     for z in MBUF_ZONES:
