@@ -427,9 +427,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    words = sys.argv[1:] if argv is None else argv
+    from forwarder.container import expand_argv
+    words = expand_argv(sys.argv[1:] if argv is None else argv)   # FORWARDER_OPTS for `run`
     first = next((w for w in words if not w.startswith("-")), None)
-    args = build_parser(extras=first not in COMMANDS).parse_args(argv)
+    args = build_parser(extras=first not in COMMANDS).parse_args(words)
     level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     fn = COMMANDS.get(args.cmd) or getattr(args, "func", None)

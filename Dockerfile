@@ -1,0 +1,60 @@
+# mbuma forwarder as a container image (docs/containers.md).
+#
+#   docker build -t mbuma-forwarder .
+#   docker run -d --name router --cap-add NET_ADMIN --device /dev/net/tun \
+#       --device-cgroup-rule 'c 10:200 rwm' mbuma-forwarder
+#
+# Two stages: `build` compiles the Cython extensions into a wheel (and collects
+# the wheels of the runtime dependencies beside it); the runtime stage installs
+# those wheels offline and has no compiler.  tests/test_container.py parses this
+# file and runs its build commands, its install command, and its ENTRYPOINT +
+# CMD and HEALTHCHECK inside throw-away namespaces, so keep them plain.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# --- build ---------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS build
+# gcc and the libc headers for the extensions; Python.h comes with the image.
+# Debian packages are not pinned (DL3008): bookworm's updates are fixes only, and
+# exact versions vanish from the mirror when the next one lands.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+# .dockerignore lets only the package sources through (no build/, *.so or
+# generated *.c from an in-place build).
+COPY . .
+# pip builds our wheel in an isolated environment with the [build-system]
+# requirements of pyproject.toml (setuptools, wheel, Cython) and puts the wheels
+# of every runtime dependency next to it.
+RUN pip wheel --no-cache-dir --disable-pip-version-check --wheel-dir /wheels .
+
+# --- runtime -------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="mbuma-forwarder" \
+      org.opencontainers.image.description="Userspace IPv4 router between Linux TAP devices on FreeBSD-style mbufs"
+# iproute2: `ip` to bridge TAPs with the container's interfaces (configs/compose.yaml)
+# and to look around with `docker exec`.  The router itself talks netlink directly.
+# Not pinned, as above.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends iproute2 \
+ && rm -rf /var/lib/apt/lists/*
+# Wheels only, from the build stage, no index: nothing is compiled here.
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --disable-pip-version-check --no-index --find-links /wheels \
+        /wheels/mbuma_forwarder-*.whl
+# The default config: two TAPs left in the container's own namespace.  Replace it
+# with a bind mount (-v ./router.toml:/etc/forwarder/router.toml:ro).
+COPY configs/container.toml /etc/forwarder/router.toml
+ENV PYTHONUNBUFFERED=1
+# The router is PID 1: it installs handlers for SIGTERM/SIGINT (stop, exit 0)
+# and SIGHUP (reload), and stops within a second, well inside `docker stop`'s 10 s.
+STOPSIGNAL SIGTERM
+# `forwarder health` finds the only control socket in /run/forwarder and exits 0
+# when the dataplane went round in the last 2 s.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["forwarder", "health"]
+ENTRYPOINT ["forwarder"]
+CMD ["run", "-c", "/etc/forwarder/router.toml"]
