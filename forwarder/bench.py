@@ -1,0 +1,545 @@
+"""`forwarder bench`: the same load through three forwarders, side by side.
+
+  (a) router  this router: ``forwarder run`` in a namespace, TAPs to two hosts
+  (b) kernel  Linux forwarding: a namespace with net.ipv4.ip_forward=1, veth to two hosts
+  (c) copy    a minimal C read()/write() loop between two TAPs (compiled here with gcc):
+              the per-packet syscall floor of any TAP forwarder; it does no routing,
+              so its two hosts share one subnet
+
+For each: 64-byte UDP pps and IMIX pps (flat out, as delivered), iperf3 TCP Gbit/s
+(one stream), one-way latency p50/p99 at half of that forwarder's own 64-byte rate,
+the CPU time the forwarding process spends per 64-byte packet, and its peak RSS
+(psutil samples and the kernel's VmHWM).  All three setups are up at once and take
+turns within each round, so background load on the machine hits them alike; every
+figure is repeated ``--reps`` times (median and spread), and the router's figures are
+given as ratios to (b) and (c).
+
+The load generator and its receiver run on the same machine and compete with the
+forwarder for the CPUs; on 2 cores that caps what can be measured (see
+benchmarks/README.md).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+
+class _Lazy:
+    """forwarder.netns (pyroute2) on first use: `forwarder --help`, `forwarder health`
+    and the other commands load this module without needing it."""
+
+    def __getattr__(self, name: str) -> Any:
+        from forwarder import netns
+        return getattr(netns, name)
+
+
+nn: Any = _Lazy()
+
+BENCH_SCHEMA = "forwarder.bench/1"
+SETUPS = ("router", "kernel", "copy")
+TITLES = {"router": "router (a)", "kernel": "kernel veth (b)", "copy": "C copy loop (c)"}
+FLOWS = 8
+IPERF_PORT = 5201
+
+TAPCOPY_C = r"""
+/* tapcopy FD_A FD_B: copy Ethernet frames between two open TAP descriptors.
+ * One read() and one write() per frame, poll() when both are empty, bursts of 32
+ * per descriptor per wake-up (as the router's DP_BURST).  No parsing, no routing:
+ * the per-packet system-call floor of a userspace TAP forwarder. */
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t stop;
+static void on_signal(int sig) { (void)sig; stop = 1; }
+
+int main(int argc, char **argv)
+{
+    static unsigned char buf[65536];
+    unsigned long long frames[2] = {0, 0}, errors = 0;
+    struct sigaction sa = {0};
+    int fd[2], i, k;
+
+    if (argc != 3) {
+        fprintf(stderr, "usage: tapcopy FD_A FD_B\n");
+        return 2;
+    }
+    fd[0] = atoi(argv[1]);
+    fd[1] = atoi(argv[2]);
+    sa.sa_handler = on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    struct pollfd p[2] = {{fd[0], POLLIN, 0}, {fd[1], POLLIN, 0}};
+    while (!stop) {
+        if (poll(p, 2, 200) < 0) {
+            if (errno == EINTR)
+                continue;
+            perror("tapcopy: poll");
+            return 1;
+        }
+        for (i = 0; i < 2; i++) {
+            if (!(p[i].revents & POLLIN))
+                continue;
+            for (k = 0; k < 32; k++) {
+                ssize_t len = read(fd[i], buf, sizeof buf);
+                if (len < 0)
+                    break;                      /* EAGAIN: drained */
+                if (write(fd[1 - i], buf, (size_t)len) != len)
+                    errors++;
+                else
+                    frames[i]++;
+            }
+        }
+    }
+    printf("tapcopy: %llu frames a->b, %llu b->a, %llu write errors\n",
+           frames[0], frames[1], errors);
+    return 0;
+}
+"""
+
+
+def compile_tapcopy(workdir: Path) -> Path:
+    """gcc -O2 the copy loop into ``workdir``; return the binary."""
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        raise RuntimeError("the C copy loop needs gcc (scripts/install.sh installs it)")
+    src = workdir / "tapcopy.c"
+    src.write_text(TAPCOPY_C)
+    out = workdir / "tapcopy"
+    cp = subprocess.run([gcc, "-O2", "-Wall", "-o", str(out), str(src)],
+                        capture_output=True, text=True, timeout=60)
+    if cp.returncode != 0:
+        raise RuntimeError(f"gcc failed:\n{cp.stderr}")
+    return out
+
+
+# --- the three setups ------------------------------------------------------------------------
+
+@dataclass
+class Setup:
+    name: str
+    topo: nn.Topology
+    src_ns: str
+    dst_ns: str
+    src_ip: str
+    dst_ip: str
+    pid: int | None = None           # the forwarding process, when there is one
+    router_socket: str | None = None
+
+
+def _route_default(ns: str, gw: str) -> None:
+    with nn.iproute(ns) as ipr:
+        ipr.route("add", dst="0.0.0.0/0", gateway=gw)
+
+
+@contextlib.contextmanager
+def setup_router(workdir: Path) -> Iterator[Setup]:
+    from forwarder.lab import start_router
+    with nn.Topology() as topo:
+        r, s, d = topo.netns("r"), topo.netns("s"), topo.netns("d")
+        sock = workdir / "bench.sock"
+        text = "\n".join([
+            "[router]", 'name = "bench"', f'socket = "{sock}"', 'log_level = "warning"', "",
+            "[[interface]]", 'name = "tap1"', 'addresses = ["10.1.0.1/24"]', f'netns = "{s}"', "",
+            "[[interface]]", 'name = "tap2"', 'addresses = ["10.2.0.1/24"]', f'netns = "{d}"', ""])
+        rp = start_router(topo, r, text, workdir, sock)
+        for ns, ifname, addr, gw in ((s, "tap1", "10.1.0.2/24", "10.1.0.1"),
+                                     (d, "tap2", "10.2.0.2/24", "10.2.0.1")):
+            nn.wait_link(ifname, ns, 10)
+            nn.configure_host(ifname, ns, [addr], gateway=gw)
+        try:
+            yield Setup("router", topo, s, d, "10.1.0.2", "10.2.0.2", pid=rp.pid,
+                        router_socket=str(sock))
+        finally:
+            code, out = rp.stop()
+            if code != 0:
+                print(f"forwarder bench: the router exited {code}:\n{out[-2000:]}",
+                      file=sys.stderr)
+
+
+@contextlib.contextmanager
+def setup_kernel() -> Iterator[Setup]:
+    with nn.Topology() as topo:
+        k, s, d = topo.netns("k"), topo.netns("s"), topo.netns("d")
+        topo.veth("eth0", s, "v1", k, addresses_a=["10.1.0.2/24"], addresses_b=["10.1.0.1/24"])
+        topo.veth("v2", k, "eth0", d, addresses_a=["10.2.0.1/24"], addresses_b=["10.2.0.2/24"])
+        for ns in (k, d):
+            for conf in ("all", "default"):
+                nn.write_sysctl(ns, f"net.ipv4.conf.{conf}.rp_filter", 0)
+        nn.write_sysctl(k, "net.ipv4.ip_forward", 1)
+        _route_default(s, "10.1.0.1")
+        _route_default(d, "10.2.0.1")
+        yield Setup("kernel", topo, s, d, "10.1.0.2", "10.2.0.2")
+
+
+@contextlib.contextmanager
+def setup_copy(binary: Path, workdir: Path) -> Iterator[Setup]:
+    with nn.Topology() as topo:
+        c, s, d = topo.netns("c"), topo.netns("s"), topo.netns("d")
+        a = topo.tap("tap1", c, host_ns=s, host_addresses=["10.9.0.1/24"])
+        b = topo.tap("tap2", c, host_ns=d, host_addresses=["10.9.0.2/24"])
+        log = open(workdir / "tapcopy.log", "w")
+        try:
+            proc = topo.popen(c, [str(binary), str(a.fd), str(b.fd)], pass_fds=(a.fd, b.fd),
+                              stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        finally:
+            log.close()
+        time.sleep(0.05)
+        if proc.poll() is not None:
+            raise RuntimeError("tapcopy exited: " + (workdir / "tapcopy.log").read_text())
+        yield Setup("copy", topo, s, d, "10.9.0.1", "10.9.0.2", pid=proc.pid)
+
+
+# --- measurements --------------------------------------------------------------------------
+
+class RssSampler:
+    """Peak RSS of a process: psutil samples every 50 ms, and the kernel's VmHWM."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.peak = 0
+        self._stop = threading.Event()
+        self._t: threading.Thread | None = None
+
+    def __enter__(self) -> "RssSampler":
+        if self.pid is not None:
+            self._t = threading.Thread(target=self._run, daemon=True)
+            self._t.start()
+        return self
+
+    def _run(self) -> None:
+        import psutil
+        try:
+            p = psutil.Process(self.pid)
+            while not self._stop.wait(0.05):
+                self.peak = max(self.peak, p.memory_info().rss)
+        except psutil.Error:
+            pass
+
+    def hwm(self) -> int:
+        try:
+            with open(f"/proc/{self.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._t is not None:
+            self._t.join(2)
+        if self.pid is not None:
+            self.peak = max(self.peak, self.hwm())
+
+
+def iperf3(setup: Setup, seconds: float | None, nbytes: str | None) -> float:
+    """TCP Gbit/s from src to dst (one stream), as received."""
+    server = setup.topo.popen(setup.dst_ns, ["iperf3", "-s", "-1", "-p", str(IPERF_PORT),
+                                             "-B", setup.dst_ip],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              stdin=subprocess.DEVNULL)
+    try:
+        amount = ["-n", nbytes] if nbytes else ["-t", str(max(1, int(round(seconds or 1))))]
+        limit = (seconds or 5) + 20
+        for attempt in range(20):
+            cp = nn.run_in_netns(setup.src_ns, ["iperf3", "-c", setup.dst_ip, "-p",
+                                                str(IPERF_PORT), "-J", *amount],
+                                 timeout=limit)
+            try:
+                doc = json.loads(cp.stdout)
+            except json.JSONDecodeError:
+                doc = {"error": cp.stdout + cp.stderr}
+            if "error" in doc and "connect" in str(doc["error"]) and attempt < 19:
+                time.sleep(0.1)         # the server is not listening yet
+                continue
+            if "error" in doc:
+                raise RuntimeError(f"iperf3 ({setup.name}): {doc['error']}")
+            return doc["end"]["sum_received"]["bits_per_second"] / 1e9
+        raise RuntimeError(f"iperf3 ({setup.name}): the server did not come up")
+    finally:
+        try:
+            server.wait(5)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(5)
+
+
+def _cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of a process (its softirq work on its own writes included)."""
+    if pid is None:
+        return None
+    import psutil
+    try:
+        t = psutil.Process(pid).cpu_times()
+        return t.user + t.system
+    except psutil.Error:
+        return None
+
+
+def summarize(values: list[float]) -> dict:
+    vals = [float(v) for v in values]
+    med = statistics.median(vals) if vals else 0.0
+    lo, hi = (min(vals), max(vals)) if vals else (0.0, 0.0)
+    return {"runs": vals, "median": med, "min": lo, "max": hi,
+            "spread_pct": (100.0 * (hi - lo) / 2 / med) if med else 0.0}
+
+
+@dataclass
+class Params:
+    reps: int = 3
+    duration: float = 2.0          # seconds per pps / latency run
+    iperf_seconds: float = 3.0
+    iperf_bytes: str | None = None # quick mode: a byte count instead of a time
+    procs: int = 1
+
+
+def measure_all(setups: list[Setup], p: Params, say: Callable[[str], None]) -> dict:
+    """Every figure, ``p.reps`` times, the setups taking turns within each round, so
+    that whatever else the machine is doing meanwhile hits all three alike."""
+    from forwarder import loadgen as lg
+    paths = {st.name: lg.resolve_path(st.src_ns, st.dst_ns, st.dst_ip,
+                                      router_socket=st.router_socket) for st in setups}
+    raw: dict[str, dict[str, list[float]]] = {st.name: {} for st in setups}
+
+    def load(st: Setup, **kw: Any) -> dict:
+        spec = lg.LoadSpec(proto="udp", flows=FLOWS, duration=p.duration, procs=p.procs, **kw)
+        return lg.run_load(spec, paths[st.name])
+
+    def record(st: Setup, **values: float) -> None:
+        for k, v in values.items():
+            raw[st.name].setdefault(k, []).append(float(v))
+
+    samplers = {st.name: RssSampler(st.pid) for st in setups}
+    for smp in samplers.values():
+        smp.__enter__()
+    try:
+        for rep in range(p.reps):
+            for st in setups:
+                cpu0 = _cpu_seconds(st.pid)
+                r = load(st, sizes="64")
+                record(st, pps64=r["received"]["pps"], offered64=r["sent"]["pps"])
+                cpu1 = _cpu_seconds(st.pid)
+                if cpu0 is not None and cpu1 is not None and r["received"]["packets"]:
+                    record(st, cpu_us_per_packet64=(cpu1 - cpu0) * 1e6 / r["received"]["packets"])
+            for st in setups:
+                r = load(st, sizes="imix")
+                record(st, pps_imix=r["received"]["pps"], mbps_imix=r["received"]["mbps"])
+            for st in setups:
+                record(st, iperf3_gbps=iperf3(st, p.iperf_seconds, p.iperf_bytes))
+            say(f"  round {rep + 1}/{p.reps}: " + "; ".join(
+                f"{st.name} {lg.fmt_rate(raw[st.name]['pps64'][-1])} 64 B, "
+                f"{lg.fmt_rate(raw[st.name]['pps_imix'][-1])} IMIX, "
+                f"{raw[st.name]['iperf3_gbps'][-1]:.2f} Gbit/s" for st in setups))
+        half = {st.name: max(statistics.median(raw[st.name]["pps64"]) / 2, 100.0)
+                for st in setups}
+        for rep in range(p.reps):
+            for st in setups:
+                r = load(st, sizes="64", rate=half[st.name])
+                record(st, latency_p50_us=r["latency_us"]["p50"] or 0.0,
+                       latency_p99_us=r["latency_us"]["p99"] or 0.0,
+                       latency_loss_pct=100 * r["loss"]["ratio"])
+            say(f"  latency {rep + 1}/{p.reps}: " + "; ".join(
+                f"{st.name} p50 {raw[st.name]['latency_p50_us'][-1]:.1f} µs, p99 "
+                f"{raw[st.name]['latency_p99_us'][-1]:.1f} µs at {lg.fmt_rate(half[st.name])}"
+                for st in setups))
+    finally:
+        for smp in samplers.values():
+            smp.__exit__(None, None, None)
+    out: dict[str, dict] = {}
+    for st in setups:
+        res: dict[str, Any] = {k: summarize(v) for k, v in raw[st.name].items()}
+        res["latency_rate_pps"] = half[st.name]
+        res["peak_rss_bytes"] = samplers[st.name].peak if st.pid is not None else None
+        out[st.name] = res
+    return out
+
+
+FIGURES = (  # key, label, unit formatter, higher is better
+    ("pps64", "64 B pps (delivered)", "pps", True),
+    ("pps_imix", "IMIX pps (delivered)", "pps", True),
+    ("mbps_imix", "IMIX Mbit/s", "num", True),
+    ("iperf3_gbps", "iperf3 TCP Gbit/s", "num", True),
+    ("cpu_us_per_packet64", "CPU µs/packet (64 B)", "num", False),
+    ("latency_p50_us", "latency p50 µs @50%", "num", False),
+    ("latency_p99_us", "latency p99 µs @50%", "num", False),
+)
+
+
+def ratios(results: dict) -> dict:
+    out: dict[str, dict[str, float | None]] = {}
+    a = results.get("router")
+    if not a:
+        return out
+    for other in ("kernel", "copy"):
+        b = results.get(other)
+        if not b:
+            continue
+        r: dict[str, float | None] = {}
+        for key, *_ in FIGURES:
+            if key not in a or key not in b:
+                continue
+            x, y = a[key]["median"], b[key]["median"]
+            r[key] = x / y if y else None
+        out[f"router/{other}"] = r
+    return out
+
+
+def machine() -> dict:
+    model = platform.processor() or ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = 0
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        mem = int(f.readline().split()[1]) * 1024
+    return {"cpu": model, "cores": os.cpu_count(), "memory_bytes": mem,
+            "kernel": platform.release(), "python": platform.python_version(),
+            "loadavg_before": list(os.getloadavg())}
+
+
+def _fmt(v: float | None, kind: str) -> str:
+    if v is None:
+        return "-"
+    if kind == "pps":
+        return f"{v / 1e3:.1f}k"
+    if v >= 100:
+        return f"{v:.0f}"
+    return f"{v:.2f}"
+
+
+def format_table(doc: dict) -> str:
+    res = doc["results"]
+    names = [n for n in SETUPS if n in res]
+    rat = doc["ratios"]
+    cols = [TITLES[n] for n in names] + [k for k in ("router/kernel", "router/copy") if k in rat]
+    w = 21
+    lines = [f"{'':<22}" + "".join(f"{c:>{w}}" for c in cols)]
+    for key, label, kind, _ in FIGURES:
+        row = f"{label:<22}"
+        for n in names:
+            s = res[n].get(key)
+            cell = "-" if s is None else "%s ±%.0f%%" % (_fmt(s["median"], kind), s["spread_pct"])
+            row += f"{cell:>{w}}"
+        for k in ("router/kernel", "router/copy"):
+            if k in rat:
+                v = rat[k].get(key)
+                row += f"{'-' if v is None else f'{v:.2f}x':>{w}}"
+        lines.append(row)
+    row = f"{'peak RSS MiB':<22}"
+    for n in names:
+        v = res[n]["peak_rss_bytes"]
+        row += f"{'-' if v is None else f'{v / 2**20:.1f}':>{w}}"
+    lines.append(row)
+    lines.append("")
+    lines.append("median of %d runs ± half the min-max range; latency at half of each "
+                 "forwarder's own 64 B rate; ratio > 1: the router is ahead (for CPU/packet "
+                 "and latency: behind)" % doc["params"]["reps"])
+    return "\n".join(lines)
+
+
+def run_bench(p: Params, only: tuple[str, ...] = SETUPS,
+              say: Callable[[str], None] = print) -> dict:
+    doc: dict[str, Any] = {"schema": BENCH_SCHEMA, "machine": machine(),
+                           "params": {"reps": p.reps, "duration_s": p.duration,
+                                      "iperf_seconds": p.iperf_seconds,
+                                      "iperf_bytes": p.iperf_bytes, "flows": FLOWS,
+                                      "procs": p.procs, "setups": list(only)},
+                           "results": {}}
+    t_start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="fwbench-") as tmp, contextlib.ExitStack() as stack:
+        work = Path(tmp)
+        setups: list[Setup] = []
+        for name in only:
+            if name == "router":
+                st = stack.enter_context(setup_router(work))
+            elif name == "kernel":
+                st = stack.enter_context(setup_kernel())
+            else:
+                st = stack.enter_context(setup_copy(compile_tapcopy(work), work))
+            say(f"[{name}] {TITLES[name]}: namespaces {st.topo.prefix}*"
+                + (f", forwarding process pid {st.pid}" if st.pid else ""))
+            setups.append(st)
+        doc["results"] = measure_all(setups, p, say)
+    doc["ratios"] = ratios(doc["results"])
+    doc["seconds"] = time.monotonic() - t_start
+    doc["machine"]["loadavg_after"] = list(os.getloadavg())
+    return doc
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        print("forwarder bench: needs root (namespaces, TAPs)", file=sys.stderr)
+        return 1
+    only = tuple(x for x in (args.only.split(",") if args.only else SETUPS) if x)
+    bad = [x for x in only if x not in SETUPS]
+    if bad:
+        print(f"forwarder bench: --only: unknown {bad} (router, kernel, copy)", file=sys.stderr)
+        return 2
+    if args.quick:
+        p = Params(reps=args.reps or 3, duration=args.duration or 0.4, iperf_seconds=1,
+                   iperf_bytes="8M")
+    else:
+        p = Params(reps=args.reps or 3, duration=args.duration or 2.0,
+                   iperf_seconds=args.iperf_seconds)
+    if p.reps < 1 or not 0 < p.duration <= 60:
+        print("forwarder bench: --reps >= 1 and 0 < --duration <= 60", file=sys.stderr)
+        return 2
+    m = machine()
+    print(f"forwarder bench: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, "
+          f"Python {m['python']}; {p.reps} runs per figure", flush=True)
+    from forwarder.lab import cleanup_signals
+    try:
+        with cleanup_signals():
+            doc = run_bench(p, only, say=lambda s: print(s, flush=True))
+    except KeyboardInterrupt:
+        print("\nforwarder bench: interrupted; everything removed", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line, not a traceback
+        print(f"forwarder bench: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    doc["command"] = "forwarder " + " ".join(sys.argv[1:])
+    print()
+    print(format_table(doc))
+    print(f"({doc['seconds']:.0f} s)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=1)
+            f.write("\n")
+        print(f"JSON: {args.json}")
+    return 0
+
+
+def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "bench", help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__)
+    p.add_argument("--quick", action="store_true",
+                   help="short runs (0.4 s loads, 8 MB iperf3): for tests, not for numbers")
+    p.add_argument("--reps", type=int, default=None, help="runs per figure (default 3)")
+    p.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="seconds per load run (default 2)")
+    p.add_argument("--iperf-seconds", type=float, default=3.0, metavar="S")
+    p.add_argument("--only", metavar="LIST", help="some of router,kernel,copy")
+    p.add_argument("--json", metavar="FILE", help="write everything as JSON")
+    p.set_defaults(func=cmd_bench)
+    return p

@@ -1,0 +1,260 @@
+"""The load generator: its templates, its counters against the kernel's, its JSON
+schema and its plots; and `forwarder bench --quick` end to end.
+
+The loads run between hosts of a lab built from configs/lab.toml (real router, real
+TAPs, private namespaces); the counters they report are checked against what the
+kernel counted on the hosts' links, read here independently with pyroute2.
+"""
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from forwarder import loadgen as lg
+from forwarder import netns as nn
+from tests.topology import netns_available, requires_netns
+
+MACS = dict(src_mac="02:00:00:00:01:02", dst_mac="02:00:00:00:01:01")
+
+
+# --- templates (no namespaces needed) ----------------------------------------------------
+
+def test_imix_pattern_has_the_simple_imix_weights():
+    pattern, imix = lg.parse_sizes("imix")
+    assert imix and len(pattern) == 12
+    assert {s: pattern.count(s) for s in set(pattern)} == {64: 7, 594: 4, 1518: 1}
+    # interleaved, not 7 small ones in a row
+    assert max(len(run) for run in "".join("s" if s == 64 else "L" for s in pattern).split("L")) <= 3
+    assert lg.parse_sizes("64,1518") == ([64, 1518], False)
+    for bad in ("63", "abc", "", "20000"):
+        with pytest.raises(lg.LoadgenError):
+            lg.parse_sizes(bad)
+
+
+@pytest.mark.parametrize("proto", lg.PROTOCOLS)
+@pytest.mark.parametrize("size", [64, 65, 128, 594, 1518])
+def test_templates_have_the_size_and_valid_checksums_also_when_patched(proto, size):
+    raw = lg.build_template(proto, size, 3, dst_ip="10.2.0.2", **MACS)
+    assert len(raw) == size - lg.FCS
+    lg.verify_template(proto, raw, 3)          # raises on any mismatch
+
+
+def test_patched_icmp_and_tcp_checksums_are_valid_for_many_values():
+    from scapy.layers.inet import ICMP, IP, TCP
+    from scapy.layers.l2 import Ether
+    for proto, cls in (("icmp", ICMP), ("tcp", TCP)):
+        raw = lg.build_template(proto, 64, 1, dst_ip="10.2.0.2", **MACS)
+        patch = lg.make_patcher(proto)
+        for seq, ts in ((1, 2), (0xFFFFFFFF, 0xFFFFFFFF), (0x12345, 0xFFFF0000), (65535, 1)):
+            buf = bytearray(raw)
+            patch(buf, seq, ts)
+            ip = Ether(bytes(buf))[IP]
+            fresh = IP(bytes(ip))
+            del fresh[cls].chksum
+            assert IP(bytes(fresh))[cls].chksum == ip[cls].chksum, (proto, seq, ts)
+            L = lg.LAYOUTS[proto]
+            assert struct.unpack_from("!I", buf, L.seq_off)[0] == seq
+            assert struct.unpack_from("!I", buf, L.ts_off)[0] == ts
+            assert struct.unpack_from("!H", buf, L.magic_off)[0] == lg.MAGIC
+
+
+def test_flows_differ_in_source_address_and_port():
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    pk = [Ether(lg.build_template("udp", 64, f, dst_ip="10.2.0.2", src_addrs=2, **MACS))
+          for f in range(4)]
+    assert [p[UDP].sport for p in pk] == [lg.SPORT_BASE + f for f in range(4)]
+    assert [p[IP].src for p in pk] == ["198.18.0.1", "198.18.0.2", "198.18.0.1", "198.18.0.2"]
+
+
+def test_spec_is_always_bounded():
+    assert lg.LoadSpec(rate=1000, duration=2).max_count() == 2000
+    assert lg.LoadSpec(duration=2).max_count() == lg.DEFAULT_MAX_COUNT
+    assert lg.LoadSpec(count=10, rate=1000, duration=2).max_count() == 10
+    for bad in (dict(duration=0), dict(duration=10_000), dict(flows=0), dict(rate=-1),
+                dict(proto="sctp"), dict(procs=0)):
+        with pytest.raises(lg.LoadgenError):
+            lg.LoadSpec(**bad).check()
+
+
+def test_schema_check_finds_missing_keys_and_wrong_types():
+    assert lg.check_schema({"schema": 1}) != []
+    doc = {"schema": "x", "reordered": True}
+    problems = lg.check_schema(doc)
+    assert "$.reordered: expected int, got bool" in problems
+    assert "$.sent: missing" in problems
+
+
+def test_only_our_own_namespaces_are_accepted():
+    for ns in ("h1", "default", "/proc/1/ns/net", "fwXYZ-h1", "fw12345-h1"):
+        with pytest.raises(lg.LoadgenError, match="not made by forwarder"):
+            lg.check_ours(ns)
+
+
+# --- against a real router ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def lab():
+    if not netns_available():
+        pytest.skip("needs root and /dev/net/tun")
+    from forwarder.lab import lab_up
+    with lab_up() as lab:
+        yield lab
+
+
+@pytest.fixture(scope="module")
+def path(lab):
+    h1, h2 = lab.host("h1"), lab.host("h2")
+    return lg.resolve_path(h1.netns, h2.netns, str(h2.address.ip), router_socket=str(lab.socket))
+
+
+def _kernel(ns: str, ifname: str) -> dict:
+    with nn.iproute(ns) as ipr:
+        link = ipr.get_links(ipr.link_lookup(ifname=ifname)[0])[0]
+        return dict(link.get_attr("IFLA_STATS64"))
+
+
+@requires_netns
+def test_path_is_resolved_through_the_router(lab, path):
+    assert path.src_if == "tap1" and path.dst_if == "tap2"
+    assert path.next_hop == "10.1.0.1"
+    assert path.next_hop_mac == lab.config.interface("tap1").mac
+
+
+@requires_netns
+def test_counters_agree_with_the_kernels_interface_counters(lab, path):
+    src0, dst0 = _kernel(path.src_netns, path.src_if), _kernel(path.dst_netns, path.dst_if)
+    r = lg.run_load(lg.LoadSpec(proto="udp", sizes="64,1518", flows=4, rate=10000,
+                                duration=1.0), path)
+    src1, dst1 = _kernel(path.src_netns, path.src_if), _kernel(path.dst_netns, path.dst_if)
+    assert lg.check_schema(r) == []
+    sent, recv = r["sent"], r["received"]
+    assert 8000 <= sent["packets"] <= 10000
+    # every offered frame went into the source link: taken by the router or refused
+    out = (src1["tx_packets"] - src0["tx_packets"]) + (src1["tx_dropped"] - src0["tx_dropped"])
+    assert abs(out - sent["packets"]) <= 2, (out, sent)
+    assert src1["tx_dropped"] - src0["tx_dropped"] == sent["refused"]
+    if not sent["refused"]:
+        assert abs((src1["tx_bytes"] - src0["tx_bytes"]) - sent["bytes"]) <= 2 * 60
+    # and every frame counted by the receiver was counted by the destination's kernel
+    got = dst1["rx_packets"] - dst0["rx_packets"]
+    assert got - 2 <= recv["packets"] <= got, (got, recv)
+    assert abs((dst1["rx_bytes"] - dst0["rx_bytes"]) - recv["bytes"]) <= 2 * 60
+    # the schedule: 4 flows x 64-byte frames, then 4 flows x 1518 (60 and 1514 bytes on the link)
+    assert sent["bytes"] == sum(60 if (k // 4) % 2 == 0 else 1514 for k in range(sent["packets"]))
+    # the per-flow view adds up, and agrees with the router's own count
+    assert sum(f["sent"] for f in r["flows"]) == sent["packets"]
+    assert sum(f["received"] for f in r["flows"]) == recv["packets"]
+    assert sum(f["lost"] for f in r["flows"]) == r["loss"]["packets"]
+    assert r["loss"]["packets"] == sent["packets"] - recv["packets"]
+    assert r["router"]["forwarded"] >= recv["packets"]
+    assert r["kernel"]["src"]["tx_packets"] + r["kernel"]["src"]["tx_dropped"] == out
+    assert r["kernel"]["receiver_socket"]["drops"] == 0
+    # a paced load through an idle router loses nothing and is timed
+    assert r["loss"]["ratio"] < 0.01
+    lat = r["latency_us"]
+    assert lat["samples"] == recv["packets"]
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p99"] <= lat["max"] < 1e6
+    assert sum(r["latency_histogram"]["counts"]) == lat["samples"]
+    ts = r["timeseries"]
+    assert abs(sum(ts["offered_pps"]) * ts["interval_s"] - sent["packets"]) < 1
+
+
+@requires_netns
+@pytest.mark.parametrize("proto,sizes", [("tcp", "imix"), ("icmp", "64,594")])
+def test_tcp_syn_and_icmp_echo_loads_are_received_per_flow(path, proto, sizes):
+    r = lg.run_load(lg.LoadSpec(proto=proto, sizes=sizes, flows=3, rate=3000, duration=0.4,
+                                procs=2), path)
+    assert lg.check_schema(r) == []
+    assert r["received"]["packets"] > 0.95 * r["sent"]["packets"] > 0
+    assert all(f["received"] > 0 for f in r["flows"])
+    assert r["spec"]["procs"] == 2 and r["spec"]["imix"] == (sizes == "imix")
+
+
+@requires_netns
+def test_cli_writes_json_matching_the_schema_and_a_png(lab, path, tmp_path):
+    js, png = tmp_path / "r.json", tmp_path / "r.png"
+    cp = subprocess.run([sys.executable, "-m", "forwarder.cli", "loadgen", "--src",
+                         path.src_netns, "--dst", path.dst_netns, "--router-socket",
+                         str(lab.socket), "-d", "0.5", "-r", "4000", "-f", "5",
+                         "--json", str(js), "--plot", str(png)],
+                        capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert "offered" in cp.stdout and "delivered" in cp.stdout and "p99" in cp.stdout
+    doc = json.loads(js.read_text())
+    assert lg.check_schema(doc) == []
+    assert doc["schema"] == lg.SCHEMA
+    assert doc["spec"]["flows"] == len(doc["flows"]) == 5
+    assert doc["spec"]["rate_pps"] == 4000.0
+    assert doc["received"]["packets"] > 0
+    _assert_png(png)
+
+
+def _assert_png(png: Path) -> None:
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+    with Image.open(png) as im:
+        im.verify()
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size[0] > 300 and im.size[1] > 200
+    import matplotlib.image as mpimg
+    assert mpimg.imread(str(png)).ndim == 3
+
+
+@requires_netns
+def test_sweep_steps_the_rate_and_plots_delivered_vs_offered(path, tmp_path):
+    sw = lg.sweep(lg.LoadSpec(duration=0.3, flows=2), path, rates=[1000, 4000],
+                  say=lambda _m: None, progress=False)
+    assert sw["schema"] == lg.SWEEP_SCHEMA
+    assert [round(p["spec"]["rate_pps"]) for p in sw["points"]] == [1000, 4000]
+    assert all(lg.check_schema(p) == [] for p in sw["points"])
+    assert sw["points"][1]["sent"]["packets"] > 2 * sw["points"][0]["sent"]["packets"]
+    assert sw["peak_pps"] >= sw["points"][0]["received"]["pps"]
+    png = tmp_path / "sweep.png"
+    lg.plot_sweep(sw, str(png))
+    _assert_png(png)
+    assert "saturation" in lg.format_sweep(sw)
+
+
+# --- the benchmark, quickly -------------------------------------------------------------------
+
+@requires_netns
+def test_bench_quick_runs_all_three_and_leaves_nothing(tmp_path):
+    js = tmp_path / "bench.json"
+    cp = subprocess.run([sys.executable, "-m", "forwarder.cli", "bench", "--quick",
+                         "--duration", "0.3", "--json", str(js)],
+                        capture_output=True, text=True, timeout=150)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    doc = json.loads(js.read_text())
+    assert doc["schema"] == "forwarder.bench/1"
+    assert set(doc["results"]) == {"router", "kernel", "copy"}
+    for name, res in doc["results"].items():
+        for key in ("pps64", "pps_imix", "iperf3_gbps", "latency_p50_us", "latency_p99_us"):
+            s = res[key]
+            assert len(s["runs"]) >= 3, (name, key)
+            assert s["min"] <= s["median"] <= s["max"]
+            assert s["median"] > 0, (name, key, s)
+        assert (res["peak_rss_bytes"] is None) == (name == "kernel")
+        # the forwarding process's CPU time per packet (the kernel has no process)
+        assert ("cpu_us_per_packet64" in res) == (name != "kernel")
+    assert doc["results"]["router"]["peak_rss_bytes"] > 10 * 2**20
+    for k in ("router/kernel", "router/copy"):
+        assert set(doc["ratios"][k]) >= {"pps64", "pps_imix", "iperf3_gbps", "latency_p50_us"}
+    for row in ("64 B pps", "IMIX pps", "iperf3 TCP Gbit/s", "latency p99", "peak RSS"):
+        assert row in cp.stdout
+    # nothing left: the namespaces it named, the router and the copy loop
+    import re
+    prefixes = re.findall(r"namespaces (fw[0-9a-f]{6}-)\*", cp.stdout)
+    assert len(prefixes) == 3
+    assert not [n for n in nn.list_netns() if n.startswith(tuple(prefixes))]
+    pids = [int(p) for p in re.findall(r"forwarding process pid (\d+)", cp.stdout)]
+    assert len(pids) == 2
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
