@@ -73,7 +73,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t, uintptr_
 from libc.string cimport memcpy, memset
 from posix.fcntl cimport O_RDONLY, open as c_open
 from posix.uio cimport iovec, readv, writev
-from posix.unistd cimport close, read, sysconf
+from posix.unistd cimport close, read, sysconf, write
 
 cimport cython
 
@@ -1303,9 +1303,15 @@ cdef int m_to_iovec(mbuf *m, iovec *iov, int maxiov) noexcept nogil:
 cdef ssize_t m_writev_fd(int fd, mbuf *m) noexcept nogil:
     """writev() the chain as one frame.  The chain stays the caller's (free
     it, or keep it to retry on EAGAIN).  Bytes written, or -1 with errno
-    (EMSGSIZE: more than MB_IOV_MAX non-empty mbufs, m_collapse it first)."""
+    (EMSGSIZE: more than MB_IOV_MAX non-empty mbufs, m_collapse it first).
+    A chain of one mbuf (a forwarded frame, its Ethernet header prepended in
+    the cluster's leading space) goes out with plain write(): the same frame,
+    without the kernel copying in and walking an iovec array."""
     cdef iovec iov[MB_IOV_MAX]
-    cdef int n = m_to_iovec(m, iov, MB_IOV_MAX)
+    cdef int n
+    if m.m_next == NULL:
+        return write(fd, m.m_data, <size_t>m.m_len)
+    n = m_to_iovec(m, iov, MB_IOV_MAX)
     if n < 0:
         return -1
     return writev(fd, iov, n)

@@ -82,6 +82,11 @@ cdef extern from "<time.h>" nogil:
 cdef extern from "<unistd.h>" nogil:
     ssize_t write(int fd, const void *buf, size_t n)
 
+cdef extern from "<sched.h>" nogil:
+    int unshare(int flags)
+    enum:
+        CLONE_FILES
+
 DROP_NAMES = (
     "runt", "not_our_mac", "ethertype", "arp_malformed", "ip_too_short", "ip_bad_version",
     "ip_bad_header_length", "ip_bad_checksum", "ip_bad_total_length", "martian_source",
@@ -854,6 +859,15 @@ cdef void dp_run(dp_state *dp) noexcept nogil:
     cdef int n, i
     cdef uint32_t tok
     cdef uint64_t junk
+    # A private file-descriptor table for this thread.  In a process with
+    # several threads the kernel takes and drops a reference on the file at
+    # every read()/write() (fget/fput, atomics on a shared line); with a table
+    # of its own the thread gets fdget's single-owner fast path, as a
+    # single-threaded process does -- two atomics saved per system call, four
+    # per packet.  The TAPs, the epoll and the eventfd are all open by now;
+    # fds other threads open or close later are not seen here, and the
+    # descriptors copied here are released when this thread exits.
+    unshare(CLONE_FILES)
     dp.now_ns = dp_clock()
     dp.icmp_refill_ns = dp.now_ns
     dp.next_timer_ns = dp.now_ns
