@@ -9,7 +9,7 @@ import struct
 import pytest
 from hypothesis import assume, example, given, settings, strategies as st
 
-it = pytest.importorskip("forwarder.inet_test")
+from forwarder import inet_test as it  # noqa: E402
 
 
 # --- pure-Python reference ----------------------------------------------------

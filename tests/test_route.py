@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-route = pytest.importorskip("forwarder.route")
+from forwarder import route  # noqa: E402
 RouteTable = route.RouteTable
 
 MASKS = [0] + [(0xFFFFFFFF << (32 - l)) & 0xFFFFFFFF for l in range(1, 33)]
