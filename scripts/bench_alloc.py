@@ -81,6 +81,8 @@ def measure_mbuf(n: int, repeat: int) -> dict[str, float]:
 def measure(n: int, repeat: int) -> dict:
     zone = uma.Zone.create("bench_cluster", SIZE)
     res: dict[str, float] = {}
+    uma_tools.pair_ns(zone, n)              # warm-up (page faults, CPU clock), not counted
+    uma_tools.malloc_pair_ns(SIZE, n)
     res["uma_pair_ns"] = median_of(lambda: uma_tools.pair_ns(zone, n), repeat)
     res["malloc_pair_ns"] = median_of(lambda: uma_tools.malloc_pair_ns(SIZE, n), repeat)
     res["ratio_vs_malloc"] = res["uma_pair_ns"] / res["malloc_pair_ns"]
