@@ -221,6 +221,9 @@ def format_stats(s: dict) -> str:
     for i in s["interfaces"]:
         lines.append(f"{i['name']:<12}{i['rx_packets']:>12}{i['rx_bytes']:>14}{i['rx_nobuf']:>10}"
                      f"{i['rx_errors']:>8}{i['tx_packets']:>12}{i['tx_bytes']:>14}{i['tx_errors']:>8}")
+    for i in s["interfaces"]:
+        if i.get("link", "up") != "up":
+            lines.append(f"{i['name']}: device {i['link']}, no longer polled")
     lines.append("")
     lines.append(f"forwarded {s['forwarded']}, delivered locally {s['delivered_local']}, "
                  f"fragments created {s['fragments_created']}")

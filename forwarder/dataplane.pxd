@@ -75,6 +75,7 @@ cdef struct dp_ifnet:
     uint64_t tx_packets
     uint64_t tx_bytes
     uint64_t tx_errors
+    int lost_errno              # the device went away (its namespace died): 0 while up
 
 cdef enum:
     ARP_FREE = 0

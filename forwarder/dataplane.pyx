@@ -23,7 +23,7 @@ Where is TTL handled?  ip_forward: expiry check before anything is changed,
 decrement (RFC 1624 incremental checksum) after the MTU check.
 """
 
-from libc.errno cimport EAGAIN, EINTR, ENOBUFS, errno
+from libc.errno cimport EAGAIN, EBADF, EBADFD, EINTR, EIO, ENOBUFS, ENODEV, ENXIO, errno
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset, strncpy
@@ -430,7 +430,7 @@ cdef void arp_clear(dp_state *dp) noexcept nogil:
 cdef void dp_transmit(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
     """writev() the chain (a complete frame) to the TAP; m is consumed."""
     cdef int len = m.m_pkthdr.len
-    if m_writev_fd(ifp.fd, m) < 0:
+    if ifp.lost_errno or m_writev_fd(ifp.fd, m) < 0:
         ifp.tx_errors += 1
         dp.drops[DROP_TX_ERROR] += 1
     else:
@@ -841,6 +841,12 @@ cdef void dp_rx_burst(dp_state *dp, dp_ifnet *ifp) noexcept nogil:
                 continue
             if err != EINTR:
                 ifp.rx_errors += 1
+            if err == EBADFD or err == ENODEV or err == ENXIO or err == EIO or err == EBADF:
+                # The TAP is gone for good (say the namespace it was moved to
+                # was destroyed with its container): stop polling it, or
+                # epoll reports it ready forever and the loop spins.
+                epoll_ctl(dp.epfd, EPOLL_CTL_DEL, ifp.fd, NULL)
+                ifp.lost_errno = err
             return
         ifp.rx_packets += 1
         ifp.rx_bytes += m.m_pkthdr.len
@@ -895,6 +901,9 @@ cdef void dp_run(dp_state *dp) noexcept nogil:
 # =============================================================================
 # Python side: the control plane's handle
 # =============================================================================
+
+import os
+
 
 def _ip2int(s) -> int:
     import ipaddress
@@ -1120,6 +1129,7 @@ cdef class Dataplane:
                     "rx_errors": ifp.rx_errors, "rx_nobuf": ifp.rx_nobuf,
                     "tx_packets": ifp.tx_packets, "tx_bytes": ifp.tx_bytes,
                     "tx_errors": ifp.tx_errors,
+                    "link": "up" if not ifp.lost_errno else f"lost ({os.strerror(ifp.lost_errno)})",
                 })
             drops = {DROP_NAMES[i]: self.dp.drops[i] for i in range(DROP_MAX)}
             icmp = {"echo_replies": self.dp.icmp_out[ICMP_ECHOREPLY],

@@ -298,11 +298,18 @@ class Router:
 
     def _watch(self) -> None:
         """Every WATCH_PERIOD: a zone whose failure counter moved since the last
-        look hit its limit -- say so, at most once per zone_warning_interval."""
+        look hit its limit -- say so, at most once per zone_warning_interval;
+        an interface whose device went away -- say so once."""
         last_fails: dict[str, int] = {}
         last_warned: dict[str, float] = {}
+        lost: set[str] = set()
         while not self._stopping.wait(WATCH_PERIOD):
             try:
+                for i in self.dp.stats()["interfaces"]:
+                    if i["link"] != "up" and i["name"] not in lost:
+                        lost.add(i["name"])
+                        log.error("interface %s: device %s; no longer polled, its traffic "
+                                  "is dropped (restart to re-create it)", i["name"], i["link"])
                 for z in mbufs.zone_stats():
                     name, fails = z["name"], z["fails"]
                     prev = last_fails.get(name, fails)
