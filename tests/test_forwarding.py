@@ -358,3 +358,41 @@ def test_unanswered_arp_is_retried_once_a_second_then_host_unreachable(lab, rout
     assert len(asks) == 3, [a.time for a in asks]
     entries = router.cli_json("arp", "-a")
     assert not any(e["ip"] == "10.3.0.99" for e in entries)
+
+
+def test_ip_options_are_passed_through_unchanged(lab, router):
+    from scapy.layers.inet import IPOption_NOP, IPOption_RR
+    rx = Sniffer(lab.host("h3").netns, "tap3")
+    s1 = Sniffer(lab.host("h1").netns, "tap1")
+    opts = [IPOption_NOP(), IPOption_RR(pointer=4, routers=["0.0.0.0", "0.0.0.0"])]
+    sent = IP(src="10.1.0.2", dst="10.3.0.2", ttl=20, options=opts) / UDP(sport=5, dport=40003) / b"opt"
+    try:
+        s1.send(bytes(Ether(dst=router_mac(1), src=host_mac(lab, "h1")) / sent))
+        got = rx.collect(lambda p: UDP in p and p[UDP].dport == 40003)
+    finally:
+        rx.close()
+        s1.close()
+    assert got, "the datagram with options did not arrive"
+    ip = got[0][IP]
+    assert ip.ihl == IP(bytes(sent)).ihl
+    assert bytes(ip)[20:ip.ihl * 4] == bytes(IP(bytes(sent)))[20:ip.ihl * 4]
+    assert ip.ttl == 19
+    chk = ip.chksum
+    del ip.chksum
+    assert IP(bytes(ip)).chksum == chk
+
+
+def test_arp_entries_age_out_after_max_age(lab, router):
+    router.sysctl("net.link.ether.inet.max_age=1")
+    try:
+        assert lab.ping("h1", "10.2.0.2", count=1, wait=2).returncode == 0
+        entry = next(e for e in router.cli_json("arp", "-a") if e["ip"] == "10.2.0.2")
+        assert entry["state"] == "reachable" and entry["expires_in"] <= 1.0
+        asked = router.stats()["arp"]["requests_sent"]
+        time.sleep(1.3)
+        entry = next(e for e in router.cli_json("arp", "-a") if e["ip"] == "10.2.0.2")
+        assert entry["expires_in"] == 0
+        assert lab.ping("h1", "10.2.0.2", count=1, wait=2).returncode == 0
+        assert router.stats()["arp"]["requests_sent"] > asked    # asked again, not reused
+    finally:
+        router.sysctl("net.link.ether.inet.max_age=1200")
