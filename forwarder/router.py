@@ -409,6 +409,15 @@ class Router:
         wanted = {n: v for n, v in tree.all() if v != before[n] and v != self.sysctl.get(n)}
         wanted = _limits_order(wanted, self.sysctl)
         changes: list[str] = []
+        # What can still fail goes first: the links' MTUs (netlink), then the
+        # tunables (all or nothing; a hook may veto).  Addresses and routes
+        # below are validated already.
+        for a, b in zip(old.interfaces, new.interfaces):
+            if a.mtu != b.mtu:
+                netns.link_set(b.name, b.netns_path, mtu=b.mtu) if b.netns else \
+                    netns.link_set(b.name, mtu=b.mtu)
+                self.dp.set_mtu(self.ifindex[b.name], b.mtu)
+                changes.append(f"{b.name} mtu {b.mtu}")
         if wanted:
             self.sysctl.set_many(wanted)        # all or nothing (SysctlError)
             changes += [f"{n}={v}" for n, v in wanted.items()]
@@ -417,11 +426,6 @@ class Router:
                 self.dp.set_addresses(self.ifindex[b.name],
                                       [(str(x.ip), x.network.prefixlen) for x in b.addresses])
                 changes.append(f"{b.name} addresses")
-            if a.mtu != b.mtu:
-                netns.link_set(b.name, b.netns_path, mtu=b.mtu) if b.netns else \
-                    netns.link_set(b.name, mtu=b.mtu)
-                self.dp.set_mtu(self.ifindex[b.name], b.mtu)
-                changes.append(f"{b.name} mtu {b.mtu}")
         current = {r["prefix"] for r in self.routes.routes()}
         for prefix in sorted(current - set(specs), key=lambda p: -IPv4Network(p).prefixlen):
             self.routes.delete(prefix)

@@ -348,6 +348,7 @@ class SysctlTree:
                         except SysctlError:
                             log.exception("sysctl %s: could not restore %d", name, old)
                         self._values[name] = old
+                        log.info("sysctl %s: %d -> %d (rolled back)", name, new, old)
                 raise
         return changed
 
