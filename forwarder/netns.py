@@ -178,18 +178,22 @@ def tap_open(name: str, netns: str | None = None, *, extra_flags: int = 0) -> in
     return fd
 
 
+def _set_mtu_mac(ipr: IPRoute, idx: int, mtu: int | None, mac: str | None) -> None:
+    attrs: dict[str, object] = {}
+    if mtu is not None:
+        attrs["mtu"] = mtu
+    if mac is not None:
+        attrs["address"] = mac
+    if attrs:
+        ipr.link("set", index=idx, **attrs)
+
+
 def link_set(ifname: str, netns: str | None = None, *, up: bool | None = None,
              mtu: int | None = None, mac: str | None = None) -> None:
     """Set MTU / MAC / state of a link; None leaves that attribute alone."""
     with iproute(netns) as ipr:
         idx = _index(ipr, ifname, netns)
-        attrs: dict[str, object] = {}
-        if mtu is not None:
-            attrs["mtu"] = mtu
-        if mac is not None:
-            attrs["address"] = mac
-        if attrs:
-            ipr.link("set", index=idx, **attrs)
+        _set_mtu_mac(ipr, idx, mtu, mac)
         if up is not None:
             ipr.link("set", index=idx, state="up" if up else "down")
 
@@ -264,13 +268,7 @@ def configure_host(ifname: str, netns: str, addresses: Iterable[str | IPv4Interf
         if lo:
             ipr.link("set", index=lo[0], state="up")
         idx = _index(ipr, ifname, netns)
-        attrs: dict[str, object] = {}
-        if mtu is not None:
-            attrs["mtu"] = mtu
-        if mac is not None:
-            attrs["address"] = mac
-        if attrs:
-            ipr.link("set", index=idx, **attrs)
+        _set_mtu_mac(ipr, idx, mtu, mac)
         for addr in addresses:
             a = IPv4Interface(addr)
             ipr.addr("add", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)

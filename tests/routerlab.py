@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from forwarder.control import Client, ControlError
+from forwarder.lab import RouterProcess
 from tests.topology import RouterLab
 
 ROUTER_MAC = "02:00:00:00:{k:02x}:01"
@@ -51,12 +52,9 @@ def lab_config(lab: RouterLab, sock: Path, sysctl: dict[str, int] | None = None,
 
 
 @dataclass
-class RunningRouter:
+class RunningRouter(RouterProcess):
+    """The lab's router process (call, stop) with the CLI and test helpers."""
     lab: RouterLab
-    proc: subprocess.Popen
-    config: Path
-    socket: Path
-    log: Path
 
     def cli(self, *argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "forwarder.cli", argv[0], "--socket", str(self.socket), *argv[1:]]
@@ -67,10 +65,6 @@ class RunningRouter:
 
     def cli_json(self, *argv: str) -> object:
         return json.loads(self.cli(*argv, "--json").stdout)
-
-    def call(self, command: str, **args: Any) -> Any:
-        """One control-socket request from this process (faster than the CLI)."""
-        return Client(self.socket).call(command, **args)
 
     def log_text(self) -> str:
         return self.log.read_text()
@@ -111,17 +105,6 @@ class RunningRouter:
     def sysctl(self, assignment: str) -> str:
         return self.cli("sysctl", assignment).stdout
 
-    def stop(self, timeout: float = 15) -> tuple[int, str]:
-        """SIGTERM, then the exit code and what the router printed."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode, self.log.read_text()
-
 
 def start_router(lab: RouterLab, workdir: Path, *, sysctl: dict[str, int] | None = None,
                  routes: Sequence[dict[str, str]] = (), metrics: str | None = None,
@@ -139,7 +122,7 @@ def start_router(lab: RouterLab, workdir: Path, *, sysctl: dict[str, int] | None
     proc = lab.popen_router([sys.executable, "-m", "forwarder.cli", "run", "-c", str(cfg),
                              *extra_argv], stdout=out, stderr=subprocess.STDOUT)
     out.close()
-    r = RunningRouter(lab, proc, cfg, sock, log)
+    r = RunningRouter(proc=proc, socket=sock, config=cfg, log=log, netns=lab.router_ns, lab=lab)
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:

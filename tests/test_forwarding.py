@@ -383,8 +383,9 @@ def test_ip_options_are_passed_through_unchanged(lab, router):
 
 
 def test_arp_entries_age_out_after_max_age(lab, router):
-    router.sysctl("net.link.ether.inet.max_age=1")
+    router.sysctl("net.link.ether.inet.max_age=1")      # applies to entries learned from now on
     try:
+        router.cli("arp", "-d", "10.2.0.2", check=False)
         assert lab.ping("h1", "10.2.0.2", count=1, wait=2).returncode == 0
         entry = next(e for e in router.cli_json("arp", "-a") if e["ip"] == "10.2.0.2")
         assert entry["state"] == "reachable" and entry["expires_in"] <= 1.0
