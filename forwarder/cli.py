@@ -232,7 +232,7 @@ def format_stats(s: dict) -> str:
                  f"{ic['time_exceeded']} time exceeded), {ic['echo_replies']} echo replies, "
                  f"{ic['ratelimited']} rate-limited")
     a = s["arp"]
-    lines.append(f"arp: {a['requests_sent']} requests sent, {a['replies_sent']} replies sent, "
+    lines.append(f"arp: {a['received']} received, {a['requests_sent']} requests sent, {a['replies_sent']} replies sent, "
                  f"{a['entries']} entries")
     drops = {k: v for k, v in s["drops"].items() if v}
     lines.append("drops:" + ("" if drops else " none"))

@@ -107,6 +107,7 @@ cdef struct dp_state:
     uint64_t icmp_ratelimited
     double icmp_tokens
     int64_t icmp_refill_ns
+    uint64_t arp_in             # well-formed ARP frames handled (answered, learned or ignored)
     uint64_t arp_requests
     uint64_t arp_replies
     uint64_t frags_created

@@ -286,6 +286,7 @@ cdef void arp_input(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
             or a[4] != 6 or a[5] != 4:
         dp_drop_m(dp, m, DROP_ARP_BAD)
         return
+    dp.arp_in += 1
     op = ld16(a + 6)
     spa = ld32(a + 14)
     tpa = ld32(a + 24)
@@ -1141,7 +1142,8 @@ cdef class Dataplane:
                 "interfaces": ifs, "drops": drops, "icmp": icmp,
                 "forwarded": self.dp.forwarded, "delivered_local": self.dp.delivered_local,
                 "fragments_created": self.dp.frags_created,
-                "arp": {"requests_sent": self.dp.arp_requests, "replies_sent": self.dp.arp_replies,
+                "arp": {"received": self.dp.arp_in,
+                        "requests_sent": self.dp.arp_requests, "replies_sent": self.dp.arp_replies,
                         "entries": self.dp.narp},
                 "loops": self.dp.loops,
             }
