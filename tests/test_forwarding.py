@@ -389,10 +389,16 @@ def test_arp_entries_age_out_after_max_age(lab, router):
         assert lab.ping("h1", "10.2.0.2", count=1, wait=2).returncode == 0
         entry = next(e for e in router.cli_json("arp", "-a") if e["ip"] == "10.2.0.2")
         assert entry["state"] == "reachable" and entry["expires_in"] <= 1.0
+        # The host's own ARP traffic may refresh the entry once or twice (RFC 826
+        # merge); left alone it expires within a few max_ages.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            entry = next(e for e in router.cli_json("arp", "-a") if e["ip"] == "10.2.0.2")
+            if entry["expires_in"] == 0:
+                break
+            time.sleep(0.2)
+        assert entry["expires_in"] == 0, entry
         asked = router.stats()["arp"]["requests_sent"]
-        time.sleep(1.3)
-        entry = next(e for e in router.cli_json("arp", "-a") if e["ip"] == "10.2.0.2")
-        assert entry["expires_in"] == 0
         assert lab.ping("h1", "10.2.0.2", count=1, wait=2).returncode == 0
         assert router.stats()["arp"]["requests_sent"] > asked    # asked again, not reused
     finally:
