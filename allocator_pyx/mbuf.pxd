@@ -336,6 +336,7 @@ cdef class Mbuf:
     cdef object __weakref__
     cdef mbuf *_chain(self) except NULL         # the chain, or ValueError once freed
     cdef int _range(self, off, length, int total) except -1
+    cdef int _span(self, mbuf *m, int off, length) except -1   # checked length of [off, off+length)
 
 cdef Mbuf mbuf_wrap(mbuf *m)    # take ownership of a chain (NULL -> None not allowed)
 cdef mbuf *mbuf_unwrap(Mbuf h) except? NULL    # take the chain back from a handle

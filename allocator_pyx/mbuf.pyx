@@ -1649,6 +1649,14 @@ cdef class Mbuf:
             raise ValueError(f"range [{off}, {off}+{length}) outside the chain of {total} bytes")
         return 0
 
+    cdef int _span(self, mbuf *m, int off, length) except -1:
+        """The length of [off, off+length) of chain m -- to its end when length
+        is None -- checked to lie inside it."""
+        cdef int total = <int>m_length(m, NULL)
+        cdef int n = total - off if length is None else length
+        self._range(off, n, total)
+        return n
+
     def clget(self) -> Mbuf:
         """m_clget on the first mbuf (which must be empty, without storage)."""
         cdef mbuf *m = self._chain()
@@ -1663,9 +1671,7 @@ cdef class Mbuf:
     def copym(self, int off=0, length=None) -> Mbuf:
         """m_copym: a copy of [off, off+length) sharing the clusters."""
         cdef mbuf *m = self._chain()
-        cdef int total = <int>m_length(m, NULL)
-        cdef int n = total - off if length is None else length
-        self._range(off, n, total)
+        cdef int n = self._span(m, off, length)
         if n == 0:
             return Mbuf.get()
         return mbuf_wrap(_denied_if_null(m_copym(m, off, M_COPYALL if length is None else n,
@@ -1769,9 +1775,7 @@ cdef class Mbuf:
     def copydata(self, int off=0, length=None) -> bytes:
         """m_copydata: the bytes [off, off+length)."""
         cdef mbuf *m = self._chain()
-        cdef int total = <int>m_length(m, NULL)
-        cdef int n = total - off if length is None else length
-        self._range(off, n, total)
+        cdef int n = self._span(m, off, length)
         cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
         if n:
             m_copydata(m, off, n, PyBytes_AS_STRING(out))
@@ -1801,9 +1805,7 @@ cdef class Mbuf:
     def makewritable(self, int off=0, length=None) -> Mbuf:
         """m_makewritable: private storage for every mbuf of the range."""
         cdef mbuf *m = self._chain()
-        cdef int total = <int>m_length(m, NULL)
-        cdef int n = total - off if length is None else length
-        self._range(off, n, total)
+        cdef int n = self._span(m, off, length)
         if m_makewritable(m, off, n, M_NOWAIT) != 0:
             raise MbufDenied("m_makewritable: allocation denied")
         return self

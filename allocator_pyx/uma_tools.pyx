@@ -6,24 +6,10 @@ uma.pxd interface (a call through the module's exported function table)."""
 
 from libc.stdint cimport uint32_t, uint64_t, int64_t, uintptr_t
 from libc.stdlib cimport free, malloc
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from allocator_pyx.benchutil cimport bench_escape, bench_now_ns
 
 from allocator_pyx.uma cimport (M_NOWAIT, M_WAITOK, Zone, uma_zalloc, uma_zalloc_timed,
                                 uma_zfree)
-
-cdef extern from *:
-    """
-    /* Keep the compiler from pairing and eliding malloc()/free(). */
-    #define uma_tools_escape(p) __asm__ volatile("" : : "g"(p) : "memory")
-    """
-    void uma_tools_escape(void *p) nogil
-
-
-cdef inline int64_t now_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
-
 
 def pair_ns(Zone zone not None, long n) -> float:
     """ns per uma_zalloc + uma_zfree pair from the calling thread's cache
@@ -34,13 +20,13 @@ def pair_ns(Zone zone not None, long n) -> float:
     with nogil:
         p = <char *>uma_zalloc(zone.zone, M_NOWAIT)      # warm the cache
         uma_zfree(zone.zone, p)
-        t0 = now_ns()
+        t0 = bench_now_ns()
         for i in range(n):
             p = <char *>uma_zalloc(zone.zone, M_NOWAIT)
             p[0] = <char>i
-            uma_tools_escape(p)
+            bench_escape(p)
             uma_zfree(zone.zone, p)
-        t1 = now_ns()
+        t1 = bench_now_ns()
     return (t1 - t0) / <double>n
 
 
@@ -50,13 +36,13 @@ def malloc_pair_ns(size_t size, long n) -> float:
     cdef char *p
     cdef int64_t t0, t1
     with nogil:
-        t0 = now_ns()
+        t0 = bench_now_ns()
         for i in range(n):
             p = <char *>malloc(size)
             p[0] = <char>i
-            uma_tools_escape(p)
+            bench_escape(p)
             free(p)
-        t1 = now_ns()
+        t1 = bench_now_ns()
     return (t1 - t0) / <double>n
 
 
@@ -70,13 +56,13 @@ def batch_ns(Zone zone not None, long rounds, int batch) -> float:
     if held == NULL:
         raise MemoryError()
     with nogil:
-        t0 = now_ns()
+        t0 = bench_now_ns()
         for r in range(rounds):
             for i in range(batch):
                 held[i] = uma_zalloc(zone.zone, M_NOWAIT)
             for i in range(batch):
                 uma_zfree(zone.zone, held[i])
-        t1 = now_ns()
+        t1 = bench_now_ns()
     free(held)
     return (t1 - t0) / (<double>rounds * batch)
 
