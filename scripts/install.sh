@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything the router, its lab and its tests need (run as root on Debian).
-#   Debian tools: iproute2, ping, traceroute, iperf3, gcc (only those missing).
+#   Debian tools: iproute2, ping, traceroute, iperf3, gcc, pip, Python headers (only those missing).
 #   Python: this package, built in place with its Cython extensions, plus the test extra.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,7 @@ command -v ping >/dev/null       || need+=(iputils-ping)
 command -v traceroute >/dev/null || need+=(traceroute)
 command -v iperf3 >/dev/null     || need+=(iperf3)
 command -v gcc >/dev/null        || need+=(gcc)
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 python3 -c 'import sysconfig,os,sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"],"Python.h")))' \
                                  || need+=(python3-dev)
 if [ ${#need[@]} -gt 0 ]; then
