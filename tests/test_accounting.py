@@ -10,8 +10,8 @@ import time
 import pytest
 
 from tests.routerlab import router_mac, start_router
-from tests.test_forwarding import Sniffer, host_mac
 from tests.topology import make_lab, requires_netns, topology  # noqa: F401
+from tests.wire import Sniffer, host_mac
 
 pytestmark = requires_netns
 

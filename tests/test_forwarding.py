@@ -14,9 +14,9 @@ import pytest
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.l2 import Ether
 
-from forwarder import netns as nn
 from tests.routerlab import RunningRouter, router_mac, start_router
 from tests.topology import make_lab, requires_netns, topology  # noqa: F401
+from tests.wire import Sniffer, host_mac, udp_socket
 
 pytestmark = requires_netns
 
@@ -44,43 +44,6 @@ def router(lab, tmp_path_factory):
 
 def drops(r: RunningRouter) -> dict[str, int]:
     return r.stats()["drops"]
-
-
-class Sniffer:
-    """An AF_PACKET socket on a host's side of its TAP."""
-
-    def __init__(self, ns: str, ifname: str) -> None:
-        with nn.enter_netns(ns):
-            self.s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-            self.s.bind((ifname, 0))
-        self.s.settimeout(0.2)
-
-    def send(self, frame: bytes) -> None:
-        self.s.send(frame)
-
-    def collect(self, match, timeout: float = 2.0, want: int = 1) -> list:
-        got, deadline = [], time.monotonic() + timeout
-        while time.monotonic() < deadline and len(got) < want:
-            try:
-                pkt = Ether(self.s.recv(65536))
-            except socket.timeout:
-                continue
-            if match(pkt):
-                got.append(pkt)
-        return got
-
-    def close(self) -> None:
-        self.s.close()
-
-
-def udp_socket(ns: str) -> socket.socket:
-    with nn.enter_netns(ns):
-        return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-
-
-def host_mac(lab, name: str) -> str:
-    h = lab.host(name)
-    return nn.link_info(h.ifname, h.netns).mac
 
 
 def test_first_ping_through_a_cold_router_is_not_lost(lab, router):

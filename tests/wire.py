@@ -1,0 +1,83 @@
+"""Frames on the wire of a lab host (for tests): a packet socket on a host's
+side of its TAP that sends raw frames and collects what passes, with the
+kernel's receive timestamps.
+
+    s = Sniffer(lab.host("h1").netns, "tap1")
+    s.send(bytes(Ether(...) / IP(...) / UDP(...)))
+    replies = s.collect(lambda p: ICMP in p, timeout=2)
+    replies[0].time          # kernel timestamp (CLOCK_REALTIME, seconds)
+"""
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from typing import Callable
+
+from scapy.layers.l2 import Ether
+
+from forwarder import netns as nn
+
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+
+
+class Sniffer:
+    """An AF_PACKET socket on a host's side of its TAP: it sees the frames the
+    host sends and those it receives.  Opened before the traffic it is to see."""
+
+    def __init__(self, ns: str, ifname: str) -> None:
+        with nn.enter_netns(ns):
+            self.s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+            self.s.bind((ifname, 0))
+        self.s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self.s.settimeout(0.2)
+
+    def send(self, frame: bytes) -> None:
+        self.s.send(frame)
+
+    def recv(self) -> Ether:
+        """The next frame, parsed, with ``.time`` set to the kernel's receive
+        timestamp: gaps between frames stay right even when this process
+        reads them late.  Raises socket.timeout."""
+        data, anc, _flags, _addr = self.s.recvmsg(65536, socket.CMSG_SPACE(16))
+        pkt = Ether(data)
+        for level, kind, value in anc:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+                sec, nsec = struct.unpack("qq", value[:16])
+                pkt.time = sec + nsec / 1e9
+        return pkt
+
+    def collect(self, match: Callable[[Ether], bool], timeout: float = 2.0,
+                want: int = 1) -> list[Ether]:
+        """Frames for which ``match`` is true, until ``want`` of them or ``timeout``."""
+        got: list[Ether] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(got) < want:
+            try:
+                pkt = self.recv()
+            except socket.timeout:
+                continue
+            if match(pkt):
+                got.append(pkt)
+        return got
+
+    def close(self) -> None:
+        self.s.close()
+
+    def __enter__(self) -> "Sniffer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def udp_socket(ns: str) -> socket.socket:
+    """A UDP socket in namespace ``ns``."""
+    with nn.enter_netns(ns):
+        return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+
+def host_mac(lab, name: str) -> str:
+    """The MAC of host ``name``'s side of its TAP."""
+    h = lab.host(name)
+    return nn.link_info(h.ifname, h.netns).mac
