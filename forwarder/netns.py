@@ -33,7 +33,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
-from typing import Iterable, Iterator, Sequence
+from typing import ClassVar, Iterable, Iterator, Sequence
 
 from pyroute2 import IPRoute
 from pyroute2 import netns as _pyr_netns
@@ -357,8 +357,12 @@ class Topology:
     taps: list[Tap] = field(default_factory=list)
     processes: list[subprocess.Popen] = field(default_factory=list)
     _closed: bool = False
+    # Every prefix handed out in this process: what is still named so after
+    # everything was closed was left behind (the test suite checks it).
+    issued: ClassVar[list[str]] = []
 
     def __post_init__(self) -> None:
+        Topology.issued.append(self.prefix)
         atexit.register(self.close)
 
     def __enter__(self) -> "Topology":

@@ -49,3 +49,9 @@ def mbuf_limits():
     finally:
         gc.collect()
         mbuf.set_limits(**saved)
+
+
+# --- the session: no skips where everything can run, nothing left behind ------------
+
+from tests.sessionguard import (pytest_runtest_logreport, pytest_sessionfinish,  # noqa: E402,F401
+                                pytest_terminal_summary)

@@ -59,15 +59,22 @@ def test_ping_between_every_pair_of_hosts(lab, router):
 
 
 def test_echo_to_any_router_address_is_answered_from_that_address(lab, router):
-    s = Sniffer(lab.host("h1").netns, "tap1")
-    try:
-        cp = lab.ping("h1", "10.3.0.1", count=1, wait=2)
-        assert cp.returncode == 0, cp.stdout
-        cp = lab.ping("h1", "10.1.0.1", count=1, wait=2, extra=["-s", "1000"])
-        assert cp.returncode == 0, cp.stdout
-    finally:
-        s.close()
-    assert router.stats()["delivered_local"] >= 2
+    """Each echo request gets its reply from the address it asked, not from
+    the address of the interface it came in on (ping alone does not tell:
+    iputils counts a reply from another address as received)."""
+    before = router.stats()["delivered_local"]
+    with Sniffer(lab.host("h1").netns, "tap1") as s:
+        for ident, (asked, size) in enumerate((("10.3.0.1", 56), ("10.2.0.1", 56),
+                                               ("10.1.0.1", 1000)), start=0x4d00):
+            s.send(bytes(Ether(dst=router_mac(1), src=host_mac(lab, "h1"))
+                         / IP(src="10.1.0.2", dst=asked)
+                         / ICMP(type=8, id=ident, seq=1) / (b"e" * size)))
+            replies = s.collect(lambda p: ICMP in p and p[ICMP].type == 0 and p[ICMP].id == ident)
+            assert replies, f"no echo reply for {asked}"
+            ip = replies[0][IP]
+            assert (ip.src, ip.dst) == (asked, "10.1.0.2")
+            assert bytes(replies[0][ICMP].payload) == b"e" * size
+    assert router.stats()["delivered_local"] == before + 3
 
 
 def test_forwarded_packet_has_ttl_decremented_and_a_valid_checksum(lab, router):
@@ -155,9 +162,79 @@ def test_blackhole_route_drops_silently(lab, router):
 
 
 def test_ttl_expiring_gets_time_exceeded(lab, router):
+    before = router.stats()
     cp = lab.ping("h1", "10.3.0.2", count=1, wait=2, extra=["-t", "1"])
     assert cp.returncode != 0
     assert "Time to live exceeded" in cp.stdout, cp.stdout
+    assert "From 10.1.0.1" in cp.stdout
+    after = router.stats()
+    assert after["drops"]["ttl_exceeded"] == before["drops"]["ttl_exceeded"] + 1
+    assert after["icmp"]["time_exceeded"] == before["icmp"]["time_exceeded"] + 1
+    assert after["forwarded"] == before["forwarded"]
+
+
+def _send_and_collect_errors(lab, frames: list[bytes], timeout: float = 1.0) -> list:
+    """Send frames from h1; the ICMP errors the router sent back to h1."""
+    with Sniffer(lab.host("h1").netns, "tap1") as s:
+        for f in frames:
+            s.send(f)
+        return s.collect(lambda p: ICMP in p and p[IP].src == "10.1.0.1"
+                         and p[ICMP].type in (3, 11), timeout=timeout, want=len(frames) + 1)
+
+
+def _from_h1(lab, pkt) -> bytes:
+    return bytes(Ether(dst=router_mac(1), src=host_mac(lab, "h1")) / pkt)
+
+
+def test_icmp_error_quotes_at_most_576_bytes_in_all(lab, router):
+    """RFC 1812 4.3.2.3: as much of the offending datagram as fits in 576
+    bytes; the quote is the datagram as received, byte for byte."""
+    sent = IP(src="10.1.0.2", dst="10.99.0.7", id=0x576) / UDP(sport=5, dport=40010) / bytes(
+        i & 0xFF for i in range(1400))
+    errors = _send_and_collect_errors(lab, [_from_h1(lab, sent)])
+    assert len(errors) == 1, errors
+    ip = errors[0][IP]
+    assert (ip[ICMP].type, ip[ICMP].code) == (3, 0)
+    assert ip.len == 576 and len(bytes(ip)) == 576
+    assert bytes(ip)[28:] == bytes(sent)[:576 - 28]
+    # ... and a short datagram is quoted whole.
+    short = IP(src="10.1.0.2", dst="10.99.0.8") / UDP(sport=5, dport=40010) / b"short"
+    errors = _send_and_collect_errors(lab, [_from_h1(lab, short)])
+    assert len(errors) == 1 and bytes(errors[0][IP])[28:] == bytes(short)
+
+
+ICMP_ERROR_TYPES = {3: "unreachable", 4: "source quench", 5: "redirect", 11: "time exceeded",
+                    12: "parameter problem"}
+
+
+@pytest.mark.parametrize("icmp_type", list(ICMP_ERROR_TYPES), ids=list(ICMP_ERROR_TYPES.values()))
+def test_no_icmp_error_about_an_icmp_error(lab, router, icmp_type):
+    """RFC 1812 4.3.2.7: an ICMP error is never sent about an ICMP error, while
+    an ICMP query on the same path (the control, sent after it) gets one."""
+    before = router.stats()
+    error = IP(src="10.1.0.2", dst="10.99.0.9") / ICMP(type=icmp_type, code=0) / (
+        IP(src="10.99.0.9", dst="10.1.0.2") / UDP(sport=9, dport=7))
+    query = IP(src="10.1.0.2", dst="10.99.0.9") / ICMP(type=8, id=0x77, seq=icmp_type)
+    errors = _send_and_collect_errors(lab, [_from_h1(lab, error), _from_h1(lab, query)])
+    after = router.stats()
+    assert after["drops"]["no_route"] == before["drops"]["no_route"] + 2
+    quoted = [bytes(e[ICMP].payload)[20] for e in errors]        # the quoted ICMP type
+    assert quoted == [8], quoted
+    assert after["icmp"]["errors_sent"] == before["icmp"]["errors_sent"] + 1
+
+
+def test_no_icmp_error_about_a_non_initial_fragment(lab, router):
+    """RFC 1812 4.3.2.7: errors only about the first fragment of a datagram."""
+    before = router.stats()
+    first = IP(src="10.1.0.2", dst="10.99.0.10", id=0xF1, flags="MF", frag=0) / (b"a" * 64)
+    later = IP(src="10.1.0.2", dst="10.99.0.10", id=0xF1, flags="MF", frag=8, proto=17) / (b"b" * 64)
+    last = IP(src="10.1.0.2", dst="10.99.0.10", id=0xF1, frag=16, proto=17) / (b"c" * 64)
+    errors = _send_and_collect_errors(lab, [_from_h1(lab, p) for p in (later, last, first)])
+    after = router.stats()
+    assert after["drops"]["no_route"] == before["drops"]["no_route"] + 3
+    assert len(errors) == 1, [e.summary() for e in errors]
+    assert bytes(errors[0][ICMP].payload)[:20] == bytes(first)[:20]
+    assert after["icmp"]["errors_sent"] == before["icmp"]["errors_sent"] + 1
 
 
 def bad_headers() -> dict[str, tuple[str, bytes]]:
@@ -217,34 +294,56 @@ def test_malformed_headers_are_dropped_counted_and_never_answered(lab, router, c
 
 
 def test_martian_sources_are_not_forwarded(lab, router):
-    s1 = Sniffer(lab.host("h1").netns, "tap1")
-    try:
-        before = drops(router)["martian_source"]
-        for src in ("127.0.0.9", "0.1.2.3", "240.0.0.1", "224.0.0.5"):
-            pkt = IP(src=src, dst="10.3.0.2") / UDP(sport=1, dport=9)
+    """Counted and dropped: nothing from a martian source reaches h3, and
+    nobody is told (no ICMP error)."""
+    martians = ("127.0.0.9", "0.1.2.3", "240.0.0.1", "224.0.0.5", "255.255.255.255")
+    before = router.stats()
+    with Sniffer(lab.host("h1").netns, "tap1") as s1, \
+            Sniffer(lab.host("h3").netns, "tap3") as s3:
+        for src in martians:
+            pkt = IP(src=src, dst="10.3.0.2") / UDP(sport=1, dport=40009)
             s1.send(bytes(Ether(dst=router_mac(1), src=host_mac(lab, "h1")) / pkt))
-        time.sleep(0.3)
-    finally:
-        s1.close()
-    assert drops(router)["martian_source"] == before + 4
+        router.wait_for(lambda: drops(router)["martian_source"]
+                        >= before["drops"]["martian_source"] + len(martians),
+                        what="martians counted")
+        # A positive control on the same path, sent last: once it is at h3,
+        # the martians before it would have been too.
+        s1.send(bytes(Ether(dst=router_mac(1), src=host_mac(lab, "h1"))
+                      / IP(src="10.1.0.2", dst="10.3.0.2") / UDP(sport=1, dport=40009)))
+        got = s3.collect(lambda p: UDP in p and p[UDP].dport == 40009, timeout=2, want=2)
+        icmp = s1.collect(lambda p: ICMP in p and p[IP].src == "10.1.0.1", timeout=0.2)
+    after = router.stats()
+    assert [p[IP].src for p in got] == ["10.1.0.2"], [p[IP].src for p in got]
+    assert after["drops"]["martian_source"] == before["drops"]["martian_source"] + len(martians)
+    assert not icmp and after["icmp"]["errors_sent"] == before["icmp"]["errors_sent"]
 
 
 def test_icmp_errors_are_rate_limited_under_a_burst(lab, router):
+    """icmplim=5: the bucket (5, full when set) plus what refills at 5/s
+    while the burst is handled; every other error is counted as limited."""
     router.sysctl("net.inet.icmp.icmplim=5")
     tx = udp_socket(lab.host("h1").netns)
     try:
         before = router.stats()["icmp"]
+        t0 = time.monotonic()
         for i in range(200):
             tx.sendto(b"burst", ("10.99.0.%d" % (i % 250 + 1), 9))
-        time.sleep(0.5)
-        after = router.stats()["icmp"]
+
+        def handled() -> dict | None:
+            now = router.stats()["icmp"]
+            n = (now["errors_sent"] - before["errors_sent"]
+                 + now["ratelimited"] - before["ratelimited"])
+            return now if n >= 200 else None
+
+        after = router.wait_for(handled, timeout=20, what="200 errors sent or limited")
+        span = time.monotonic() - t0     # bounds the time the router spent on the burst
     finally:
         tx.close()
         router.sysctl("net.inet.icmp.icmplim=200")
     sent = after["errors_sent"] - before["errors_sent"]
     limited = after["ratelimited"] - before["ratelimited"]
     assert sent + limited == 200
-    assert 1 <= sent <= 5 + 5, sent                    # the bucket plus at most a second's refill
+    assert 5 <= sent <= 5 + 5 * span + 1, (sent, span)
 
 
 def test_iperf3_tcp_and_udp_cross_the_router(lab, router):
@@ -293,9 +392,12 @@ def test_flood_with_few_clusters_is_denied_counted_and_recovers(lab, router):
         assert drops(router)["no_buffer"] > 0
         netstat = router.cli("netstat", "-m").stdout
         assert "requests for mbufs denied" in netstat
-        t0 = time.monotonic()
-        cp = lab.ping("h1", "10.2.0.2", count=1, wait=1)
-        assert cp.returncode == 0 and time.monotonic() - t0 < 1.5, cp.stdout
+        # It keeps serving: a ping gets through, promptly (a few tries at most).
+        for _ in range(5):
+            cp = lab.ping("h1", "10.2.0.2", count=1, wait=1)
+            if cp.returncode == 0:
+                break
+        assert cp.returncode == 0, cp.stdout
     finally:
         s1.close()
         router.sysctl("kern.ipc.nmbclusters=0")
@@ -303,22 +405,27 @@ def test_flood_with_few_clusters_is_denied_counted_and_recovers(lab, router):
 
 
 def test_unanswered_arp_is_retried_once_a_second_then_host_unreachable(lab, router):
-    """Three requests, one per second, for a neighbour that never answers;
-    then ICMP host unreachable (code 1) for what was held."""
-    s3 = Sniffer(lab.host("h3").netns, "tap3")
-    try:
-        before = drops(router)["arp_timeout"]
-        t0 = time.monotonic()
-        cp = lab.ping("h1", "10.3.0.99", count=1, wait=6)
-        elapsed = time.monotonic() - t0
-        asks = s3.collect(lambda p: p.type == 0x0806 and p.pdst == "10.3.0.99", timeout=0.5, want=10)
-    finally:
-        s3.close()
+    """Three requests, at least a second apart, for a neighbour that never
+    answers; a second after the last, ICMP host unreachable (code 1) for what
+    was held, and the entry is gone.  Gaps are read from the kernel's receive
+    timestamps, so a slow test process cannot shrink them; only lower bounds
+    are asserted (a loaded machine makes them longer, never shorter)."""
+    before = drops(router)["arp_timeout"]
+    with Sniffer(lab.host("h3").netns, "tap3") as s3, \
+            Sniffer(lab.host("h1").netns, "tap1") as s1:
+        cp = lab.ping("h1", "10.3.0.99", count=1, wait=15)
+        unreach = s1.collect(lambda p: ICMP in p and p[ICMP].type == 3 and p[IP].src == "10.1.0.1",
+                             timeout=1)
+        asks = s3.collect(lambda p: p.type == 0x0806 and p.pdst == "10.3.0.99", timeout=1.5, want=10)
     assert "Destination Host Unreachable" in cp.stdout, cp.stdout
     assert "From 10.1.0.1" in cp.stdout
-    assert 2.5 <= elapsed <= 5.5
-    assert drops(router)["arp_timeout"] == before + 1
+    assert [(u[ICMP].type, u[ICMP].code) for u in unreach] == [(3, 1)]
     assert len(asks) == 3, [a.time for a in asks]
+    times = [float(a.time) for a in asks]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert all(g >= 0.9 for g in gaps), gaps
+    assert float(unreach[0].time) - times[-1] >= 0.9
+    assert drops(router)["arp_timeout"] == before + 1
     entries = router.cli_json("arp", "-a")
     assert not any(e["ip"] == "10.3.0.99" for e in entries)
 

@@ -287,8 +287,11 @@ def test_veth_between_namespaces_and_kernel_forwarding() -> None:
                   addresses_b=["10.32.0.2/24"])
         nn.configure_host("fva", a, [], gateway="10.31.0.1")
         nn.configure_host("fvb", b, [], gateway="10.32.0.1")
+        root_before = open("/proc/sys/net/ipv4/ip_forward").read()
         nn.write_sysctl(r, "net.ipv4.ip_forward", 1)
-        assert open("/proc/sys/net/ipv4/ip_forward").read().strip() in ("0", "1")  # untouched
+        with nn.enter_netns(r):
+            assert open("/proc/sys/net/ipv4/ip_forward").read() == "1\n"
+        assert open("/proc/sys/net/ipv4/ip_forward").read() == root_before   # untouched
         result = nn.run_in_netns(a, ["ping", "-n", "-c1", "-W2", "10.32.0.2"])
         assert result.returncode == 0, result.stdout + result.stderr
     assert not {a, r, b} & set(nn.list_netns())
@@ -298,8 +301,3 @@ def test_ns_argv() -> None:
     assert nn.ns_argv("h1", ["ping"]) == ["ip", "netns", "exec", "h1", "ping"]
     assert nn.ns_argv("/proc/9/ns/net", ["ping"]) == ["nsenter", "--net=/proc/9/ns/net", "--",
                                                       "ping"]
-
-
-def test_module_topology_leaves_nothing(topology: nn.Topology) -> None:  # noqa: F811
-    """Runs last in this module: the module fixture's namespaces are all ours."""
-    assert all(name.startswith(topology.prefix) for name in topology.namespaces)

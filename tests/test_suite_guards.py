@@ -1,0 +1,113 @@
+"""The suite's own guards hold: a session that skipped namespace tests on a
+machine that can run them fails, so does one that left a namespace behind,
+and the module-wide topology fixture removes what a failing module made.
+
+Each case runs a small test module in a pytest of its own (a subprocess, in
+a temporary directory) with the plugin under test, and reads its exit status.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import psutil
+
+from forwarder import netns as nn
+from tests.topology import requires_netns
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = requires_netns
+
+
+def run_pytest(tmp_path: Path, source: str, *plugins: str) -> subprocess.CompletedProcess[str]:
+    """Run ``source`` as a test module with ``plugins`` loaded (-p)."""
+    test = tmp_path / "test_inner.py"
+    test.write_text(textwrap.dedent(source))
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    for p in plugins:
+        argv += ["-p", p]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(argv + [str(test)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_a_skip_fails_the_session_where_everything_can_run(tmp_path: Path) -> None:
+    cp = run_pytest(tmp_path, """
+        import pytest
+
+        def test_runs():
+            pass
+
+        def test_skips():
+            pytest.skip("pretending to need something")
+
+        @pytest.mark.xfail(reason="expected", strict=True)
+        def test_xfails():
+            assert False
+    """, "tests.sessionguard")
+    assert cp.returncode == 1, cp.stdout + cp.stderr
+    assert "1 passed, 1 skipped, 1 xfailed" in cp.stdout, cp.stdout
+    assert "1 test(s) skipped on a machine that can run them" in cp.stdout, cp.stdout
+    assert "test_inner.py::test_skips: pretending to need something" in cp.stdout, cp.stdout
+
+
+def test_without_skips_the_session_passes(tmp_path: Path) -> None:
+    cp = run_pytest(tmp_path, """
+        import pytest
+
+        def test_runs():
+            pass
+
+        @pytest.mark.xfail(reason="expected", strict=True)
+        def test_xfails():
+            assert False
+    """, "tests.sessionguard")
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert "FAILED session" not in cp.stdout
+
+
+def test_a_namespace_left_behind_fails_the_session(tmp_path: Path) -> None:
+    out = tmp_path / "made"
+    cp = run_pytest(tmp_path, f"""
+        from pathlib import Path
+        from forwarder import netns as nn
+
+        def test_leaves_a_namespace():
+            topo = nn.Topology()                       # never closed by the test
+            Path({str(out)!r}).write_text(topo.netns("left"))
+    """, "tests.sessionguard")
+    left = out.read_text()
+    assert cp.returncode == 1, cp.stdout + cp.stderr
+    assert f"network namespaces left behind after teardown: {left}" in cp.stdout, cp.stdout
+    # The process's exit handler still removed it.
+    assert left not in nn.list_netns()
+
+
+def test_module_topology_is_removed_when_its_module_fails(tmp_path: Path) -> None:
+    """The `topology`/`lab` fixtures remove namespaces, TAPs and processes at
+    the end of the module, also when its tests failed."""
+    out = tmp_path / "made"
+    cp = run_pytest(tmp_path, f"""
+        import os
+        from pathlib import Path
+        from tests.topology import lab, topology  # noqa: F401
+
+        def test_fails_after_making_things(lab):
+            lab.open_taps()
+            proc = lab.topo.popen(lab.router_ns, ["sleep", "60"])
+            Path({str(out)!r}).write_text(" ".join(lab.topo.namespaces) + " " + str(proc.pid))
+            assert False, "fails on purpose"
+
+        def test_also_fails(lab):
+            raise RuntimeError("and this one too")
+    """)
+    assert cp.returncode == 1 and "2 failed" in cp.stdout, cp.stdout + cp.stderr
+    *made, pid = out.read_text().split()
+    assert len(made) == 4, made                       # the router and three hosts
+    assert not set(made) & set(nn.list_netns())
+    assert not psutil.pid_exists(int(pid)) or \
+        psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE
