@@ -1356,6 +1356,17 @@ cdef dict _row(uma_zone_stat *st):
             "keg_slabsize": st.keg_slabsize}
 
 
+def init() -> None:
+    """mbuf_init(): create the mbuf zones and apply the limits derived from
+    memory.  Done when this module is imported; calling it again changes
+    nothing (neither the zones nor limits set since)."""
+    cdef int rc
+    with nogil:
+        rc = mbuf_init()
+    if rc != 0:
+        raise MemoryError("mbuf: cannot create the mbuf zones")
+
+
 def zone_stats() -> dict:
     """{zone name: vmstat -z row} for the six mbuf zones, in FreeBSD's
     vmstat -z order; plain dicts (what netstat.netstat_m() takes)."""

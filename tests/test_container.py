@@ -505,13 +505,6 @@ def test_dockerignore_sends_sources_only(tmp_path: Path) -> None:
             assert f.startswith("forwarder/csrc/"), f"generated C in the context: {f}"
 
 
-def test_dockerignore_matcher() -> None:
-    rules = dockerignore_rules("*\n!keep/*.py\n**/secret\n!a/b\n")
-    assert ignored("x.txt", rules) and ignored("dir/x.py", rules)
-    assert not ignored("keep/x.py", rules) and ignored("keep/sub/x.py", rules)
-    assert ignored("keep/secret", rules) and not ignored("a/b/c", rules)
-
-
 def test_container_config_is_self_contained() -> None:
     config = load_config(CONTAINER_TOML)
     assert len(config.interfaces) == 2

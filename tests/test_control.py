@@ -230,17 +230,20 @@ def _healthy(router: RunningRouter) -> bool:
 def test_health_fails_while_the_dataplane_is_stalled(lab, router):
     mark = len(router.log_text())
     try:
-        # A short stall ends by itself.
-        cp = router.cli("debug", "stall", "3")
-        assert cp.stdout == "dataplane stalled for 3 s (forwarder debug resume ends it)\n"
+        # A short stall ends by itself.  Progress within the last 2 s still
+        # counts: the loop went round at most 50 ms (its epoll timeout) before
+        # the stall, which began after t0, so it cannot turn unhealthy before
+        # t0 + 1.95 s, however slow the machine (only a lower bound holds).
         t0 = time.monotonic()
-        router.wait_for(lambda: not _healthy(router), timeout=3.5, what="unhealthy in a stall")
-        assert time.monotonic() - t0 >= 1.5          # progress within the last 2 s still counts
-        router.wait_for(lambda: _healthy(router), timeout=3, what="healthy after the stall")
+        cp = router.cli("debug", "stall", "4")
+        assert cp.stdout == "dataplane stalled for 4 s (forwarder debug resume ends it)\n"
+        router.wait_for(lambda: not _healthy(router), timeout=10, what="unhealthy in a stall")
+        assert time.monotonic() - t0 >= 1.9
+        router.wait_for(lambda: _healthy(router), timeout=10, what="healthy after the stall")
 
         # A long one is ended by resume; meanwhile `forwarder health` exits 1.
         router.cli("debug", "stall", "60")
-        router.wait_for(lambda: not _healthy(router), timeout=3.5, what="unhealthy in a stall")
+        router.wait_for(lambda: not _healthy(router), timeout=10, what="unhealthy in a stall")
         cp = router.cli("health", check=False)
         assert cp.returncode == 1, cp.stdout + cp.stderr
         assert re.fullmatch(r"unhealthy: dataplane stalled for \d+\.\d s\n", cp.stderr), cp.stderr
@@ -253,15 +256,14 @@ def test_health_fails_while_the_dataplane_is_stalled(lab, router):
         # wait gives up (unreachable), and the router does not mind.
         cp = router.cli("stats", "--timeout", "0.5", check=False)
         assert cp.returncode == 3 and "no answer within 0.5 s" in cp.stderr, cp.stderr
-        # The metrics endpoint still answers, promptly, and says the dataplane is down.
-        t0 = time.monotonic()
+        # The metrics endpoint still answers (within scrape()'s 5 s client
+        # timeout, not after the 60 s stall) and says the dataplane is down.
         m = samples(scrape(lab))
-        assert time.monotonic() - t0 < 3
         assert m[("forwarder_dataplane_up", frozenset({"router": router.lab.name}.items()))] == 0
         assert ("forwarder_zone_used", frozenset({"router": router.lab.name,
                                                   "zone": "mbuf_cluster"}.items())) in m
         assert router.cli("debug", "resume").stdout == "dataplane resumed\n"
-        router.wait_for(lambda: _healthy(router), timeout=1, what="healthy after resume")
+        router.wait_for(lambda: _healthy(router), timeout=5, what="healthy after resume")
         assert router.cli("health").returncode == 0
         assert router.cli("debug", "resume").stdout == "dataplane was not stalled\n"
         assert lab.ping("h1", "10.3.0.2", count=1, wait=2).returncode == 0
@@ -305,9 +307,17 @@ def samples(text: str) -> dict[tuple, float]:
 
 def test_metrics_endpoint_serves_counters_drops_and_zone_gauges(lab, router):
     assert lab.ping("h1", "10.3.0.2", count=2, wait=2).returncode == 0
-    before = router.stats()
-    m = samples(scrape(lab))
-    after, zones = router.stats(), router.zones()
+    gauges = ("used", "free", "limit")
+
+    def zone_gauges(zs: dict[str, dict]) -> dict:
+        return {z: [zs[z][k] for k in gauges] for z in MBUF_ZONES}
+
+    for _ in range(5):       # a scrape between two equal zone readings: the gauges are exact
+        before, zones_before = router.stats(), router.zones()
+        m = samples(scrape(lab))
+        after, zones = router.stats(), router.zones()
+        if zone_gauges(zones_before) == zone_gauges(zones):
+            break
     name = router.lab.name
 
     def val(metric: str, **labels: str) -> float:
@@ -327,10 +337,12 @@ def test_metrics_endpoint_serves_counters_drops_and_zone_gauges(lab, router):
         assert before["icmp"][kind] <= val("forwarder_icmp_total", kind=kind) <= after["icmp"][kind]
     nmbclusters = router.call("sysctl.get", names=["kern.ipc.nmbclusters"])[0]["value"]
     for z in MBUF_ZONES:
-        for key in ("used", "free", "limit"):
-            assert val(f"forwarder_zone_{key}", zone=z) >= 0
-        assert val("forwarder_zone_failures_total", zone=z) <= zones[z]["fails"]
-        assert val("forwarder_zone_requests_total", zone=z) <= zones[z]["requests"]
+        for key in gauges:
+            lo, hi = sorted((zones_before[z][key], zones[z][key]))
+            assert lo <= val(f"forwarder_zone_{key}", zone=z) <= hi, (z, key)
+        for key, metric in (("fails", "failures"), ("requests", "requests")):
+            assert zones_before[z][key] <= val(f"forwarder_zone_{metric}_total", zone=z) \
+                <= zones[z][key], (z, key)
         assert val("forwarder_zone_sleeps_total", zone=z) == zones[z]["sleeps"]
     assert val("forwarder_zone_limit", zone="mbuf_cluster") == nmbclusters
     assert val("forwarder_zone_used", zone="mbuf_cluster") + \

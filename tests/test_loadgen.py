@@ -8,6 +8,7 @@ kernel counted on the hosts' links, read here independently with pyroute2.
 from __future__ import annotations
 
 import json
+import statistics
 import struct
 import subprocess
 import sys
@@ -239,7 +240,10 @@ def test_bench_quick_runs_all_three_and_leaves_nothing(tmp_path):
         for key in ("pps64", "pps_imix", "iperf3_gbps", "latency_p50_us", "latency_p99_us"):
             s = res[key]
             assert len(s["runs"]) >= 3, (name, key)
-            assert s["min"] <= s["median"] <= s["max"]
+            runs = s["runs"]
+            assert (s["min"], s["median"], s["max"]) == (
+                min(runs), statistics.median(runs), max(runs)), (name, key, s)
+            assert s["spread_pct"] == pytest.approx(100 * (s["max"] - s["min"]) / 2 / s["median"])
             assert s["median"] > 0, (name, key, s)
         assert (res["peak_rss_bytes"] is None) == (name == "kernel")
         # the forwarding process's CPU time per packet (the kernel has no process)
@@ -247,6 +251,11 @@ def test_bench_quick_runs_all_three_and_leaves_nothing(tmp_path):
     assert doc["results"]["router"]["peak_rss_bytes"] > 10 * 2**20
     for k in ("router/kernel", "router/copy"):
         assert set(doc["ratios"][k]) >= {"pps64", "pps_imix", "iperf3_gbps", "latency_p50_us"}
+        base = doc["results"][k.split("/")[1]]
+        for key, ratio in doc["ratios"][k].items():
+            if ratio is not None:
+                assert ratio == pytest.approx(doc["results"]["router"][key]["median"]
+                                              / base[key]["median"]), (k, key)
     for row in ("64 B pps", "IMIX pps", "iperf3 TCP Gbit/s", "latency p99", "peak RSS"):
         assert row in cp.stdout
     # nothing left: the namespaces it named, the router and the copy loop

@@ -4,9 +4,12 @@ defaults from memory, and reading / writing frames through real fds."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import queue
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -43,11 +46,39 @@ def test_zones_names_and_sizes():
     assert zs["mbuf_packet"].items_per_slab == zs["mbuf"].items_per_slab
 
 
+INIT_PROBE = """
+import json
+from allocator_pyx import mbuf, uma
+zones = lambda: sorted((r["name"], r["size"]) for r in uma.vmstat())
+out = {"at_import": mbuf.get_limits(), "defaults": mbuf.default_limits(), "zones": zones()}
+mbuf.set_limits(nmbclusters=1234, nmbjumbo16=0)
+mbuf.init()
+mbuf.init()
+out.update(after=mbuf.get_limits(), zones_after=zones())
+m = mbuf.Mbuf.getcl()
+out["works"] = m.nmbufs == 1
+m.freem()
+print(json.dumps(out))
+"""
+
+
 def test_init_is_idempotent_and_limits_come_from_memory():
-    d = mbuf.default_limits()
+    """In a fresh process: the limits at import are FreeBSD's memory-derived
+    defaults; a second and third mbuf_init() create no zones and leave limits
+    set since then alone."""
+    cp = subprocess.run([sys.executable, "-c", INIT_PROBE], capture_output=True, text=True,
+                        timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout)
+    d = out["defaults"]
+    assert out["at_import"] == d
     assert all(v > 0 for v in d.values())
     assert d["nmbclusters"] == min(mbuf.physmem() // 2 // 2048 // 4, 2**31 - 1)
     assert d["nmbufs"] >= d["nmbclusters"] + d["nmbjumbop"] + d["nmbjumbo9"] + d["nmbjumbo16"]
+    assert sorted(name for name, _ in out["zones"]) == sorted(mbuf.ZONE_NAMES)
+    assert out["zones_after"] == out["zones"]
+    assert out["after"] == {**d, "nmbclusters": 1234, "nmbjumbo16": 0}
+    assert out["works"]
 
 
 def test_default_limits_match_freebsd_tunable_mbinit():

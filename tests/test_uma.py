@@ -1,6 +1,7 @@
 """The UMA core: kegs, zones, per-thread caches, limits, refcounts, drain."""
 from __future__ import annotations
 
+import gc
 import threading
 import time
 
@@ -15,10 +16,13 @@ from allocator_pyx import uma, uma_tools
 
 @pytest.fixture
 def zone():
+    """A 256-byte refcount zone; every item must be back when the test ends."""
     z = uma.Zone.create("test_zone", 256, refcnt=True)
     yield z
-    if not z.stats()["used"]:
-        z.destroy()
+    gc.collect()                      # handles a failing test dropped free their items
+    used = z.stats()["used"]
+    assert used == 0, f"test_zone: {used} item(s) still allocated after the test"
+    z.destroy()
 
 
 def rss_bytes() -> int:
@@ -383,7 +387,28 @@ def test_exited_thread_hands_its_cache_back():
 
 
 def test_vmstat_lists_every_live_zone(zone):
-    names = [row["name"] for row in uma.vmstat()]
-    assert "test_zone" in names
-    row = next(r for r in uma.vmstat() if r["name"] == "test_zone")
-    assert set(row) >= {"size", "limit", "used", "free", "requests", "fails", "sleeps"}
+    """Every live zone has its row, with the same numbers as its own stats;
+    a destroyed zone has none."""
+    from allocator_pyx import mbuf       # its six zones live from import on
+    a = zone.alloc()
+    extra = [uma.Zone.create(f"test_vmstat_{n}", size, limit=lim)
+             for n, (size, lim) in enumerate([(64, 0), (1000, 17), (4096, 3)])]
+    held = extra[1].alloc()
+    try:
+        rows = {row["name"]: row for row in uma.vmstat()}
+        for name in mbuf.ZONE_NAMES:
+            assert name in rows, name
+        for z in [zone, *extra]:
+            own = z.stats()
+            assert rows[own["name"]] == own, own["name"]
+        assert set(rows["test_zone"]) >= {"size", "limit", "used", "free", "requests", "fails",
+                                          "sleeps"}
+        assert rows["test_zone"]["used"] == 1 and rows["test_vmstat_1"]["used"] == 1
+        assert (rows["test_vmstat_1"]["size"], rows["test_vmstat_1"]["limit"]) == (1000, 17)
+        assert len([r for r in uma.vmstat() if r["name"].startswith("test_vmstat_")]) == 3
+    finally:
+        held.free()
+        a.free()
+        for z in extra:
+            z.destroy()
+    assert not [r for r in uma.vmstat() if r["name"].startswith("test_vmstat_")]
