@@ -13,8 +13,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import psutil
-
 from forwarder import netns as nn
 from tests.topology import requires_netns
 
@@ -23,15 +21,17 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = requires_netns
 
 
-def run_pytest(tmp_path: Path, source: str, *plugins: str) -> subprocess.CompletedProcess[str]:
-    """Run ``source`` as a test module with ``plugins`` loaded (-p)."""
+def run_pytest(tmp_path: Path, source: str, *plugins: str,
+               extra: list[str] = ()) -> subprocess.CompletedProcess[str]:
+    """Run ``source`` as a test module (then the ``extra`` test files) with
+    ``plugins`` loaded (-p)."""
     test = tmp_path / "test_inner.py"
     test.write_text(textwrap.dedent(source))
     argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     for p in plugins:
         argv += ["-p", p]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(argv + [str(test)], cwd=tmp_path, env=env, capture_output=True,
+    return subprocess.run(argv + [str(test), *extra], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=120)
 
 
@@ -89,25 +89,35 @@ def test_a_namespace_left_behind_fails_the_session(tmp_path: Path) -> None:
 
 def test_module_topology_is_removed_when_its_module_fails(tmp_path: Path) -> None:
     """The `topology`/`lab` fixtures remove namespaces, TAPs and processes at
-    the end of the module, also when its tests failed."""
-    out = tmp_path / "made"
+    the end of their module, also when its tests failed: a second module,
+    run next in the same session, finds nothing of the first (the process's
+    exit handler, which would also clean up, has not run yet)."""
+    made = tmp_path / "made"
+    seen = tmp_path / "seen"
+    (tmp_path / "test_b_next.py").write_text(textwrap.dedent(f"""
+        import psutil
+        from pathlib import Path
+        from forwarder import netns as nn
+
+        def test_first_module_left_nothing():
+            *names, pid = Path({str(made)!r}).read_text().split()
+            alive = psutil.pid_exists(int(pid)) and \\
+                psutil.Process(int(pid)).status() != psutil.STATUS_ZOMBIE
+            Path({str(seen)!r}).write_text(repr((sorted(set(names) & set(nn.list_netns())), alive)))
+    """))
     cp = run_pytest(tmp_path, f"""
-        import os
         from pathlib import Path
         from tests.topology import lab, topology  # noqa: F401
 
         def test_fails_after_making_things(lab):
             lab.open_taps()
             proc = lab.topo.popen(lab.router_ns, ["sleep", "60"])
-            Path({str(out)!r}).write_text(" ".join(lab.topo.namespaces) + " " + str(proc.pid))
+            Path({str(made)!r}).write_text(" ".join(lab.topo.namespaces) + " " + str(proc.pid))
             assert False, "fails on purpose"
 
         def test_also_fails(lab):
             raise RuntimeError("and this one too")
-    """)
-    assert cp.returncode == 1 and "2 failed" in cp.stdout, cp.stdout + cp.stderr
-    *made, pid = out.read_text().split()
-    assert len(made) == 4, made                       # the router and three hosts
-    assert not set(made) & set(nn.list_netns())
-    assert not psutil.pid_exists(int(pid)) or \
-        psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE
+    """, extra=[str(tmp_path / "test_b_next.py")])
+    assert cp.returncode == 1 and "2 failed, 1 passed" in cp.stdout, cp.stdout + cp.stderr
+    assert len(made.read_text().split()) == 5            # the router, three hosts, the process
+    assert seen.read_text() == "([], False)"

@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""Mutation check: does each test fail when the behaviour it is named after is broken?
+
+    python3 scripts/mutation_check.py                  # every mutation in tests/mutations.toml
+    python3 scripts/mutation_check.py echo_source ...  # only these
+    python3 scripts/mutation_check.py --list
+
+Each entry of ``tests/mutations.toml`` is a one-line change to the code
+(``find`` -> ``replace``, the text must occur exactly once in ``file``) and
+the tests that must fail with it.  The check copies the working tree (with
+its built extensions) to a temporary directory, and for each entry applies
+the change there, rebuilds the changed extension when it is a .pyx, runs the
+tests from the copy (so the router processes they start import the copy's
+code, not the installed one), and restores the file and the extension.
+
+Verdicts: ``killed`` (the tests failed: good), ``survived`` (they passed: the
+tests do not prove what they claim), ``error`` (the change did not apply, the
+build failed, or pytest could not run the tests).  Exit status 0 only when
+every mutation was killed.  Needs root and /dev/net/tun like the tests; runs
+one mutation at a time (a rebuild of dataplane.pyx takes about 30 s).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TABLE = ROOT / "tests" / "mutations.toml"
+log = logging.getLogger("mutation_check")
+
+
+@dataclass
+class Mutation:
+    name: str
+    file: str
+    find: str
+    replace: str
+    tests: list[str]
+    why: str = ""
+    isolate: bool = False     # run the tests in a network namespace of their own
+
+
+@dataclass
+class Outcome:
+    name: str
+    verdict: str          # killed | survived | error
+    seconds: float
+    detail: str = ""
+
+
+def load_table(path: Path) -> list[Mutation]:
+    doc = tomllib.loads(path.read_text())
+    out = []
+    for i, row in enumerate(doc.get("mutation", [])):
+        missing = {"name", "file", "find", "replace", "tests"} - set(row)
+        unknown = set(row) - set(Mutation.__dataclass_fields__)
+        if missing or unknown:
+            raise SystemExit(f"{path}: mutation #{i + 1}: missing {sorted(missing)}, "
+                             f"unknown {sorted(unknown)}")
+        out.append(Mutation(**row))
+    names = [m.name for m in out]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise SystemExit(f"{path}: duplicate mutation names: {', '.join(sorted(dup))}")
+    return out
+
+
+def copy_tree(dest: Path) -> None:
+    """The working tree as it is (edits and built extensions included), without .git."""
+    shutil.copytree(ROOT, dest, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", "build", "__pycache__", "*.egg-info", ".pytest_cache", ".hypothesis"))
+
+
+def extension_of(rel: str) -> Path | None:
+    """The built extension a .pyx compiles to (None for other files)."""
+    if not rel.endswith(".pyx"):
+        return None
+    return Path(rel[:-len(".pyx")])
+
+
+def built_so(tree: Path, module: Path) -> Path:
+    found = sorted(tree.glob(str(module) + ".cpython-*.so"))
+    if not found:
+        raise FileNotFoundError(f"{module}: not built in {tree} (run scripts/install.sh first)")
+    return found[0]
+
+
+def rebuild(tree: Path, module: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MBUMA_EXT": ".".join(module.parts)}
+    return subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+                          cwd=tree, env=env, capture_output=True, text=True, timeout=900)
+
+
+def run_tests(tree: Path, tests: list[str], timeout: float,
+              isolate: bool = False) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
+    if isolate:
+        # A namespace that dies with the run: what the mutated code does to
+        # "its own" namespace stays there.
+        argv = ["unshare", "--net", "--", *argv]
+    return subprocess.run(argv, cwd=tree, capture_output=True, text=True, timeout=timeout)
+
+
+def check(tree: Path, m: Mutation, timeout: float) -> Outcome:
+    t0 = time.monotonic()
+    path = tree / m.file
+    original = path.read_text()
+    n = original.count(m.find)
+    if n != 1:
+        return Outcome(m.name, "error", 0.0, f"{m.file}: the text to change occurs {n} times")
+    module = extension_of(m.file)
+    saved_so = None
+    try:
+        path.write_text(original.replace(m.find, m.replace))
+        if module is not None:
+            so = built_so(tree, module)
+            saved_so = so.with_name(so.name + ".orig")
+            shutil.copy2(so, saved_so)
+            cp = rebuild(tree, module)
+            if cp.returncode != 0:
+                return Outcome(m.name, "error", time.monotonic() - t0,
+                               "build failed: " + (cp.stderr or cp.stdout)[-2000:])
+        try:
+            cp = run_tests(tree, m.tests, timeout, m.isolate)
+        except subprocess.TimeoutExpired:
+            return Outcome(m.name, "killed", time.monotonic() - t0, f"tests timed out ({timeout} s)")
+        # The failure summary lines say why (pytest -q -x: the FAILED line and the total).
+        tail = "\n".join(ln for ln in (cp.stdout or "").strip().splitlines()
+                         if ln.startswith(("FAILED", "ERROR", "E  "))
+                         or " passed" in ln or " failed" in ln)[-1500:]
+        if cp.returncode == 1:
+            return Outcome(m.name, "killed", time.monotonic() - t0, tail)
+        if cp.returncode == 0:
+            return Outcome(m.name, "survived", time.monotonic() - t0, tail)
+        return Outcome(m.name, "error", time.monotonic() - t0,
+                       f"pytest exit {cp.returncode}: {tail}\n{cp.stderr[-1000:]}")
+    finally:
+        path.write_text(original)
+        if saved_so is not None:
+            os.replace(saved_so, built_so(tree, module))   # type: ignore[arg-type]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("names", nargs="*", help="mutations to check (default: all)")
+    ap.add_argument("--table", type=Path, default=TABLE)
+    ap.add_argument("--list", action="store_true", help="list the mutations and exit")
+    ap.add_argument("--timeout", type=float, default=300, help="seconds per test run")
+    ap.add_argument("--json", type=Path, help="write the outcomes here")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(message)s")
+    table = load_table(args.table)
+    if args.list:
+        for m in table:
+            sys.stdout.write(f"{m.name:28} {m.file}: {m.find!r} -> {m.replace!r}\n")
+        return 0
+    unknown = set(args.names) - {m.name for m in table}
+    if unknown:
+        ap.error(f"unknown mutation(s): {', '.join(sorted(unknown))} (see --list)")
+    todo = [m for m in table if not args.names or m.name in args.names]
+    outcomes: list[Outcome] = []
+    with tempfile.TemporaryDirectory(prefix="mutation-") as tmp:
+        tree = Path(tmp) / "tree"
+        log.info("copying the working tree to %s", tree)
+        copy_tree(tree)
+        where = subprocess.run([sys.executable, "-c", "import forwarder.dataplane as d; "
+                                "print(d.__file__)"], cwd=tree, capture_output=True, text=True)
+        if not where.stdout.startswith(str(tree)):
+            log.error("the copy does not import its own code: %s", where.stdout + where.stderr)
+            return 2
+        # The tests must pass on the unchanged copy, or a "killed" means nothing.
+        tests = sorted({t for m in todo for t in m.tests})
+        isolated = sorted({t for m in todo if m.isolate for t in m.tests})
+        log.info("baseline: %d test(s) on the unchanged copy", len(tests))
+        for group, iso in ((sorted(set(tests) - set(isolated)), False), (isolated, True)):
+            if not group:
+                continue
+            cp = run_tests(tree, group, args.timeout * 2, iso)
+            if cp.returncode != 0:
+                log.error("baseline failed (exit %d): fix the tests first\n%s", cp.returncode,
+                          "\n".join(cp.stdout.strip().splitlines()[-15:]))
+                return 2
+        for i, m in enumerate(todo, start=1):
+            log.info("[%d/%d] %s: %s", i, len(todo), m.name, m.file)
+            o = check(tree, m, args.timeout)
+            outcomes.append(o)
+            log.info("        %s in %.0f s\n%s", o.verdict, o.seconds,
+                     "\n".join("          " + ln for ln in o.detail.splitlines()))
+    width = max(len(o.name) for o in outcomes) if outcomes else 4
+    for o in outcomes:
+        sys.stdout.write(f"{o.name:{width}}  {o.verdict:8}  {o.seconds:5.0f} s\n")
+    killed = sum(o.verdict == "killed" for o in outcomes)
+    sys.stdout.write(f"{killed}/{len(outcomes)} mutations killed\n")
+    if args.json:
+        args.json.write_text(json.dumps([o.__dict__ for o in outcomes], indent=2))
+    return 0 if killed == len(outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
