@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Mutation check: does each test fail when the behaviour it is named after is broken?
 
-    python3 scripts/mutation_check.py                  # every mutation in tests/mutations.toml
+    python3 scripts/mutation_check.py                  # every mutation in tests/mutations/*.toml
     python3 scripts/mutation_check.py echo_source ...  # only these
     python3 scripts/mutation_check.py --list
 
-Each entry of ``tests/mutations.toml`` is a one-line change to the code
+Each entry of the tables in ``tests/mutations/`` is a one-line change to the code
 (``find`` -> ``replace``, the text must occur exactly once in ``file``) and
 the tests that must fail with it.  The check copies the working tree (with
 its built extensions) to a temporary directory, and for each entry applies
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TABLE = ROOT / "tests" / "mutations.toml"
+TABLES = ROOT / "tests" / "mutations"
 log = logging.getLogger("mutation_check")
 
 
@@ -58,6 +58,17 @@ class Outcome:
     detail: str = ""
 
 
+def load_tables(paths: list[Path]) -> list[Mutation]:
+    """The mutations of every table (a file, or a directory of .toml files)."""
+    files = [f for p in paths for f in (sorted(p.glob("*.toml")) if p.is_dir() else [p])]
+    out = [m for f in files for m in load_table(f)]
+    names = [m.name for m in out]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise SystemExit(f"duplicate mutation names: {', '.join(sorted(dup))}")
+    return out
+
+
 def load_table(path: Path) -> list[Mutation]:
     doc = tomllib.loads(path.read_text())
     out = []
@@ -68,10 +79,6 @@ def load_table(path: Path) -> list[Mutation]:
             raise SystemExit(f"{path}: mutation #{i + 1}: missing {sorted(missing)}, "
                              f"unknown {sorted(unknown)}")
         out.append(Mutation(**row))
-    names = [m.name for m in out]
-    dup = {n for n in names if names.count(n) > 1}
-    if dup:
-        raise SystemExit(f"{path}: duplicate mutation names: {', '.join(sorted(dup))}")
     return out
 
 
@@ -153,7 +160,8 @@ def check(tree: Path, m: Mutation, timeout: float) -> Outcome:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("names", nargs="*", help="mutations to check (default: all)")
-    ap.add_argument("--table", type=Path, default=TABLE)
+    ap.add_argument("--table", type=Path, action="append",
+                    help="a table or a directory of them (default: tests/mutations/)")
     ap.add_argument("--list", action="store_true", help="list the mutations and exit")
     ap.add_argument("--timeout", type=float, default=300, help="seconds per test run")
     ap.add_argument("--json", type=Path, help="write the outcomes here")
@@ -161,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(message)s")
-    table = load_table(args.table)
+    table = load_tables(args.table or [TABLES])
     if args.list:
         for m in table:
             sys.stdout.write(f"{m.name:28} {m.file}: {m.find!r} -> {m.replace!r}\n")
