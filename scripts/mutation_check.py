@@ -25,6 +25,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -88,11 +89,32 @@ def copy_tree(dest: Path) -> None:
         ".git", "build", "__pycache__", "*.egg-info", ".pytest_cache", ".hypothesis"))
 
 
-def extension_of(rel: str) -> Path | None:
-    """The built extension a .pyx compiles to (None for other files)."""
-    if not rel.endswith(".pyx"):
-        return None
-    return Path(rel[:-len(".pyx")])
+def _cimports(text: str, module: str) -> bool:
+    m = re.escape(module)
+    return re.search(rf"^\s*(from\s+{m}\s+cimport|cimport\s+{m}\b)", text, re.M) is not None
+
+
+def extensions_of(tree: Path, rel: str) -> list[Path]:
+    """The extensions a change to ``rel`` reaches: a .pyx's own; for a .pxd,
+    its .pyx and every .pyx that cimports it, directly or through another
+    .pxd (Cython inlines what a .pxd declares into each user)."""
+    if rel.endswith(".pyx"):
+        return [Path(rel[:-len(".pyx")])]
+    if not rel.endswith(".pxd"):
+        return []
+    sources: dict[Path, str] = {}           # module -> its .pyx and .pxd text
+    for p in sorted(tree.glob("*/*.pyx")) + sorted(tree.glob("*/*.pxd")):
+        mod = p.relative_to(tree).with_suffix("")
+        sources[mod] = sources.get(mod, "") + p.read_text()
+    affected = {Path(rel[:-len(".pxd")])}
+    grown = True
+    while grown:
+        grown = False
+        for mod, text in sources.items():
+            if mod not in affected and any(_cimports(text, ".".join(a.parts)) for a in affected):
+                affected.add(mod)
+                grown = True
+    return sorted(m for m in affected if (tree / m).with_suffix(".pyx").exists())
 
 
 def built_so(tree: Path, module: Path) -> Path:
@@ -102,8 +124,8 @@ def built_so(tree: Path, module: Path) -> Path:
     return found[0]
 
 
-def rebuild(tree: Path, module: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MBUMA_EXT": ".".join(module.parts)}
+def rebuild(tree: Path, modules: list[Path]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MBUMA_EXT": ",".join(".".join(m.parts) for m in modules)}
     return subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
                           cwd=tree, env=env, capture_output=True, text=True, timeout=900)
 
@@ -118,6 +140,22 @@ def run_tests(tree: Path, tests: list[str], timeout: float,
     return subprocess.run(argv, cwd=tree, capture_output=True, text=True, timeout=timeout)
 
 
+def baseline_runs(tests: list[str]) -> list[list[str]]:
+    """pytest argument lists running ``tests`` (node ids, or whole files) in
+    the files' own order: one run for the whole files, one with -k for the rest."""
+    whole = list(dict.fromkeys(t for t in tests if "::" not in t))
+    files: dict[str, set[str]] = {}
+    for t in tests:
+        path, _, name = t.partition("::")
+        if name and path not in whole:
+            files.setdefault(path, set()).add(name.split("[")[0])
+    runs = [whole] if whole else []
+    if files:
+        names = sorted({n for ns in files.values() for n in ns})
+        runs.append([*files, "-k", " or ".join(names)])
+    return runs
+
+
 def check(tree: Path, m: Mutation, timeout: float) -> Outcome:
     t0 = time.monotonic()
     path = tree / m.file
@@ -125,15 +163,16 @@ def check(tree: Path, m: Mutation, timeout: float) -> Outcome:
     n = original.count(m.find)
     if n != 1:
         return Outcome(m.name, "error", 0.0, f"{m.file}: the text to change occurs {n} times")
-    module = extension_of(m.file)
-    saved_so = None
+    modules = extensions_of(tree, m.file)
+    saved: dict[Path, Path] = {}            # built extension -> its copy
     try:
         path.write_text(original.replace(m.find, m.replace))
-        if module is not None:
-            so = built_so(tree, module)
-            saved_so = so.with_name(so.name + ".orig")
-            shutil.copy2(so, saved_so)
-            cp = rebuild(tree, module)
+        if modules:
+            for mod in modules:
+                so = built_so(tree, mod)
+                saved[so] = so.with_name(so.name + ".orig")
+                shutil.copy2(so, saved[so])
+            cp = rebuild(tree, modules)
             if cp.returncode != 0:
                 return Outcome(m.name, "error", time.monotonic() - t0,
                                "build failed: " + (cp.stderr or cp.stdout)[-2000:])
@@ -153,8 +192,8 @@ def check(tree: Path, m: Mutation, timeout: float) -> Outcome:
                        f"pytest exit {cp.returncode}: {tail}\n{cp.stderr[-1000:]}")
     finally:
         path.write_text(original)
-        if saved_so is not None:
-            os.replace(saved_so, built_so(tree, module))   # type: ignore[arg-type]
+        for so, copy in saved.items():
+            os.replace(copy, so)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,17 +228,20 @@ def main(argv: list[str] | None = None) -> int:
             log.error("the copy does not import its own code: %s", where.stdout + where.stderr)
             return 2
         # The tests must pass on the unchanged copy, or a "killed" means nothing.
-        tests = sorted({t for m in todo for t in m.tests})
-        isolated = sorted({t for m in todo if m.isolate for t in m.tests})
-        log.info("baseline: %d test(s) on the unchanged copy", len(tests))
-        for group, iso in ((sorted(set(tests) - set(isolated)), False), (isolated, True)):
+        # Run as the suite runs them: each file's tests in file order (-k), as
+        # some depend on what an earlier one left (a host's path MTU).
+        plain = [t for m in todo if not m.isolate for t in m.tests]
+        isolated = [t for m in todo if m.isolate for t in m.tests]
+        log.info("baseline: %d test(s) on the unchanged copy", len(set(plain + isolated)))
+        for group, iso in ((plain, False), (isolated, True)):
             if not group:
                 continue
-            cp = run_tests(tree, group, args.timeout * 2, iso)
-            if cp.returncode != 0:
-                log.error("baseline failed (exit %d): fix the tests first\n%s", cp.returncode,
-                          "\n".join(cp.stdout.strip().splitlines()[-15:]))
-                return 2
+            for run in baseline_runs(group):
+                cp = run_tests(tree, run, args.timeout * 4, iso)
+                if cp.returncode != 0:
+                    log.error("baseline failed (exit %d): fix the tests first\n%s",
+                              cp.returncode, "\n".join(cp.stdout.strip().splitlines()[-15:]))
+                    return 2
         for i, m in enumerate(todo, start=1):
             log.info("[%d/%d] %s: %s", i, len(todo), m.name, m.file)
             o = check(tree, m, args.timeout)

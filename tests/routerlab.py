@@ -15,9 +15,10 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from forwarder.control import Client, ControlError
 from forwarder.lab import RouterProcess
@@ -32,8 +33,9 @@ def router_mac(k: int) -> str:
 
 def lab_config(lab: RouterLab, sock: Path, sysctl: dict[str, int] | None = None,
                routes: Sequence[dict[str, str]] = (), metrics: str | None = None,
-               extra: str = "") -> str:
-    """The router's config for a lab; ``extra`` is TOML appended at the end."""
+               extra: str = "", addresses: dict[str, Sequence[str]] | None = None) -> str:
+    """The router's config for a lab; ``extra`` is TOML appended at the end;
+    ``addresses`` adds addresses to interfaces by name (after the lab's own)."""
     lines = ["[router]", f'name = "{lab.name}"', f'socket = "{sock}"', 'log_level = "info"', ""]
     if sysctl:
         lines.append("[sysctl]")
@@ -42,7 +44,8 @@ def lab_config(lab: RouterLab, sock: Path, sysctl: dict[str, int] | None = None,
     if metrics:
         lines += ["[metrics]", f'listen = "{metrics}"', ""]
     for k, h in enumerate(lab.hosts, start=1):
-        lines += ["[[interface]]", f'name = "{h.ifname}"', f'addresses = ["{h.router}"]',
+        addrs = ", ".join(f'"{a}"' for a in [str(h.router), *(addresses or {}).get(h.ifname, ())])
+        lines += ["[[interface]]", f'name = "{h.ifname}"', f'addresses = [{addrs}]',
                   f"mtu = {h.mtu}", f'mac = "{router_mac(k)}"', f'netns = "{h.netns}"', ""]
     for r in routes:
         lines.append("[[route]]")
@@ -105,18 +108,33 @@ class RunningRouter(RouterProcess):
     def sysctl(self, assignment: str) -> str:
         return self.cli("sysctl", assignment).stdout
 
+    @contextmanager
+    def tunables(self, settings: dict[str, int],
+                 restore: dict[str, int] | None = None) -> Iterator[None]:
+        """Set sysctls for the body of a with; put the old values (or those
+        in ``restore``) back after it, also when it fails."""
+        changed = self.call("sysctl.set", assignments=settings)
+        old = {name: was for name, was, _new in changed}
+        old.update(restore or {})
+        try:
+            yield
+        finally:
+            self.call("sysctl.set", assignments=old)
+
 
 def start_router(lab: RouterLab, workdir: Path, *, sysctl: dict[str, int] | None = None,
                  routes: Sequence[dict[str, str]] = (), metrics: str | None = None,
                  extra_config: str = "", extra_argv: Sequence[str] = (),
+                 addresses: dict[str, Sequence[str]] | None = None,
                  timeout: float = 20) -> RunningRouter:
     """Run a router for ``lab`` (config and log in ``workdir``) and wait until
     it is healthy; then configure the hosts.  ``extra_config`` is appended
-    to the generated config; ``extra_argv`` goes to `forwarder run` (``-o``)."""
+    to the generated config; ``extra_argv`` goes to `forwarder run` (``-o``);
+    ``addresses`` adds router addresses to interfaces by name."""
     workdir.mkdir(parents=True, exist_ok=True)
     sock = workdir / f"{lab.name}.sock"
     cfg = workdir / "router.toml"
-    cfg.write_text(lab_config(lab, sock, sysctl, routes, metrics, extra_config))
+    cfg.write_text(lab_config(lab, sock, sysctl, routes, metrics, extra_config, addresses))
     log = workdir / "router.log"
     out = open(log, "w")
     proc = lab.popen_router([sys.executable, "-m", "forwarder.cli", "run", "-c", str(cfg),

@@ -35,7 +35,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from ipaddress import IPv4Interface
 from pathlib import Path
@@ -49,7 +49,7 @@ from forwarder import netns as nn
 from forwarder.control import ControlError
 from tests.routerlab import RunningRouter, router_mac, start_router
 from tests.topology import RouterLab, make_lab, requires_netns, topology  # noqa: F401
-from tests.wire import Sniffer, host_mac
+from tests.wire import host_mac, sniffers
 
 pytestmark = requires_netns
 
@@ -105,15 +105,6 @@ def iface(s: dict, name: str) -> dict:
     return next(i for i in s["interfaces"] if i["name"] == name)
 
 
-_MACS: dict[str, str] = {}
-
-
-def mac_of(lab: RouterLab, name: str) -> str:
-    """host_mac, looked up once per namespace (a netlink query each time)."""
-    ns = lab.host(name).netns
-    if ns not in _MACS:
-        _MACS[ns] = host_mac(lab, name)
-    return _MACS[ns]
 
 
 def taken(s: dict, name: str = "tap1") -> int:
@@ -124,7 +115,7 @@ def taken(s: dict, name: str = "tap1") -> int:
 
 def from_h1(lab: RouterLab, pkt: object, dst: str | None = None) -> bytes:
     """An Ethernet frame from h1's MAC, to the router's tap1 MAC unless ``dst``."""
-    return bytes(Ether(dst=dst or router_mac(1), src=mac_of(lab, "h1")) / pkt)
+    return bytes(Ether(dst=dst or router_mac(1), src=host_mac(lab, "h1")) / pkt)
 
 
 def udp_probe(dport: int, dst: str = "10.3.0.2", src: str = "10.1.0.2", ttl: int = 64,
@@ -152,24 +143,8 @@ def quoted_udp(p: Ether) -> UDPerror:
     return p[ICMP][IPerror][UDPerror]
 
 
-@contextmanager
-def sniffers(lab: RouterLab, *names: str) -> Iterator[list[Sniffer]]:
-    with ExitStack() as stack:
-        yield [stack.enter_context(Sniffer(lab.host(n).netns, lab.host(n).ifname))
-               for n in names]
 
 
-@contextmanager
-def tunables(router: RunningRouter, settings: dict[str, int],
-             restore: dict[str, int] | None = None) -> Iterator[None]:
-    """Set sysctls for the body; put back the old values (or ``restore``) after."""
-    changed = router.call("sysctl.set", assignments=settings)
-    old = {name: was for name, was, _new in changed}
-    old.update(restore or {})
-    try:
-        yield
-    finally:
-        router.call("sysctl.set", assignments=old)
 
 
 def wait_drop(router: RunningRouter, before: dict[str, int], reason: str, n: int,
@@ -284,7 +259,7 @@ def test_not_our_mac(lab: RouterLab, router: RunningRouter) -> None:
 
 def test_ethertype(lab: RouterLab, router: RunningRouter) -> None:
     """An IPv4 packet under an unknown EtherType is not taken for IPv4."""
-    frame = bytes(Ether(dst=router_mac(1), src=mac_of(lab, "h1"), type=0x88B5)
+    frame = bytes(Ether(dst=router_mac(1), src=host_mac(lab, "h1"), type=0x88B5)
                   / udp_probe(41003))
     out = probe(lab, router, [frame], reason="ethertype", expect=1, far_match=udp_to(41003))
     assert_silent_drop(out, "ethertype", 1)
@@ -357,7 +332,7 @@ def test_forwarding_disabled(lab: RouterLab, router: RunningRouter) -> None:
     """With net.inet.ip.forwarding=0 nothing is forwarded, silently; the
     router still answers echo requests to its own addresses."""
     pkt = udp_probe(41008)
-    with tunables(router, {"net.inet.ip.forwarding": 0}):
+    with router.tunables({"net.inet.ip.forwarding": 0}):
         out = probe(lab, router, [from_h1(lab, pkt)], reason="forwarding_disabled", expect=1,
                     far_match=udp_to(41008))
         for addr in ("10.1.0.1", "10.3.0.1"):
@@ -395,7 +370,7 @@ def test_arp_hold_overflow(lab: RouterLab, router: RunningRouter) -> None:
     frames = [from_h1(lab, udp_probe(41010, dst="10.3.0.77", sport=i)) for i in range(1, 6)]
     unreach: Match = lambda p: (p.src == router_mac(1) and ICMP in p and IPerror in p
                                 and quoted_udp(p).dport == 41010)
-    with tunables(router, {"net.link.ether.inet.maxhold": 2, "net.link.ether.inet.maxtries": 1}):
+    with router.tunables({"net.link.ether.inet.maxhold": 2, "net.link.ether.inet.maxtries": 1}):
         before = stats(router)
         out = probe(lab, router, frames, reason="arp_hold_overflow", expect=3,
                     far_match=udp_to(41010), sender_match=unreach, want_at_sender=2, quiet=4.0)
@@ -426,9 +401,9 @@ def test_arp_hold_reclaimed(lab: RouterLab, router: RunningRouter) -> None:
     forget_incomplete(router)
     with ExitStack() as stack:
         stack.callback(forget_incomplete, router)
-        stack.enter_context(tunables(router, {"net.link.ether.inet.maxtries": 100}))
+        stack.enter_context(router.tunables({"net.link.ether.inet.maxtries": 100}))
         s1, s3 = stack.enter_context(sniffers(lab, "h1", "h3"))
-        stack.enter_context(tunables(router, {"kern.ipc.nmbclusters": 256},
+        stack.enter_context(router.tunables({"kern.ipc.nmbclusters": 256},
                                      restore={"kern.ipc.nmbclusters": 0}))
         before = stats(router)
         seen = taken(before)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from typing import Callable
+from contextlib import ExitStack, contextmanager
+from typing import Callable, Iterator
 
 from scapy.layers.l2 import Ether
 
@@ -77,7 +78,22 @@ def udp_socket(ns: str) -> socket.socket:
         return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
 
+_MACS: dict[tuple[str, str], str] = {}
+
+
 def host_mac(lab, name: str) -> str:
-    """The MAC of host ``name``'s side of its TAP."""
+    """The MAC of host ``name``'s side of its TAP (asked once per namespace:
+    each ask is a netlink round trip)."""
     h = lab.host(name)
-    return nn.link_info(h.ifname, h.netns).mac
+    key = (h.netns, h.ifname)
+    if key not in _MACS:
+        _MACS[key] = nn.link_info(h.ifname, h.netns).mac
+    return _MACS[key]
+
+
+@contextmanager
+def sniffers(lab, *names: str) -> Iterator[list[Sniffer]]:
+    """A Sniffer on each named host's side of its TAP, closed afterwards."""
+    with ExitStack() as stack:
+        yield [stack.enter_context(Sniffer(lab.host(n).netns, lab.host(n).ifname))
+               for n in names]
