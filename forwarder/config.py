@@ -214,6 +214,7 @@ class _Reader:
         self.shown = file if file is not None else "<config>"
         self.locator = Locator(text)
         self.problems: list[Problem] = []
+        self.overridden: dict[str, str] = {}     # tunable -> the -o text that set it
 
     # reporting
     def error(self, path: tuple[str | int, ...], message: str, *,
@@ -372,6 +373,7 @@ class _Reader:
             try:
                 name, raw = sysctl.parse_assignment(text)
                 values[name] = sysctl.lookup(name).parse(raw)
+                self.overridden[name] = text
                 log.debug("override %s = %s", name, raw)
             except sysctl.SysctlError as e:
                 name = text.partition("=")[0].strip()
@@ -595,6 +597,27 @@ class _Reader:
             self.error(("route", max_routes),
                        f"{len(routes)} routes exceed net.route.max_routes ({max_routes})",
                        key="route")
+        self.check_mbuf_limits(values)
+
+    def check_mbuf_limits(self, values: Mapping[str, int]) -> None:
+        """Every cluster needs an mbuf: a kern.ipc.nmbufs set here (file or -o)
+        covers the cluster limits in effect (FreeBSD's rule), or the router
+        would refuse the set only once it applies it.  Left at its default,
+        nmbufs is raised to cover them (as tunable_mbinit() does)."""
+        name = "kern.ipc.nmbufs"
+        if name not in values:
+            return
+        effective = {n: values[n] if n in values else sysctl.REGISTRY[n].default_value()
+                     for n in sysctl.MBUF_LIMITS}
+        try:
+            sysctl.check_mbuf_limits(effective)
+        except sysctl.SysctlError as e:
+            message = _strip_name(str(e), name) + "; raise it, or set it to 0 (unlimited)"
+            if name in self.overridden:
+                self.problems.append(Problem(None, None, f"-o {self.overridden[name]}", message))
+            else:
+                self.error(("sysctl",), message, key=f"sysctl.{name}",
+                           line=self.locator.line_of_flat(("sysctl",), name))
 
 
 def _strip_name(message: str, name: str) -> str:

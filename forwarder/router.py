@@ -222,6 +222,9 @@ class Router:
             itf = config.interface_for(via)
             if itf is None:
                 raise ValueError(f"gateway {via} is not on any connected prefix")
+            net = next(a.network for a, i in config.connected() if i is itf and via in a.network)
+            if net.prefixlen < 31 and via in (net.network_address, net.broadcast_address):
+                raise ValueError(f"gateway {via} is the network or broadcast address of {net}")
             return {"type": "forward", "via": str(via), "ifindex": self.ifindex[itf.name]}
         if interface not in self.ifindex:
             raise ValueError(f"no interface {interface!r}")
@@ -410,17 +413,29 @@ class Router:
         wanted = _limits_order(wanted, self.sysctl)
         changes: list[str] = []
         # What can still fail goes first: the links' MTUs (netlink), then the
-        # tunables (all or nothing; a hook may veto).  Addresses and routes
-        # below are validated already.
-        for a, b in zip(old.interfaces, new.interfaces):
-            if a.mtu != b.mtu:
-                netns.link_set(b.name, b.netns_path, mtu=b.mtu) if b.netns else \
-                    netns.link_set(b.name, mtu=b.mtu)
-                self.dp.set_mtu(self.ifindex[b.name], b.mtu)
-                changes.append(f"{b.name} mtu {b.mtu}")
-        if wanted:
-            self.sysctl.set_many(wanted)        # all or nothing (SysctlError)
-            changes += [f"{n}={v}" for n, v in wanted.items()]
+        # tunables (all or nothing; a hook may veto).  When either fails the
+        # MTUs already changed are put back, so a refused reload changes
+        # nothing.  Addresses and routes below are validated already.
+        mtus_set: list[tuple[Interface, int]] = []
+        try:
+            for a, b in zip(old.interfaces, new.interfaces):
+                if a.mtu != b.mtu:
+                    try:
+                        self._set_mtu(b, b.mtu)
+                    except OSError as e:
+                        raise ValueError(f"interface {b.name}: mtu {b.mtu}: {e}") from e
+                    mtus_set.append((b, a.mtu))
+                    changes.append(f"{b.name} mtu {b.mtu}")
+            if wanted:
+                self.sysctl.set_many(wanted)    # all or nothing (SysctlError)
+                changes += [f"{n}={v}" for n, v in wanted.items()]
+        except Exception:
+            for itf, mtu in reversed(mtus_set):
+                try:
+                    self._set_mtu(itf, mtu)
+                except Exception:               # noqa: BLE001 - reported, the reload fails anyway
+                    log.exception("reload: %s: cannot put mtu %d back", itf.name, mtu)
+            raise
         for a, b in zip(old.interfaces, new.interfaces):
             if a.addresses != b.addresses:
                 self.dp.set_addresses(self.ifindex[b.name],
@@ -446,6 +461,14 @@ class Router:
             changes.append(f"log_level {new.router.log_level}")
         self.config = new
         return changes
+
+    def _set_mtu(self, itf: Interface, mtu: int) -> None:
+        """The MTU of a port: the kernel side of its TAP (netlink), then the dataplane."""
+        if itf.netns:
+            netns.link_set(itf.name, itf.netns_path, mtu=mtu)
+        else:
+            netns.link_set(itf.name, mtu=mtu)
+        self.dp.set_mtu(self.ifindex[itf.name], mtu)
 
     # --- health ---------------------------------------------------------------------
 

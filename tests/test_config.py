@@ -153,14 +153,14 @@ def test_sysctl_dotted_and_quoted_keys(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, ROUTER + '''
 [sysctl]
 kern.ipc.nmbclusters = 1024
-"kern.ipc.nmbufs" = 4096
+"kern.ipc.nmbufs" = 0
 "net.inet".ip.ttl = 32
 net.inet.ip.forwarding = false
 
 [sysctl.net.link]
 max_interfaces = 8
 '''))
-    assert cfg.sysctl == {"kern.ipc.nmbclusters": 1024, "kern.ipc.nmbufs": 4096,
+    assert cfg.sysctl == {"kern.ipc.nmbclusters": 1024, "kern.ipc.nmbufs": 0,
                           "net.inet.ip.ttl": 32, "net.inet.ip.forwarding": 0,
                           "net.link.max_interfaces": 8}
     tree = cfg.sysctl_tree(physmem=1 << 30)

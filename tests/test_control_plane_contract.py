@@ -359,3 +359,84 @@ def test_reload_orders_mbuf_limit_changes_so_every_step_is_valid(router):
     info = {i["name"]: i for i in router.call("sysctl.list")}
     assert all(info[n]["value"] == info[n]["default"] for n in sysctl.MBUF_LIMITS)
 
+
+
+# --- refused means unchanged ------------------------------------------------------------
+
+def test_an_nmbufs_below_the_cluster_limits_is_a_config_error_at_its_line() -> None:
+    """Checked with the config (file:line:key, or the -o that set it), not only
+    when the router applies the limits and refuses to start or reload."""
+    text = ONE_LINK + '[sysctl]\n"kern.ipc.nmbclusters" = 200\n"kern.ipc.nmbufs" = 100\n'
+    low = problems(text)
+    assert len(low) == 1 and re.fullmatch(
+        r"r\.toml:8: sysctl\.kern\.ipc\.nmbufs: 100 is below the total of the cluster limits "
+        r"\(\d+\); raise it, or set it to 0 \(unlimited\)", low[0]), low
+    assert problems(ONE_LINK, ["kern.ipc.nmbufs=10"])[0].startswith(
+        "command line: -o kern.ipc.nmbufs=10: 10 is below the total of the cluster limits")
+    unlimited = {n: 0 for n in sysctl.CLUSTER_LIMITS}
+    assert parse_config(ONE_LINK, "r.toml", [f"{n}={v}" for n, v in unlimited.items()]
+                        + ["kern.ipc.nmbufs=10"]).sysctl["kern.ipc.nmbufs"] == 10
+    assert parse_config(ONE_LINK, "r.toml", ["kern.ipc.nmbufs=0"]).sysctl["kern.ipc.nmbufs"] == 0
+
+
+@requires_netns
+def test_a_reload_with_inconsistent_mbuf_limits_changes_no_mtu(router):
+    good = router.config.read_text()
+    before = snapshot(router)
+    try:
+        router.config.write_text(config_text(router, {"kern.ipc.nmbufs": 10}, mtu1=1400))
+        cp = router.cli("reload", check=False)
+        assert cp.returncode == 1 and "sysctl.kern.ipc.nmbufs: 10 is below" in cp.stderr, \
+            cp.stderr
+        assert snapshot(router) == before
+        h1 = router.lab.host("h1")
+        from forwarder import netns as nn
+        assert nn.link_info(h1.ifname, h1.netns).mtu == 1500
+    finally:
+        router.config.write_text(good)
+    assert router.cli("reload").stdout == "reloaded: no changes\n"
+
+
+@requires_netns
+@pytest.mark.parametrize("via", ["10.2.0.0", "10.2.0.255"])
+def test_route_add_refuses_a_gateway_on_a_network_or_broadcast_address(router, via):
+    """As the config does: no neighbour can own those addresses."""
+    before = router.call("route.list")
+    refused(router.cli("route", "add", "10.70.0.0/16", "via", via, check=False), 1,
+            f"forwarder route: gateway {via} is the network or broadcast address of "
+            f"10.2.0.0/24\n")
+    assert router.call("route.list") == before
+
+
+@requires_netns
+def test_a_reload_failing_half_way_puts_the_changed_mtus_back(tmp_path: Path) -> None:
+    """MTUs change first; when a later one cannot (its host namespace is gone),
+    those already changed are put back -- in the dataplane and on the host's
+    side of the TAP -- and the reload is refused.  A router of its own: it
+    loses a host."""
+    from forwarder import netns as nn
+    from tests.topology import make_lab
+    with nn.Topology() as topo:
+        lab2 = make_lab(topo, n_hosts=2)
+        r = start_router(lab2, tmp_path / "halfway")
+        try:
+            good = r.config.read_text()
+            h1, h2 = lab2.host("h1"), lab2.host("h2")
+            nn.remove_netns(h2.netns)              # tap2 goes with it: its MTU cannot be set
+            text = good
+            for h in (h1, h2):
+                one = f'name = "{h.ifname}"\naddresses = ["{h.router}"]\nmtu = 1500\n'
+                assert one in text, text
+                text = text.replace(one, one.replace("mtu = 1500", "mtu = 1400"))
+            r.config.write_text(text)
+            cp = r.cli("reload", check=False)
+            assert cp.returncode == 1, cp.stdout + cp.stderr
+            assert cp.stderr.startswith("forwarder reload: interface tap2: mtu 1400: "), cp.stderr
+            mtus = {i["name"]: i["mtu"] for i in r.stats()["interfaces"]}
+            assert mtus == {"tap1": 1500, "tap2": 1500}
+            assert nn.link_info(h1.ifname, h1.netns).mtu == 1500
+            r.config.write_text(good)
+            assert r.cli("reload").stdout == "reloaded: no changes\n"
+        finally:
+            code, out = r.stop()
+        assert code == 0, out
