@@ -169,6 +169,15 @@ cdef inline int ifp_is_subnet_bcast(dp_ifnet *ifp, uint32_t a) noexcept nogil:
     return 0
 
 
+cdef inline int dp_is_subnet_bcast(dp_state *dp, uint32_t a) noexcept nogil:
+    """a is the broadcast address of a prefix connected on any interface."""
+    cdef int i
+    for i in range(dp.nifs):
+        if ifp_is_subnet_bcast(&dp.ifs[i], a):
+            return 1
+    return 0
+
+
 cdef mbuf *dp_new_packet(int len) noexcept nogil:
     """An empty packet with DP_LINKHDR bytes of leading space and room for
     len bytes after it (header mbuf, or a cluster when it does not fit)."""
@@ -771,7 +780,7 @@ cdef void icmp_error(dp_state *dp, dp_ifnet *ifp, mbuf *m, int type, int code,
         if t == 3 or t == 4 or t == 5 or t == 11 or t == 12:
             m_freem(m)
             return
-    if in_martian_src(src) or in_multicast(dst) or dst == 0xffffffffU or ifp_is_subnet_bcast(ifp, dst):
+    if in_martian_src(src) or in_multicast(dst) or dst == 0xffffffffU or dp_is_subnet_bcast(dp, dst):
         m_freem(m)
         return
     if not icmp_ratecheck(dp):

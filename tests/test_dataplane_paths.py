@@ -297,12 +297,14 @@ def test_icmp_error_comes_from_the_ingress_address_in_the_senders_subnet(lab, ro
     assert pairs == [("10.1.0.1", "10.1.0.2"), ("10.11.0.1", "10.11.0.2")], pairs
 
 
-def test_no_icmp_error_about_a_broadcast_to_the_ingress_subnet(lab, router):
-    """TTL 1 to 10.1.0.255 (the broadcast address of the link it came in on):
-    no time exceeded; the same to a host (the control, sent after it) gets one."""
+def test_no_icmp_error_about_a_broadcast_to_a_connected_subnet(lab, router):
+    """RFC 1812 4.3.2.7: TTL 1 to 10.1.0.255 (the link it came in on) or to
+    10.3.0.255 (another connected link): no time exceeded; the same to a
+    host (the control, sent after them) gets one."""
     pkts = [IP(src="10.1.0.2", dst="10.1.0.255", ttl=1) / UDP(sport=1, dport=40111),
+            IP(src="10.1.0.2", dst="10.3.0.255", ttl=1) / UDP(sport=3, dport=40111),
             IP(src="10.1.0.2", dst="10.3.0.2", ttl=1) / UDP(sport=2, dport=40111)]
-    got = _errors_at_h1(lab, pkts, want=2, timeout=1.5)
+    got = _errors_at_h1(lab, pkts, want=3, timeout=1.5)
     quoted = [bytes(p[ICMP].payload)[16:20] for p in got]
     assert quoted == [IPv4Address("10.3.0.2").packed], [p.summary() for p in got]
 
