@@ -55,6 +55,26 @@ def test_a_skip_fails_the_session_where_everything_can_run(tmp_path: Path) -> No
     assert "test_inner.py::test_skips: pretending to need something" in cp.stdout, cp.stdout
 
 
+def test_elsewhere_a_skip_is_a_skip_and_is_listed(tmp_path: Path) -> None:
+    """Without root or /dev/net/tun (pretended here: the guard's probe says
+    so) the session passes with its skips, and says why they happened."""
+    (tmp_path / "conftest.py").write_text(
+        "import tests.sessionguard as guard\nguard.netns_available = lambda: False\n")
+    cp = run_pytest(tmp_path, """
+        import pytest
+
+        def test_runs():
+            pass
+
+        def test_skips():
+            pytest.skip("needs root and /dev/net/tun")
+    """, "tests.sessionguard")
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert "1 passed, 1 skipped" in cp.stdout, cp.stdout
+    assert "1 test(s) skipped: this machine lacks root or /dev/net/tun" in cp.stdout, cp.stdout
+    assert "FAILED session" not in cp.stdout
+
+
 def test_without_skips_the_session_passes(tmp_path: Path) -> None:
     cp = run_pytest(tmp_path, """
         import pytest
