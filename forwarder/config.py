@@ -145,11 +145,11 @@ class Config:
         """Every configured address with the interface it is on."""
         return [(addr, itf) for itf in self.interfaces for addr in itf.addresses]
 
-    def interface_for(self, address: IPv4Address) -> Interface | None:
-        """The interface whose connected prefix holds ``address`` (a gateway)."""
+    def link_for(self, address: IPv4Address) -> tuple[Interface, IPv4Network] | None:
+        """The interface and connected prefix that hold ``address`` (a gateway)."""
         for addr, itf in self.connected():
             if address in addr.network:
-                return itf
+                return itf, addr.network
         return None
 
     def sysctl_tree(self, physmem: int | None = None) -> sysctl.SysctlTree:
@@ -577,9 +577,9 @@ class _Reader:
         if not match:
             self.error(path, f"{via} is not on any connected prefix")
             return None
-        net = match[0]
-        if net.prefixlen < 31 and via in (net.network_address, net.broadcast_address):
-            self.error(path, f"{via} is the network or broadcast address of {net}")
+        problem = unusable_gateway(via, match[0])
+        if problem:
+            self.error(path, problem)
             return None
         return None if prefix is None else Route(prefix=prefix, via=via)
 
@@ -618,6 +618,14 @@ class _Reader:
             else:
                 self.error(("sysctl",), message, key=f"sysctl.{name}",
                            line=self.locator.line_of_flat(("sysctl",), name))
+
+
+def unusable_gateway(via: IPv4Address, net: IPv4Network) -> str | None:
+    """Why ``via`` cannot be a neighbour on the connected prefix ``net``, or
+    None: no host owns a network or broadcast address (except on /31, /32)."""
+    if net.prefixlen < 31 and via in (net.network_address, net.broadcast_address):
+        return f"{via} is the network or broadcast address of {net}"
+    return None
 
 
 def _strip_name(message: str, name: str) -> str:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
 from forwarder import mbufs, netns
-from forwarder.config import Config, ConfigError, Interface, load_config
+from forwarder.config import Config, ConfigError, Interface, load_config, unusable_gateway
 from forwarder.dataplane import Dataplane
 from forwarder.route import RouteTable
 from forwarder.sysctl import SysctlError, SysctlTree
@@ -219,12 +219,13 @@ class Router:
         if type_ in ("blackhole", "unreachable", "prohibit"):
             return {"type": type_}
         if via is not None:
-            itf = config.interface_for(via)
-            if itf is None:
+            link = config.link_for(via)
+            if link is None:
                 raise ValueError(f"gateway {via} is not on any connected prefix")
-            net = next(a.network for a, i in config.connected() if i is itf and via in a.network)
-            if net.prefixlen < 31 and via in (net.network_address, net.broadcast_address):
-                raise ValueError(f"gateway {via} is the network or broadcast address of {net}")
+            itf, net = link
+            problem = unusable_gateway(via, net)
+            if problem:
+                raise ValueError(f"gateway {problem}")
             return {"type": "forward", "via": str(via), "ifindex": self.ifindex[itf.name]}
         if interface not in self.ifindex:
             raise ValueError(f"no interface {interface!r}")

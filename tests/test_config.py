@@ -123,7 +123,7 @@ type = "unreachable"
     assert tap1.mtu == 1500 and tap1.mac_generated and tap1.mac == generate_mac("tap1", "edge-1")
     r0, r1, r2 = cfg.routes
     assert r0.prefix == IPv4Network("0.0.0.0/0") and r0.via == IPv4Address("10.2.0.2")
-    assert cfg.interface_for(r0.via) is tap1
+    assert cfg.link_for(r0.via) == (tap1, IPv4Network("10.2.0.0/24"))
     assert r1.interface == "tap0" and r1.type == "unicast"
     assert r2.type == "unreachable" and r2.via is None and r2.interface is None
     assert cfg.sysctl == {}
