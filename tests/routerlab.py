@@ -108,6 +108,21 @@ class RunningRouter(RouterProcess):
     def sysctl(self, assignment: str) -> str:
         return self.cli("sysctl", assignment).stdout
 
+    def forget_arp(self, *ips: str, incomplete: bool = False) -> None:
+        """Delete the ARP entries for ``ips`` (on every interface), or with
+        ``incomplete`` every unresolved one, and the packets they hold.  An
+        entry gone meanwhile (aged, given up) is no error."""
+        if incomplete:
+            targets = [(e["ip"], e["interface"]) for e in self.call("arp.list")
+                       if e["state"] == "incomplete"]
+        else:
+            targets = [(ip, None) for ip in ips]
+        for ip, interface in targets:
+            try:
+                self.call("arp.del", ip=ip, interface=interface)
+            except ControlError:
+                pass
+
     @contextmanager
     def tunables(self, settings: dict[str, int],
                  restore: dict[str, int] | None = None) -> Iterator[None]:

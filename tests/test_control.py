@@ -462,9 +462,7 @@ def test_nmbclusters_lowered_and_raised_under_a_flood(lab, router):
         assert lab.ping("h1", "10.2.0.2", count=1, wait=2).returncode == 0
     finally:
         router.call("sysctl.set", assignments={"kern.ipc.nmbclusters": original})
-        for e in router.call("arp.list"):
-            if e["state"] == "incomplete":
-                router.call("arp.del", ip=e["ip"], interface=e["interface"])
+        router.forget_arp(incomplete=True)
     # Nothing is held any more: every cluster is back in a cache.
     router.wait_for(lambda: netstat_m_dict(router.call("zones"))["clusters"]["current"] == 0,
                     timeout=5, what="clusters released")

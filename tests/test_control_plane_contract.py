@@ -10,12 +10,10 @@ from -o: 6 connected and local routes + 10.20.0.0/16 leave room for one more).
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import stat
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock

@@ -28,10 +28,9 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
 from forwarder import netns as nn
-from forwarder.control import ControlError
 from tests.routerlab import RunningRouter, router_mac, start_router
 from tests.topology import RouterLab, make_lab, requires_netns, topology  # noqa: F401
-from tests.wire import host_mac, sniffers, udp_socket
+from tests.wire import host_mac, sniffers, to_router, udp_socket
 
 pytestmark = requires_netns
 
@@ -61,27 +60,8 @@ def router(lab: RouterLab, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 # --- helpers ---------------------------------------------------------------------------
 
 
-
 def stats(r: RunningRouter) -> dict:
     return r.call("stats")
-
-
-def frame(lab: RouterLab, host: str, pkt: object) -> bytes:
-    """An Ethernet frame from ``host``'s MAC to the router's MAC on its link."""
-    k = int(host[1:])
-    return bytes(Ether(dst=router_mac(k), src=host_mac(lab, host)) / pkt)
-
-
-
-
-
-
-def forget(router: RunningRouter, *ips: str) -> None:
-    for ip in ips:
-        try:
-            router.call("arp.del", ip=ip)
-        except ControlError:
-            pass
 
 
 def arp_entry(router: RunningRouter, ip: str) -> dict | None:
@@ -145,7 +125,7 @@ def test_refragmented_fragments_keep_offsets_mf_and_8_byte_payloads(lab, router)
     frags = cut(whole, [1480, 1480, 100])
     with sniffers(lab, "h1", "h3") as (s1, s3):
         for f in frags:
-            s1.send(frame(lab, "h1", f))
+            s1.send(to_router(lab, "h1", f))
         got = s3.collect(lambda p: IP in p and p[IP].id == 0x5A01 and p[IP].src == "10.1.0.2",
                          timeout=3, want=5)
     layout = sorted((p[IP].frag * 8, p[IP].len - 20, bool(p[IP].flags.MF)) for p in got)
@@ -170,7 +150,7 @@ def test_later_fragments_carry_only_the_copied_options(lab, router):
     hl = sent.ihl * 4
     assert sent.len <= 1500 and hl == 36
     with sniffers(lab, "h1", "h3") as (s1, s3):
-        s1.send(frame(lab, "h1", sent))
+        s1.send(to_router(lab, "h1", sent))
         got = s3.collect(lambda p: IP in p and p[IP].id == 0x5A02, timeout=3, want=2)
     assert len(got) == 2, [p.summary() for p in got]
     first, later = sorted(got, key=lambda p: p[IP].frag)
@@ -199,13 +179,13 @@ def test_host_unreachable_for_a_held_fragment_comes_from_its_ingress_address(lab
                                 and bytes(p[ICMP].payload)[4:6] == b"\x5a\x03")
     try:
         with router.tunables({"net.link.ether.inet.maxtries": 1}), sniffers(lab, "h2") as (s2,):
-            s2.send(frame(lab, "h2", probe))
+            s2.send(to_router(lab, "h2", probe))
             got = s2.collect(unreach, timeout=5, want=1)
             router.wait_for(lambda: arp_entry(router, "10.3.0.99") is None, timeout=3,
                             what="the entry for 10.3.0.99 removed")
             got += s2.collect(unreach, timeout=0.3)
     finally:
-        forget(router, "10.3.0.99")
+        router.forget_arp("10.3.0.99")
     assert len(got) == 1, [p.summary() for p in got]
     assert (got[0][ICMP].type, got[0][ICMP].code) == (3, 1)
     assert (got[0][IP].src, got[0][IP].dst) == ("10.2.0.1", "10.2.0.2")
@@ -217,7 +197,7 @@ def test_a_datagram_of_exactly_the_mtu_passes_whole(lab, router):
         b"m" * (1280 - 28))
     before = stats(router)["drops"]["needfrag_df_set"]
     with sniffers(lab, "h1", "h3") as (s1, s3):
-        s1.send(frame(lab, "h1", pkt))
+        s1.send(to_router(lab, "h1", pkt))
         got = s3.collect(lambda p: UDP in p and p[UDP].dport == 40104, timeout=3)
     assert got, "the 1280-byte datagram did not reach h3"
     assert got[0][IP].len == 1280 and got[0][IP].frag == 0 and not got[0][IP].flags.MF
@@ -230,7 +210,7 @@ def test_frag_needed_carries_the_next_hops_mtu(lab, router):
     pkt = IP(src="10.1.0.2", dst="10.3.0.2", id=0x5A05, flags="DF") / UDP(sport=7, dport=40105) / (
         b"n" * 1372)
     with sniffers(lab, "h1") as (s1,):
-        s1.send(frame(lab, "h1", pkt))
+        s1.send(to_router(lab, "h1", pkt))
         got = s1.collect(lambda p: p.src == router_mac(1) and ICMP in p and p[ICMP].type == 3,
                          timeout=3)
     assert got, "no frag needed"
@@ -248,7 +228,7 @@ def test_echo_reply_has_fresh_ttl_clear_flags_and_valid_checksums(lab, router):
     req = IP(src="10.1.0.2", dst="10.1.0.1", ttl=5, flags="DF", id=0x5A06) / ICMP(
         type=8, id=0x5A06, seq=3) / (b"echo-data" * 7)
     with router.tunables({"net.inet.ip.ttl": ROUTER_TTL}), sniffers(lab, "h1") as (s1,):
-        s1.send(frame(lab, "h1", req))
+        s1.send(to_router(lab, "h1", req))
         got = s1.collect(lambda p: p.src == router_mac(1) and ICMP in p and p[ICMP].type == 0
                          and p[ICMP].id == 0x5A06, timeout=3)
     assert got, "no echo reply"
@@ -267,7 +247,7 @@ def test_large_echo_reply_to_a_df_request_is_fragmented_via_the_gateway(lab, rou
     req = IP(src="10.20.0.5", dst="10.1.0.1", flags="DF", id=0x5A07) / ICMP(
         type=8, id=0x5A07, seq=1) / data
     with sniffers(lab, "h1", "h3") as (s1, s3):
-        s1.send(frame(lab, "h1", req))
+        s1.send(to_router(lab, "h1", req))
         got = s3.collect(lambda p: IP in p and p[IP].dst == "10.20.0.5" and p[IP].src == "10.1.0.1",
                          timeout=3, want=2)
     assert len(got) == 2, [p.summary() for p in got]
@@ -282,7 +262,7 @@ def test_large_echo_reply_to_a_df_request_is_fragmented_via_the_gateway(lab, rou
 def _errors_at_h1(lab: RouterLab, pkts: list, want: int, timeout: float = 2.0) -> list[Ether]:
     with sniffers(lab, "h1") as (s1,):
         for p in pkts:
-            s1.send(frame(lab, "h1", p))
+            s1.send(to_router(lab, "h1", p))
         return s1.collect(lambda p: p.src == router_mac(1) and ICMP in p
                           and p[ICMP].type in (3, 11), timeout=timeout, want=want)
 
@@ -392,7 +372,7 @@ def test_arp_reply_fields(lab, router):
             assert (a.hwsrc, a.psrc) == (router_mac(1), "10.1.0.1")
             assert (a.hwdst, a.pdst) == (FAKE, "10.1.0.60")
     finally:
-        forget(router, "10.1.0.60")
+        router.forget_arp("10.1.0.60")
 
 
 def test_arp_for_a_secondary_address_and_from_it(lab, router):
@@ -406,13 +386,13 @@ def test_arp_for_a_secondary_address_and_from_it(lab, router):
                              timeout=2)
         assert got and got[0][ARP].psrc == "10.11.0.1", [p.summary() for p in got]
         with sniffers(lab, "h1", "h2") as (s1, s2):
-            s2.send(frame(lab, "h2", IP(src="10.2.0.2", dst="10.11.0.77") / UDP(dport=40113)))
+            s2.send(to_router(lab, "h2", IP(src="10.2.0.2", dst="10.11.0.77") / UDP(dport=40113)))
             asks = s1.collect(lambda p: ARP in p and p[ARP].op == 1 and p[ARP].pdst == "10.11.0.77",
                               timeout=2)
         assert asks, "no ARP request for 10.11.0.77"
         assert (asks[0][ARP].psrc, asks[0][ARP].hwsrc) == ("10.11.0.1", router_mac(1))
     finally:
-        forget(router, "10.11.0.50", "10.11.0.77")
+        router.forget_arp("10.11.0.50", "10.11.0.77")
 
 
 def test_arp_merge_rule(lab, router):
@@ -431,7 +411,7 @@ def test_arp_merge_rule(lab, router):
             router.wait_for(lambda: arp_entry(router, "10.1.0.62")["mac"] == FAKE2, timeout=3,
                             what="10.1.0.62 updated to its new MAC")
     finally:
-        forget(router, "10.1.0.61", "10.1.0.62")
+        router.forget_arp("10.1.0.61", "10.1.0.62")
 
 
 def test_held_packets_are_sent_in_arrival_order_once_resolved(lab, router):
@@ -440,7 +420,7 @@ def test_held_packets_are_sent_in_arrival_order_once_resolved(lab, router):
     try:
         with sniffers(lab, "h1", "h3") as (s1, s3):
             for sport in (1, 2, 3, 4):
-                s1.send(frame(lab, "h1", IP(src="10.1.0.2", dst="10.3.0.66")
+                s1.send(to_router(lab, "h1", IP(src="10.1.0.2", dst="10.3.0.66")
                               / UDP(sport=sport, dport=40114)))
             router.wait_for(lambda: (arp_entry(router, "10.3.0.66") or {}).get("held") == 4,
                             timeout=3, what="four packets held for 10.3.0.66")
@@ -448,7 +428,7 @@ def test_held_packets_are_sent_in_arrival_order_once_resolved(lab, router):
                               hwdst=router_mac(3)))
             got = s3.collect(lambda p: UDP in p and p[UDP].dport == 40114, timeout=3, want=4)
     finally:
-        forget(router, "10.3.0.66")
+        router.forget_arp("10.3.0.66")
     assert [p[UDP].sport for p in got] == [1, 2, 3, 4]
     assert all(p.dst == FAKE for p in got)
 
@@ -462,7 +442,7 @@ def test_a_learned_entry_lives_max_age(lab, router):
                                 what="10.1.0.63 learned")
         assert 20 < e["expires_in"] <= 30, e
     finally:
-        forget(router, "10.1.0.63")
+        router.forget_arp("10.1.0.63")
 
 
 def test_arp_requests_at_most_once_a_second_per_neighbour(lab, router):
@@ -471,11 +451,11 @@ def test_arp_requests_at_most_once_a_second_per_neighbour(lab, router):
     try:
         with sniffers(lab, "h1", "h3") as (s1, s3):
             for sport in range(1, 6):
-                s1.send(frame(lab, "h1", IP(src="10.1.0.2", dst="10.3.0.67")
+                s1.send(to_router(lab, "h1", IP(src="10.1.0.2", dst="10.3.0.67")
                               / UDP(sport=sport, dport=40115)))
             asks = s3.collect(lambda p: ARP in p and p[ARP].pdst == "10.3.0.67", timeout=3, want=2)
     finally:
-        forget(router, "10.3.0.67")
+        router.forget_arp("10.3.0.67")
     assert asks, "no ARP request"
     times = [float(a.time) for a in asks]
     assert all(b - a >= 0.9 for a, b in zip(times, times[1:])), times
@@ -555,8 +535,8 @@ def test_ethernet_padding_is_trimmed(lab, router):
     udp = IP(src="10.1.0.2", dst="10.3.0.2") / UDP(sport=7, dport=40116) / b"pad"
     echo = IP(src="10.1.0.2", dst="10.1.0.1") / ICMP(type=8, id=0x5A16, seq=1) / b"pad"
     with sniffers(lab, "h1", "h3") as (s1, s3):
-        s1.send(frame(lab, "h1", udp) + pad)
-        s1.send(frame(lab, "h1", echo) + pad)
+        s1.send(to_router(lab, "h1", udp) + pad)
+        s1.send(to_router(lab, "h1", echo) + pad)
         got = s3.collect(lambda p: UDP in p and p[UDP].dport == 40116, timeout=3)
         reply = s1.collect(lambda p: p.src == router_mac(1) and ICMP in p and p[ICMP].type == 0
                            and p[ICMP].id == 0x5A16, timeout=3)
@@ -571,9 +551,9 @@ def test_a_gateway_route_is_sent_to_the_gateways_mac(lab, router):
     and nobody is asked for 10.20.0.5."""
     pkt = IP(src="10.1.0.2", dst="10.20.0.5", ttl=9) / UDP(sport=7, dport=40117)
     with sniffers(lab, "h1", "h3") as (s1, s3):
-        s1.send(frame(lab, "h1", pkt))
+        s1.send(to_router(lab, "h1", pkt))
         got = s3.collect(lambda p: (UDP in p and p[UDP].dport == 40117)
                          or (ARP in p and p[ARP].pdst == "10.20.0.5"), timeout=3)
-    forget(router, "10.20.0.5")
+    router.forget_arp("10.20.0.5")
     assert got and UDP in got[0], [p.summary() for p in got]
     assert got[0].dst == host_mac(lab, "h3") and got[0][IP].ttl == 8

@@ -46,10 +46,9 @@ from scapy.layers.inet import ICMP, IP, UDP, IPerror, UDPerror
 from scapy.layers.l2 import ARP, Ether
 
 from forwarder import netns as nn
-from forwarder.control import ControlError
 from tests.routerlab import RunningRouter, router_mac, start_router
 from tests.topology import RouterLab, make_lab, requires_netns, topology  # noqa: F401
-from tests.wire import host_mac, sniffers
+from tests.wire import host_mac, sniffers, to_router
 
 pytestmark = requires_netns
 
@@ -111,11 +110,6 @@ def taken(s: dict, name: str = "tap1") -> int:
     """Frames the router took off a TAP: read, or discarded for want of a buffer."""
     i = iface(s, name)
     return i["rx_packets"] + i["rx_nobuf"]
-
-
-def from_h1(lab: RouterLab, pkt: object, dst: str | None = None) -> bytes:
-    """An Ethernet frame from h1's MAC, to the router's tap1 MAC unless ``dst``."""
-    return bytes(Ether(dst=dst or router_mac(1), src=host_mac(lab, "h1")) / pkt)
 
 
 def udp_probe(dport: int, dst: str = "10.3.0.2", src: str = "10.1.0.2", ttl: int = 64,
@@ -196,16 +190,6 @@ def delivered(lab: RouterLab, frame: bytes, match: Match, far: str = "h3",
         return bool(sf.collect(match, timeout=timeout))
 
 
-def forget_incomplete(router: RunningRouter) -> None:
-    """Delete every unresolved ARP entry (and the packets it holds)."""
-    for e in router.call("arp.list"):
-        if e["state"] == "incomplete":
-            try:
-                router.call("arp.del", ip=e["ip"], interface=e["interface"])
-            except ControlError:    # gave up by itself meanwhile
-                pass
-
-
 # --- Ethernet ----------------------------------------------------------------------------
 
 def test_runt() -> None:
@@ -251,10 +235,10 @@ def test_runt() -> None:
 
 def test_not_our_mac(lab: RouterLab, router: RunningRouter) -> None:
     pkt = udp_probe(41002)
-    out = probe(lab, router, [from_h1(lab, pkt, dst="02:00:00:00:01:99")],
+    out = probe(lab, router, [to_router(lab, "h1", pkt, dst="02:00:00:00:01:99")],
                 reason="not_our_mac", expect=1, far_match=udp_to(41002))
     assert_silent_drop(out, "not_our_mac", 1)
-    assert delivered(lab, from_h1(lab, pkt), udp_to(41002))
+    assert delivered(lab, to_router(lab, "h1", pkt), udp_to(41002))
 
 
 def test_ethertype(lab: RouterLab, router: RunningRouter) -> None:
@@ -263,7 +247,7 @@ def test_ethertype(lab: RouterLab, router: RunningRouter) -> None:
                   / udp_probe(41003))
     out = probe(lab, router, [frame], reason="ethertype", expect=1, far_match=udp_to(41003))
     assert_silent_drop(out, "ethertype", 1)
-    assert delivered(lab, from_h1(lab, udp_probe(41003)), udp_to(41003))
+    assert delivered(lab, to_router(lab, "h1", udp_probe(41003)), udp_to(41003))
 
 
 def test_arp_malformed(lab: RouterLab, router: RunningRouter) -> None:
@@ -298,7 +282,7 @@ def test_martian_destination(lab: RouterLab, router: RunningRouter) -> None:
     """0/8, 127/8 and 240/4 (with 255.255.255.255) are not forwarded, even
     with a route to them."""
     dsts = ["0.0.0.7", "127.0.0.1", "240.0.0.1", "255.255.255.255"]
-    frames = [from_h1(lab, udp_probe(41005, dst=d)) for d in dsts]
+    frames = [to_router(lab, "h1", udp_probe(41005, dst=d)) for d in dsts]
     out = probe(lab, router, frames, reason="martian_destination", expect=len(dsts),
                 far_match=udp_to(41005))
     assert_silent_drop(out, "martian_destination", len(dsts))
@@ -308,18 +292,18 @@ def test_link_broadcast(lab: RouterLab, router: RunningRouter) -> None:
     """A unicast IP packet in a link-layer broadcast or multicast frame is
     not forwarded (RFC 1812 5.3.4)."""
     pkt = udp_probe(41006)
-    frames = [from_h1(lab, pkt, dst="ff:ff:ff:ff:ff:ff"),
-              from_h1(lab, pkt, dst="01:00:5e:01:02:03")]
+    frames = [to_router(lab, "h1", pkt, dst="ff:ff:ff:ff:ff:ff"),
+              to_router(lab, "h1", pkt, dst="01:00:5e:01:02:03")]
     out = probe(lab, router, frames, reason="link_broadcast", expect=2, far_match=udp_to(41006))
     assert_silent_drop(out, "link_broadcast", 2)
-    assert delivered(lab, from_h1(lab, pkt), udp_to(41006))
+    assert delivered(lab, to_router(lab, "h1", pkt), udp_to(41006))
 
 
 def test_ip_broadcast_destination(lab: RouterLab, router: RunningRouter) -> None:
     """Multicast (routed to h3 here), and directed broadcasts to the far
     link and to the incoming link, are never forwarded."""
     dsts = ["224.1.2.3", "10.3.0.255", "10.1.0.255"]
-    frames = [from_h1(lab, udp_probe(41007, dst=d)) for d in dsts]
+    frames = [to_router(lab, "h1", udp_probe(41007, dst=d)) for d in dsts]
     with sniffers(lab, "h3") as (s3,):
         out = probe(lab, router, frames, reason="ip_broadcast_destination", expect=len(dsts),
                     far_match=udp_to(41007))
@@ -333,20 +317,20 @@ def test_forwarding_disabled(lab: RouterLab, router: RunningRouter) -> None:
     router still answers echo requests to its own addresses."""
     pkt = udp_probe(41008)
     with router.tunables({"net.inet.ip.forwarding": 0}):
-        out = probe(lab, router, [from_h1(lab, pkt)], reason="forwarding_disabled", expect=1,
+        out = probe(lab, router, [to_router(lab, "h1", pkt)], reason="forwarding_disabled", expect=1,
                     far_match=udp_to(41008))
         for addr in ("10.1.0.1", "10.3.0.1"):
             cp = lab.ping("h1", addr, count=1, wait=2)
             assert cp.returncode == 0, cp.stdout + cp.stderr
     assert_silent_drop(out, "forwarding_disabled", 1)
-    assert delivered(lab, from_h1(lab, pkt), udp_to(41008))
+    assert delivered(lab, to_router(lab, "h1", pkt), udp_to(41008))
 
 
 def test_ttl_exceeded(lab: RouterLab, router: RunningRouter) -> None:
     """TTL 1 and 0: ICMP time exceeded in transit (11/0) from the incoming
     link's address, quoting the datagram; nothing forwarded."""
-    frames = [from_h1(lab, udp_probe(41009, ttl=1, sport=1)),
-              from_h1(lab, udp_probe(41009, ttl=0, sport=2))]
+    frames = [to_router(lab, "h1", udp_probe(41009, ttl=1, sport=1)),
+              to_router(lab, "h1", udp_probe(41009, ttl=0, sport=2))]
     errors: Match = lambda p: (p.src == router_mac(1) and ICMP in p and IPerror in p
                                and quoted_udp(p).dport == 41009)
     out = probe(lab, router, frames, reason="ttl_exceeded", expect=2, far_match=udp_to(41009),
@@ -358,7 +342,7 @@ def test_ttl_exceeded(lab: RouterLab, router: RunningRouter) -> None:
     for p in out.at_sender:
         assert (p[ICMP].type, p[ICMP].code) == (11, 0)
         assert (p[IP].src, p[IP].dst) == ("10.1.0.1", "10.1.0.2")
-    assert delivered(lab, from_h1(lab, udp_probe(41009, ttl=2)), udp_to(41009))
+    assert delivered(lab, to_router(lab, "h1", udp_probe(41009, ttl=2)), udp_to(41009))
 
 
 # --- ARP: holding, reclaiming, a full table ----------------------------------------------
@@ -367,7 +351,7 @@ def test_arp_hold_overflow(lab: RouterLab, router: RunningRouter) -> None:
     """With maxhold=2 only the two newest of five packets for a silent
     neighbour are kept; when ARP gives up those two get ICMP host
     unreachable (3/1), the three oldest nothing."""
-    frames = [from_h1(lab, udp_probe(41010, dst="10.3.0.77", sport=i)) for i in range(1, 6)]
+    frames = [to_router(lab, "h1", udp_probe(41010, dst="10.3.0.77", sport=i)) for i in range(1, 6)]
     unreach: Match = lambda p: (p.src == router_mac(1) and ICMP in p and IPerror in p
                                 and quoted_udp(p).dport == 41010)
     with router.tunables({"net.link.ether.inet.maxhold": 2, "net.link.ether.inet.maxtries": 1}):
@@ -396,11 +380,11 @@ def test_arp_hold_reclaimed(lab: RouterLab, router: RunningRouter) -> None:
     (the one that found no buffer, read once the pool was refilled).  No
     ICMP for any of them; nothing reaches h3."""
     neighbours = [f"10.3.0.{100 + i}" for i in range(32)]
-    frames = [from_h1(lab, udp_probe(41011, dst=neighbours[i % 32], sport=i + 1))
+    frames = [to_router(lab, "h1", udp_probe(41011, dst=neighbours[i % 32], sport=i + 1))
               for i in range(600)]
-    forget_incomplete(router)
+    router.forget_arp(incomplete=True)
     with ExitStack() as stack:
-        stack.callback(forget_incomplete, router)
+        stack.callback(router.forget_arp, incomplete=True)
         stack.enter_context(router.tunables({"net.link.ether.inet.maxtries": 100}))
         s1, s3 = stack.enter_context(sniffers(lab, "h1", "h3"))
         stack.enter_context(router.tunables({"kern.ipc.nmbclusters": 256},
@@ -494,7 +478,7 @@ def arp_table_full_on(lab: RouterLab, router: RunningRouter) -> None:
 
     with sniffers(lab, "h2") as (s2,):
         mid = stats(router)
-        out = probe(lab, router, [from_h1(lab, udp_probe(41012, dst="10.2.0.77"))],
+        out = probe(lab, router, [to_router(lab, "h1", udp_probe(41012, dst="10.2.0.77"))],
                     reason="arp_table_full", expect=1, far="h2", far_match=udp_to(41012))
         asked = s2.collect(lambda p: ARP in p and p[ARP].pdst == "10.2.0.77", timeout=0.1)
     assert_silent_drop(out, "arp_table_full", 1)
@@ -507,7 +491,7 @@ def arp_table_full_on(lab: RouterLab, router: RunningRouter) -> None:
 def test_local_not_echo(lab: RouterLab, router: RunningRouter) -> None:
     """UDP, an ICMP timestamp request, an echo reply and a fragment of an
     echo request to the router's addresses: dropped, nothing answered."""
-    ok = from_h1(lab, echo_request("10.1.0.1", ident=4113))
+    ok = to_router(lab, "h1", echo_request("10.1.0.1", ident=4113))
     with sniffers(lab, "h1") as (s1,):
         s1.send(ok)
         assert s1.collect(icmp_from_router(1)), "control: the echo request was not answered"
@@ -519,7 +503,7 @@ def test_local_not_echo(lab: RouterLab, router: RunningRouter) -> None:
             IP(src="10.1.0.2", dst="10.1.0.1") / ICMP(type=0, id=4113, seq=1) / b"drop-probe",
             frag]
     local = stats(router)["delivered_local"]
-    out = probe(lab, router, [from_h1(lab, p) for p in pkts], reason="local_not_echo",
+    out = probe(lab, router, [to_router(lab, "h1", p) for p in pkts], reason="local_not_echo",
                 expect=len(pkts), far_match=udp_to(41013))
     assert_silent_drop(out, "local_not_echo", len(pkts))
     assert stats(router)["delivered_local"] == local
@@ -531,12 +515,12 @@ def test_icmp_malformed(lab: RouterLab, router: RunningRouter) -> None:
     bad = good.copy()
     bad[ICMP].chksum ^= 0x5A5A
     local = stats(router)["delivered_local"]
-    out = probe(lab, router, [from_h1(lab, bad)], reason="icmp_malformed", expect=1,
+    out = probe(lab, router, [to_router(lab, "h1", bad)], reason="icmp_malformed", expect=1,
                 far_match=lambda p: ICMP in p and p[ICMP].id == 4114)
     assert_silent_drop(out, "icmp_malformed", 1)
     assert stats(router)["delivered_local"] == local
     with sniffers(lab, "h1") as (s1,):
-        s1.send(from_h1(lab, good))
+        s1.send(to_router(lab, "h1", good))
         assert s1.collect(icmp_from_router(1)), "control: the good echo was not answered"
 
 
@@ -549,7 +533,7 @@ def test_tx_error(lab: RouterLab, router: RunningRouter) -> None:
     h3 = lab.host("h3")
     cp = lab.ping("h1", "10.3.0.2", count=1, wait=2)   # h3's MAC is known: one write only
     assert cp.returncode == 0, cp.stdout
-    pkt = from_h1(lab, udp_probe(41015))
+    pkt = to_router(lab, "h1", udp_probe(41015))
     before = stats(router)
     nn.link_set(h3.ifname, h3.netns, up=False)
     try:
@@ -578,7 +562,7 @@ def test_output_no_route(lab: RouterLab, router: RunningRouter) -> None:
     local = stats(router)["delivered_local"]
     reply: Match = lambda p: ICMP in p and p[IP].dst == "10.77.0.5"
     with sniffers(lab, "h2") as (s2,):
-        out = probe(lab, router, [from_h1(lab, echo_request("10.1.0.1", 4116, src="10.77.0.5"))],
+        out = probe(lab, router, [to_router(lab, "h1", echo_request("10.1.0.1", 4116, src="10.77.0.5"))],
                     reason="output_no_route", expect=1, far_match=reply, sender_match=reply)
         at_h2 = s2.collect(reply, timeout=0.1)
     assert_silent_drop(out, "output_no_route", 1)

@@ -16,7 +16,7 @@ from scapy.layers.l2 import Ether
 
 from tests.routerlab import RunningRouter, router_mac, start_router
 from tests.topology import make_lab, requires_netns, topology  # noqa: F401
-from tests.wire import Sniffer, host_mac, udp_socket
+from tests.wire import Sniffer, host_mac, to_router, udp_socket
 
 pytestmark = requires_netns
 
@@ -182,16 +182,12 @@ def _send_and_collect_errors(lab, frames: list[bytes], timeout: float = 1.0) -> 
                          and p[ICMP].type in (3, 11), timeout=timeout, want=len(frames) + 1)
 
 
-def _from_h1(lab, pkt) -> bytes:
-    return bytes(Ether(dst=router_mac(1), src=host_mac(lab, "h1")) / pkt)
-
-
 def test_icmp_error_quotes_at_most_576_bytes_in_all(lab, router):
     """RFC 1812 4.3.2.3: as much of the offending datagram as fits in 576
     bytes; the quote is the datagram as received, byte for byte."""
     sent = IP(src="10.1.0.2", dst="10.99.0.7", id=0x576) / UDP(sport=5, dport=40010) / bytes(
         i & 0xFF for i in range(1400))
-    errors = _send_and_collect_errors(lab, [_from_h1(lab, sent)])
+    errors = _send_and_collect_errors(lab, [to_router(lab, "h1", sent)])
     assert len(errors) == 1, errors
     ip = errors[0][IP]
     assert (ip[ICMP].type, ip[ICMP].code) == (3, 0)
@@ -199,7 +195,7 @@ def test_icmp_error_quotes_at_most_576_bytes_in_all(lab, router):
     assert bytes(ip)[28:] == bytes(sent)[:576 - 28]
     # ... and a short datagram is quoted whole.
     short = IP(src="10.1.0.2", dst="10.99.0.8") / UDP(sport=5, dport=40010) / b"short"
-    errors = _send_and_collect_errors(lab, [_from_h1(lab, short)])
+    errors = _send_and_collect_errors(lab, [to_router(lab, "h1", short)])
     assert len(errors) == 1 and bytes(errors[0][IP])[28:] == bytes(short)
 
 
@@ -215,7 +211,7 @@ def test_no_icmp_error_about_an_icmp_error(lab, router, icmp_type):
     error = IP(src="10.1.0.2", dst="10.99.0.9") / ICMP(type=icmp_type, code=0) / (
         IP(src="10.99.0.9", dst="10.1.0.2") / UDP(sport=9, dport=7))
     query = IP(src="10.1.0.2", dst="10.99.0.9") / ICMP(type=8, id=0x77, seq=icmp_type)
-    errors = _send_and_collect_errors(lab, [_from_h1(lab, error), _from_h1(lab, query)])
+    errors = _send_and_collect_errors(lab, [to_router(lab, "h1", error), to_router(lab, "h1", query)])
     after = router.stats()
     assert after["drops"]["no_route"] == before["drops"]["no_route"] + 2
     quoted = [bytes(e[ICMP].payload)[20] for e in errors]        # the quoted ICMP type
@@ -229,7 +225,7 @@ def test_no_icmp_error_about_a_non_initial_fragment(lab, router):
     first = IP(src="10.1.0.2", dst="10.99.0.10", id=0xF1, flags="MF", frag=0) / (b"a" * 64)
     later = IP(src="10.1.0.2", dst="10.99.0.10", id=0xF1, flags="MF", frag=8, proto=17) / (b"b" * 64)
     last = IP(src="10.1.0.2", dst="10.99.0.10", id=0xF1, frag=16, proto=17) / (b"c" * 64)
-    errors = _send_and_collect_errors(lab, [_from_h1(lab, p) for p in (later, last, first)])
+    errors = _send_and_collect_errors(lab, [to_router(lab, "h1", p) for p in (later, last, first)])
     after = router.stats()
     assert after["drops"]["no_route"] == before["drops"]["no_route"] + 3
     assert len(errors) == 1, [e.summary() for e in errors]

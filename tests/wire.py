@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 from scapy.layers.l2 import Ether
 
 from forwarder import netns as nn
+from tests.routerlab import router_mac
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 
@@ -89,6 +90,12 @@ def host_mac(lab, name: str) -> str:
     if key not in _MACS:
         _MACS[key] = nn.link_info(h.ifname, h.netns).mac
     return _MACS[key]
+
+
+def to_router(lab, host: str, pkt: object, dst: str | None = None) -> bytes:
+    """``pkt`` in an Ethernet frame from host ``host`` ("h1") to the router's
+    MAC on its link (or to ``dst``)."""
+    return bytes(Ether(dst=dst or router_mac(int(host[1:])), src=host_mac(lab, host)) / pkt)
 
 
 @contextmanager
