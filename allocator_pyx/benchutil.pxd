@@ -1,9 +1,7 @@
 # cython: language_level=3
 #
-# benchutil.pxd -- what the nogil timing loops (uma_tools, mbuf_bench) share.
-
-from libc.stdint cimport int64_t
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+# benchutil.pxd -- what the nogil timing loops (uma_tools, mbuf_bench) share
+# besides the clock (allocator_pyx.includes.now_ns).
 
 cdef extern from *:
     """
@@ -12,8 +10,3 @@ cdef extern from *:
     """
     void bench_escape(void *p) nogil
 
-
-cdef inline int64_t bench_now_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec

@@ -21,6 +21,7 @@
 # Naming: m_ (the mbuf(9) API), M_ (FreeBSD's macros, here inline functions),
 # mb_ (zone glue and internals), mbuf_ (initialisation, limits, stats).
 
+from libc.errno cimport ENOBUFS
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 from posix.uio cimport iovec
 
@@ -321,6 +322,66 @@ cdef unsigned int m_length(mbuf *m0, mbuf **last) noexcept nogil
 cdef unsigned int m_fixhdr(mbuf *m0) noexcept nogil
 cdef int m_count(mbuf *m0) noexcept nogil
 cdef mbuf *m_devget(const char *buf, int totlen, int off, int rcvif) noexcept nogil
+
+# --- packet queues (FreeBSD's struct mbufq, sys/sys/mbuf.h) ----------------------
+#
+# A FIFO of packets linked through m_nextpkt, with a length and a limit.
+# mbufq_enqueue refuses a packet when the queue is full (ENOBUFS) and leaves
+# it to the caller, who counts the drop under its own reason; mbufq_drain
+# frees everything and says how much, for the same reason.  Not locked: the
+# owner of the queue serialises (the dataplane holds its lock).
+
+cdef struct mbufq:
+    mbuf *mq_head
+    mbuf *mq_tail
+    int mq_len
+    int mq_maxlen
+
+cdef inline void mbufq_init(mbufq *mq, int maxlen) noexcept nogil:
+    mq.mq_head = NULL
+    mq.mq_tail = NULL
+    mq.mq_len = 0
+    mq.mq_maxlen = maxlen
+
+cdef inline int mbufq_len(const mbufq *mq) noexcept nogil:
+    return mq.mq_len
+
+cdef inline bint mbufq_full(const mbufq *mq) noexcept nogil:
+    return mq.mq_len >= mq.mq_maxlen
+
+cdef inline int mbufq_enqueue(mbufq *mq, mbuf *m) noexcept nogil:
+    """Append m (one packet); ENOBUFS, m untouched, when the queue is full."""
+    if mbufq_full(mq):
+        return ENOBUFS
+    m.m_nextpkt = NULL
+    if mq.mq_tail != NULL:
+        mq.mq_tail.m_nextpkt = m
+    else:
+        mq.mq_head = m
+    mq.mq_tail = m
+    mq.mq_len += 1
+    return 0
+
+cdef inline mbuf *mbufq_dequeue(mbufq *mq) noexcept nogil:
+    """The oldest packet, unlinked; NULL when empty."""
+    cdef mbuf *m = mq.mq_head
+    if m != NULL:
+        mq.mq_head = m.m_nextpkt
+        if mq.mq_head == NULL:
+            mq.mq_tail = NULL
+        m.m_nextpkt = NULL
+        mq.mq_len -= 1
+    return m
+
+cdef inline int mbufq_drain(mbufq *mq) noexcept nogil:
+    """Free every packet; the number freed."""
+    cdef int n = 0
+    cdef mbuf *m = mbufq_dequeue(mq)
+    while m != NULL:
+        m_freem(m)
+        n += 1
+        m = mbufq_dequeue(mq)
+    return n
 
 # --- file descriptors (the dataplane) ------------------------------------------
 

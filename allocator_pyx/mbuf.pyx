@@ -77,32 +77,21 @@ from posix.unistd cimport close, read, sysconf, write
 
 cimport cython
 
-from allocator_pyx.uma cimport (M_NOWAIT, M_WAITOK, M_ZERO, UMA_ZONE_REFCNT, pthread_mutex_t,
+from allocator_pyx.includes cimport (_SC_PAGESIZE, _SC_PHYS_PAGES, likely, pthread_mutex_init,
+                                     pthread_mutex_lock, pthread_mutex_t, pthread_mutex_unlock,
+                                     unlikely)
+from allocator_pyx.uma cimport (M_NOWAIT, M_WAITOK, M_ZERO, UMA_ZONE_REFCNT,
                                 uma_find_refcnt, uma_keg_set_max, uma_refcnt_acquire,
                                 uma_refcnt_get, uma_refcnt_release, uma_refcnt_set,
                                 uma_zalloc, uma_zalloc_arg, uma_zcreate, uma_zfree,
                                 uma_zone, uma_zone_drain, uma_zone_set_max, uma_zone_stat,
                                 uma_zone_stats, uma_zsecond_create, zone_wrap)
 
-cdef extern from "<pthread.h>" nogil:
-    int pthread_mutex_init(pthread_mutex_t *m, const void *a)
-    int pthread_mutex_lock(pthread_mutex_t *m)
-    int pthread_mutex_unlock(pthread_mutex_t *m)
-
-cdef extern from "<unistd.h>" nogil:
-    enum:
-        _SC_PHYS_PAGES
-        _SC_PAGESIZE
-
 cdef extern from *:
     """
-    #define mb_likely(x)   __builtin_expect(!!(x), 1)
-    #define mb_unlikely(x) __builtin_expect(!!(x), 0)
     #include <errno.h>
     static inline void mb_set_errno(int e) { errno = e; }
     """
-    bint mb_likely(bint) nogil
-    bint mb_unlikely(bint) nogil
     void mb_set_errno(int e) nogil
 
 
@@ -387,7 +376,7 @@ cdef int mbuf_init() noexcept nogil:
     cdef uint64_t lim[MBL_COUNT]
     global zone_mbuf, zone_clust, zone_pack, zone_jumbop, zone_jumbo9, zone_jumbo16
     global mb_inited
-    if mb_likely(mb_inited):
+    if likely(mb_inited):
         return 0
     pthread_mutex_lock(&mb_lock)
     if not mb_inited:
@@ -479,7 +468,7 @@ cdef mbuf *m_getcl(int how, int type, int flags) noexcept nogil:
     a.type = type
     how &= (M_NOWAIT | M_WAITOK)
     m = <mbuf *>uma_zalloc_arg(zone_pack, &a, how)
-    if mb_likely(m != NULL) or (how & M_WAITOK):
+    if likely(m != NULL) or (how & M_WAITOK):
         return m
     m = <mbuf *>uma_zalloc_arg(zone_mbuf, &a, how)
     if m == NULL:

@@ -7,7 +7,8 @@ loop writes one byte of the data it gets, as a consumer would, and hides the
 pointer from the compiler so nothing is elided."""
 
 from libc.stdint cimport int64_t
-from allocator_pyx.benchutil cimport bench_escape, bench_now_ns
+from allocator_pyx.benchutil cimport bench_escape
+from allocator_pyx.includes cimport now_ns
 
 from allocator_pyx.uma cimport M_NOWAIT, uma_zalloc, uma_zfree
 from allocator_pyx.mbuf cimport (M_COPYALL, M_PKTHDR, MCLBYTES, MT_DATA, m_append, m_clget,
@@ -22,13 +23,13 @@ def getcl_freem_ns(long n) -> float:
     cdef int64_t t0, t1
     with nogil:
         m_freem(m_getcl(M_NOWAIT, MT_DATA, M_PKTHDR))     # warm the cache
-        t0 = bench_now_ns()
+        t0 = now_ns()
         for i in range(n):
             m = m_getcl(M_NOWAIT, MT_DATA, M_PKTHDR)
             mtod(m)[0] = <char>i
             bench_escape(m)
             m_freem(m)
-        t1 = bench_now_ns()
+        t1 = now_ns()
     return (t1 - t0) / <double>n
 
 
@@ -40,13 +41,13 @@ def pack_pair_ns(long n) -> float:
     cdef int64_t t0, t1
     with nogil:
         uma_zfree(zone_pack, uma_zalloc(zone_pack, M_NOWAIT))
-        t0 = bench_now_ns()
+        t0 = now_ns()
         for i in range(n):
             m = <mbuf *>uma_zalloc(zone_pack, M_NOWAIT)
             m.m_ext.ext_buf[0] = <char>i
             bench_escape(m)
             uma_zfree(zone_pack, m)
-        t1 = bench_now_ns()
+        t1 = now_ns()
     return (t1 - t0) / <double>n
 
 
@@ -57,13 +58,13 @@ def get_free_ns(long n) -> float:
     cdef int64_t t0, t1
     with nogil:
         m_free(m_get(M_NOWAIT, MT_DATA))
-        t0 = bench_now_ns()
+        t0 = now_ns()
         for i in range(n):
             m = m_get(M_NOWAIT, MT_DATA)
             mtod(m)[0] = <char>i
             bench_escape(m)
             m_free(m)
-        t1 = bench_now_ns()
+        t1 = now_ns()
     return (t1 - t0) / <double>n
 
 
@@ -77,14 +78,14 @@ def get_clget_freem_ns(long n) -> float:
         m = m_get(M_NOWAIT, MT_DATA)
         m_clget(m, M_NOWAIT)
         m_freem(m)
-        t0 = bench_now_ns()
+        t0 = now_ns()
         for i in range(n):
             m = m_get(M_NOWAIT, MT_DATA)
             m_clget(m, M_NOWAIT)
             mtod(m)[0] = <char>i
             bench_escape(m)
             m_freem(m)
-        t1 = bench_now_ns()
+        t1 = now_ns()
     return (t1 - t0) / <double>n
 
 
@@ -114,11 +115,11 @@ def copym_3cl_ns(long n) -> float:
                 c.m_next = m
         top.m_pkthdr.len = 3 * MCLBYTES
         m_freem(m_copym(top, 0, M_COPYALL, M_NOWAIT))
-        t0 = bench_now_ns()
+        t0 = now_ns()
         for i in range(n):
             c = m_copym(top, 0, M_COPYALL, M_NOWAIT)
             bench_escape(c)
             m_freem(c)
-        t1 = bench_now_ns()
+        t1 = now_ns()
         m_freem(top)
     return (t1 - t0) / <double>n

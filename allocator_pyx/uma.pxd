@@ -19,11 +19,7 @@
 
 from libc.stdint cimport uint16_t, uint32_t, uint64_t, int64_t, uintptr_t
 
-cdef extern from "<pthread.h>" nogil:
-    ctypedef struct pthread_mutex_t:
-        pass
-    ctypedef struct pthread_cond_t:
-        pass
+from allocator_pyx.includes cimport pthread_cond_t, pthread_mutex_t
 
 cdef enum:
     # allocation flags (as malloc(9))

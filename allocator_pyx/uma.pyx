@@ -54,28 +54,16 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset, strncpy
 from posix.mman cimport (MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ,
                          PROT_WRITE, mmap, munmap)
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from posix.time cimport CLOCK_MONOTONIC, timespec
+
+from allocator_pyx.includes cimport (likely, now_ns, pthread_cond_broadcast, pthread_cond_destroy,
+                                     pthread_cond_init, pthread_cond_timedwait, pthread_condattr_init,
+                                     pthread_condattr_setclock, pthread_condattr_t, pthread_key_create,
+                                     pthread_key_t, pthread_mutex_destroy, pthread_mutex_init,
+                                     pthread_mutex_lock, pthread_mutex_unlock, pthread_setspecific,
+                                     unlikely)
 
 cimport cython
-
-cdef extern from "<pthread.h>" nogil:
-    ctypedef struct pthread_mutexattr_t:
-        pass
-    ctypedef struct pthread_condattr_t:
-        pass
-    ctypedef unsigned int pthread_key_t
-    int pthread_mutex_init(pthread_mutex_t *m, const pthread_mutexattr_t *a)
-    int pthread_mutex_destroy(pthread_mutex_t *m)
-    int pthread_mutex_lock(pthread_mutex_t *m)
-    int pthread_mutex_unlock(pthread_mutex_t *m)
-    int pthread_condattr_init(pthread_condattr_t *a)
-    int pthread_condattr_setclock(pthread_condattr_t *a, int clock)
-    int pthread_cond_init(pthread_cond_t *c, const pthread_condattr_t *a)
-    int pthread_cond_destroy(pthread_cond_t *c)
-    int pthread_cond_broadcast(pthread_cond_t *c)
-    int pthread_cond_timedwait(pthread_cond_t *c, pthread_mutex_t *m, const timespec *t)
-    int pthread_key_create(pthread_key_t *k, void (*dtor)(void *) noexcept nogil)
-    int pthread_setspecific(pthread_key_t k, const void *v)
 
 cdef extern from *:
     """
@@ -84,16 +72,12 @@ cdef extern from *:
        __tls_get_addr (the module is dlopen()ed; glibc keeps static TLS
        room for a few such variables). */
     static __thread void *uma_tls __attribute__((tls_model("initial-exec"))) = NULL;
-    #define uma_likely(x)   __builtin_expect(!!(x), 1)
-    #define uma_unlikely(x) __builtin_expect(!!(x), 0)
     static inline void uma_atomic_add64(uint64_t *p, int64_t v)
     { __atomic_add_fetch(p, (uint64_t)v, __ATOMIC_RELAXED); }
     static inline uint64_t uma_atomic_load64(uint64_t *p)
     { return __atomic_load_n(p, __ATOMIC_RELAXED); }
     """
     void *uma_tls
-    bint uma_likely(bint) nogil
-    bint uma_unlikely(bint) nogil
     void uma_atomic_add64(uint64_t *p, int64_t v) nogil
     uint64_t uma_atomic_load64(uint64_t *p) nogil
 
@@ -126,12 +110,6 @@ cdef pthread_key_t uma_thread_key
 cdef uma_zone *uma_zones[UMA_MAX_ZONES]
 cdef uma_thread *uma_threads = NULL
 cdef uint64_t uma_mapped = 0           # bytes of slabs mapped, all kegs
-
-
-cdef inline int64_t uma_now_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
 
 
 cdef inline void lock(pthread_mutex_t *m) noexcept nogil:
@@ -539,7 +517,7 @@ cdef void *zone_alloc_item(uma_zone *zone, void *arg, int flags, int64_t timeout
     cdef timespec ts
     cdef bint slept = False
     if timeout_ns > 0:
-        deadline = uma_now_ns() + timeout_ns
+        deadline = now_ns() + timeout_ns
     c = cache_lookup(zone)          # may register the thread: before the zone lock
     lock(&zone.uz_lock)
     if zone.uz_slow and c != NULL:
@@ -563,7 +541,7 @@ cdef void *zone_alloc_item(uma_zone *zone, void *arg, int flags, int64_t timeout
         if not slept:
             zone.uz_sleeps += 1
             slept = True
-        now = uma_now_ns()
+        now = now_ns()
         if deadline and now >= deadline:
             zone.uz_fails += 1
             break
@@ -669,7 +647,7 @@ cdef void thread_dtor(void *arg) noexcept nogil:
 
 cdef inline uma_cache *cache_lookup(uma_zone *zone) noexcept nogil:
     cdef uma_thread *t = <uma_thread *>uma_tls
-    if uma_unlikely(t == NULL):
+    if unlikely(t == NULL):
         t = thread_register()
         if t == NULL:
             return NULL
@@ -788,14 +766,14 @@ cdef inline void *zone_alloc(uma_zone *zone, void *arg, int flags, int64_t timeo
     cdef uma_cache *c
     cdef uma_bucket *b
     cdef void *item
-    if uma_likely(t != NULL and not zone.uz_slow):
+    if likely(t != NULL and not zone.uz_slow):
         c = &t.ut_cache[zone.uz_id]
         b = c.uc_allocbucket
-        if uma_likely(b != NULL and b.ub_cnt > 0):
+        if likely(b != NULL and b.ub_cnt > 0):
             b.ub_cnt -= 1
             item = b.ub_bucket[b.ub_cnt]
             c.uc_allocs += 1
-            if uma_likely(zone.uz_ctor == NULL and not (flags & M_ZERO)):
+            if likely(zone.uz_ctor == NULL and not (flags & M_ZERO)):
                 return item
             return zone_ctor(zone, item, arg, flags)
     return cache_alloc_slow(zone, arg, flags, timeout_ns)
@@ -821,10 +799,10 @@ cdef void uma_zfree_arg(uma_zone *zone, void *item, void *arg) noexcept nogil:
         return
     if zone.uz_dtor != NULL:
         zone.uz_dtor(item, zone.uz_size, arg)
-    if uma_likely(t != NULL and not zone.uz_slow):
+    if likely(t != NULL and not zone.uz_slow):
         c = &t.ut_cache[zone.uz_id]
         b = c.uc_allocbucket       # LIFO: the next alloc gets this item, cache-hot
-        if uma_likely(b != NULL and b.ub_cnt < b.ub_entries):
+        if likely(b != NULL and b.ub_cnt < b.ub_entries):
             b.ub_bucket[b.ub_cnt] = item
             b.ub_cnt += 1
             c.uc_frees += 1
@@ -1062,7 +1040,7 @@ cdef void uma_zone_stats(uma_zone *zone, uma_zone_stat *st) noexcept nogil:
     a few items off while they run."""
     cdef uma_thread *t
     cdef uma_cache *c
-    cdef uint64_t allocs, frees, cached
+    cdef uint64_t allocs, frees, cached, kfree
     cdef uma_keg *keg = zone.uz_keg
     memset(st, 0, sizeof(uma_zone_stat))
     lock(&uma_global_lock)
@@ -1094,8 +1072,17 @@ cdef void uma_zone_stats(uma_zone *zone, uma_zone_stat *st) noexcept nogil:
     st.keg_slabs = keg.uk_nslabs
     st.keg_slabsize = keg.uk_slabsize
     # vmstat -z FREE: the zone's cached items, and for the keg's primary zone
-    # also the free items in the keg's slabs.
-    st.free = cached + (keg.uk_free if keg.uk_primary == zone else 0)
+    # also the free items in the keg's slabs that a limit still lets out.  A
+    # slab is mapped whole, so under a limit smaller than a slab (16 clusters
+    # of a 31-item slab) the rest of it is memory no allocation can reach:
+    # counting it would show a total above the limit.  (USED plus cache may
+    # still exceed a limit lowered below what is in use: nothing is revoked.)
+    kfree = keg.uk_free if keg.uk_primary == zone else 0
+    if kfree and keg.uk_limit:
+        kfree = min(kfree, keg.uk_limit - min(keg.uk_limit, keg_items_out(keg)))
+    if kfree and zone.uz_limit:
+        kfree = min(kfree, zone.uz_limit - min(zone.uz_limit, zone.uz_items))
+    st.free = cached + kfree
     unlock(&keg.uk_lock)
     unlock(&zone.uz_lock)
     unlock(&uma_global_lock)

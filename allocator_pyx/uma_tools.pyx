@@ -6,7 +6,8 @@ uma.pxd interface (a call through the module's exported function table)."""
 
 from libc.stdint cimport uint32_t, uint64_t, int64_t, uintptr_t
 from libc.stdlib cimport free, malloc
-from allocator_pyx.benchutil cimport bench_escape, bench_now_ns
+from allocator_pyx.benchutil cimport bench_escape
+from allocator_pyx.includes cimport now_ns
 
 from allocator_pyx.uma cimport (M_NOWAIT, M_WAITOK, Zone, uma_zalloc, uma_zalloc_timed,
                                 uma_zfree)
@@ -20,13 +21,13 @@ def pair_ns(Zone zone not None, long n) -> float:
     with nogil:
         p = <char *>uma_zalloc(zone.zone, M_NOWAIT)      # warm the cache
         uma_zfree(zone.zone, p)
-        t0 = bench_now_ns()
+        t0 = now_ns()
         for i in range(n):
             p = <char *>uma_zalloc(zone.zone, M_NOWAIT)
             p[0] = <char>i
             bench_escape(p)
             uma_zfree(zone.zone, p)
-        t1 = bench_now_ns()
+        t1 = now_ns()
     return (t1 - t0) / <double>n
 
 
@@ -36,13 +37,13 @@ def malloc_pair_ns(size_t size, long n) -> float:
     cdef char *p
     cdef int64_t t0, t1
     with nogil:
-        t0 = bench_now_ns()
+        t0 = now_ns()
         for i in range(n):
             p = <char *>malloc(size)
             p[0] = <char>i
             bench_escape(p)
             free(p)
-        t1 = bench_now_ns()
+        t1 = now_ns()
     return (t1 - t0) / <double>n
 
 
@@ -56,13 +57,13 @@ def batch_ns(Zone zone not None, long rounds, int batch) -> float:
     if held == NULL:
         raise MemoryError()
     with nogil:
-        t0 = bench_now_ns()
+        t0 = now_ns()
         for r in range(rounds):
             for i in range(batch):
                 held[i] = uma_zalloc(zone.zone, M_NOWAIT)
             for i in range(batch):
                 uma_zfree(zone.zone, held[i])
-        t1 = bench_now_ns()
+        t1 = now_ns()
     free(held)
     return (t1 - t0) / (<double>rounds * batch)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from forwarder import sysctl
+from forwarder.dataplane import MAX_ADDRESSES, MTU_MAX, MTU_MIN
 from forwarder.tomlpos import Locator
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ SOCKET_DIR = Path("/run/forwarder")
 NETNS_DIR = Path("/var/run/netns")
 IFNAMSIZ = 16                      # including the terminating NUL
 # The largest frame must fit a 16k jumbo cluster (MJUM16BYTES) with its Ethernet header.
-MTU_MIN, MTU_MAX, MTU_DEFAULT = 68, 16000, 1500
+MTU_DEFAULT = 1500
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 ROUTE_TYPES = ("blackhole", "unreachable", "prohibit")
 
@@ -433,6 +434,10 @@ class _Reader:
             self.error(path + ("addresses",),
                        "must be a non-empty list of IPv4 addresses with prefix length "
                        "(e.g. [\"10.1.0.1/24\"])")
+            return []
+        if len(raw) > MAX_ADDRESSES:
+            self.error(path + ("addresses",),
+                       f"{len(raw)} addresses: an interface holds at most {MAX_ADDRESSES}")
             return []
         out: list[IPv4Interface] = []
         for j, text in enumerate(raw):

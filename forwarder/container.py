@@ -27,8 +27,9 @@ import shlex
 import sys
 from typing import Mapping, Sequence
 
+from forwarder.cli import EXIT_USAGE
+
 ENV_OPTS = "FORWARDER_OPTS"
-EXIT_USAGE = 2
 
 
 class ContainerError(ValueError):

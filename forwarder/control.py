@@ -15,7 +15,8 @@ Commands (``args`` in brackets):
     sysctl.get  [names]           records by name or prefix
     sysctl.set  [assignments]     {name: value}, all or nothing -> [[name, old, new]]
     zones                         vmstat -z rows of the mbuf zones
-    stats                         interface counters, drop reasons, ICMP, ARP, reloads
+    stats [describe]              interface counters, drop reasons, ICMP, ARP, reloads;
+                                  describe: also {reason: description} as drop_reasons
     route.list | route.add [prefix, via | interface | type] | route.del [prefix]
     arp.list | arp.del [ip, interface]
     reload                        re-read the config file -> [change, ...]
@@ -42,6 +43,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from forwarder.router import Router
+
+from forwarder.dataplane import DROP_REASONS
 
 log = logging.getLogger("forwarder.control")
 
@@ -85,8 +88,10 @@ def handlers(router: "Router") -> dict[str, Callable[..., Any]]:
     def sysctl_set(assignments: dict[str, Any]) -> list[list]:
         return [list(t) for t in router.sysctl.set_many(assignments)]
 
-    def stats() -> dict:
+    def stats(describe: bool = False) -> dict:
         s = router.dp.stats()
+        if describe:
+            s["drop_reasons"] = dict(DROP_REASONS)
         s["reloads"] = {"ok": router.reloads.ok, "failed": router.reloads.failed,
                         "last_error": router.reloads.last_error}
         s["router"] = router.config.router.name

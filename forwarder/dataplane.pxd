@@ -10,13 +10,17 @@
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 
-from allocator_pyx.mbuf cimport mbuf
-from allocator_pyx.uma cimport pthread_mutex_t
+from allocator_pyx.mbuf cimport mbuf, mbufq
+from allocator_pyx.includes cimport pthread_mutex_t
+from forwarder.inet cimport ICMP_MAXTYPE
 from forwarder.route cimport rtable
 
 cdef enum:
-    DP_MAX_IFS = 64
+    DP_MAX_IFS = 64             # net.link.max_interfaces is bounded by this
     DP_MAX_ADDRS = 8
+    DP_MTU_MIN = 68             # RFC 791: every link carries 68 bytes unfragmented
+    DP_MTU_MAX = 16000          # the largest frame read fits a 16k jumbo cluster
+    DP_MAX_STALL = 3600         # seconds: forwarder debug stall
     DP_BURST = 32               # frames read from one TAP per wake-up
     DP_ARP_SIZE = 4096          # ARP hash slots (power of two)
     DP_ARP_MAX = 3072           # entries at most (load factor 3/4)
@@ -25,38 +29,44 @@ cdef enum:
     DP_LINKHDR = 16             # leading space reserved in mbufs we build
     DP_WAKE = 0xffffffff        # epoll token of the wake-up eventfd
 
-# Why a packet was dropped: one counter each (names in dataplane.pyx).
-cdef enum:   # dp_drop
-    DROP_RUNT = 0               # shorter than an Ethernet header
-    DROP_NOT_OURS               # unicast to another station's MAC
-    DROP_ETHERTYPE              # neither IPv4 nor ARP
-    DROP_ARP_BAD                # malformed ARP
-    DROP_IP_SHORT               # shorter than an IPv4 header
-    DROP_IP_VERSION             # version != 4
-    DROP_IP_HLEN                # IHL < 5 or beyond the frame
-    DROP_IP_CKSUM               # header checksum wrong
-    DROP_IP_LEN                 # total length < header or > frame
-    DROP_MARTIAN_SRC            # 0/8, 127/8, class D/E source
-    DROP_MARTIAN_DST            # 0/8, 127/8, class E destination
-    DROP_L2_BCAST               # link-layer broadcast/multicast, not forwarded
-    DROP_BCAST_DST              # IP broadcast or multicast destination
-    DROP_FORWARDING_OFF         # net.inet.ip.forwarding = 0
-    DROP_NO_ROUTE               # no route (ICMP net unreachable)
-    DROP_BLACKHOLE              # blackhole route
-    DROP_UNREACHABLE            # unreachable route (ICMP host unreachable)
-    DROP_PROHIBIT               # prohibit route (ICMP admin prohibited)
-    DROP_TTL                    # TTL expired (ICMP time exceeded)
-    DROP_NEEDFRAG               # DF set, larger than the MTU (ICMP frag needed)
-    DROP_NOBUF                  # no mbuf or cluster (zone limit or memory)
-    DROP_ARP_TIMEOUT            # next hop never answered ARP (ICMP host unreachable)
-    DROP_ARP_HOLD               # ARP hold queue overflow (oldest dropped)
-    DROP_ARP_RECLAIM            # held packets freed because buffers ran out
-    DROP_ARP_FULL               # ARP table full
-    DROP_LOCAL                  # to the router and not an echo request
-    DROP_ICMP_BAD               # echo request with a bad ICMP checksum or length
-    DROP_TX_ERROR               # writev() to the TAP failed
-    DROP_OUTPUT_NO_ROUTE        # a packet of our own with no route back
-    DROP_MAX
+# Why a packet was dropped: the reasons, their names and descriptions are
+# defined once, in dp_drop.h; these are the symbols as Cython sees them.
+cdef extern from "dp_drop.h":
+    enum:   # dp_drop_t
+        DROP_RUNT
+        DROP_NOT_OUR_MAC
+        DROP_ETHERTYPE
+        DROP_ARP_MALFORMED
+        DROP_ARP_NOT_ON_LINK
+        DROP_IP_TOO_SHORT
+        DROP_IP_BAD_VERSION
+        DROP_IP_BAD_HEADER_LENGTH
+        DROP_IP_BAD_CHECKSUM
+        DROP_IP_BAD_TOTAL_LENGTH
+        DROP_MARTIAN_SOURCE
+        DROP_MARTIAN_DESTINATION
+        DROP_LINK_BROADCAST
+        DROP_IP_BROADCAST_DESTINATION
+        DROP_FORWARDING_DISABLED
+        DROP_NO_ROUTE
+        DROP_BLACKHOLE
+        DROP_UNREACHABLE_ROUTE
+        DROP_PROHIBITED_ROUTE
+        DROP_TTL_EXCEEDED
+        DROP_NEEDFRAG_DF_SET
+        DROP_NO_BUFFER
+        DROP_ARP_TIMEOUT
+        DROP_ARP_HOLD_OVERFLOW
+        DROP_ARP_HOLD_RECLAIMED
+        DROP_ARP_TABLE_FULL
+        DROP_ARP_INTERFACE_FULL
+        DROP_LOCAL_NOT_ECHO
+        DROP_ICMP_MALFORMED
+        DROP_TX_ERROR
+        DROP_OUTPUT_NO_ROUTE
+        DROP_MAX
+    const char *const dp_drop_symbol[]
+    const char *const dp_drop_description[]
 
 cdef struct dp_ifnet:
     int fd
@@ -75,6 +85,7 @@ cdef struct dp_ifnet:
     uint64_t tx_packets
     uint64_t tx_bytes
     uint64_t tx_errors
+    int narp                    # ARP entries on this interface (capped by arp_max_per_if)
     int lost_errno              # the device went away (its namespace died): 0 while up
 
 cdef enum:
@@ -88,11 +99,9 @@ cdef struct dp_arp:
     int state
     uint8_t mac[6]
     int tries                   # requests sent while incomplete
-    int nhold
     int64_t expire_ns           # REACHABLE until then
     int64_t last_req_ns
-    mbuf *hold_head             # packets waiting for the answer (m_nextpkt)
-    mbuf *hold_tail
+    mbufq hold                  # packets waiting for the answer, oldest first
 
 cdef struct dp_state:
     pthread_mutex_t lock
@@ -103,7 +112,7 @@ cdef struct dp_state:
     int narp
     uint64_t drops[DROP_MAX]
     # ICMP
-    uint64_t icmp_out[19]       # errors and replies sent, by type
+    uint64_t icmp_out[ICMP_MAXTYPE + 1]     # errors and replies sent, by type
     uint64_t icmp_ratelimited
     double icmp_tokens
     int64_t icmp_refill_ns
@@ -121,6 +130,7 @@ cdef struct dp_state:
     int arp_max_age             # seconds
     int arp_maxhold
     int arp_max_tries
+    int arp_max_per_if          # entries one interface may hold
     # loop
     int epfd
     int wakefd

@@ -94,6 +94,13 @@ cdef enum:
     IP_MF = 0x2000
     IP_OFFMASK = 0x1fff
 
+    IP_ADDR_LEN = 4             # ar_pln of Ethernet/IPv4 ARP
+    IPTOS_PREC_INTERNETCONTROL = 0xc0   # ip_tos of ICMP errors (RFC 1812 4.3.2.5)
+
+    IPOPT_EOL = 0               # end of options
+    IPOPT_NOP = 1               # no-operation (padding)
+    IPOPT_COPIED = 0x80         # option type flag: copied into every fragment (RFC 791)
+
     IPPROTO_ICMP = 1
     IPPROTO_TCP = 6
     IPPROTO_UDP = 17
@@ -144,6 +151,7 @@ cdef enum:
     ICMP_TIMXCEED_INTRANS = 0
     ICMP_TIMXCEED_REASS = 1
     ICMP_PARAMPROB = 12
+    ICMP_MAXTYPE = 18           # the highest type RFC 792/950 define (FreeBSD's bound)
 
     ICMP_HDR_LEN = 8            # type, code, cksum, 4 bytes id/seq/unused/mtu
     ICMP_ERR_MAXLEN = 576       # an error datagram never exceeds this (RFC 1812 4.3.2.3)
@@ -155,12 +163,53 @@ cdef enum:
     ICMP_OFF_SEQ = 6
     ICMP_OFF_NEXTMTU = 6
 
-cdef packed struct icmp_hdr:
+cdef packed struct icmp_hdr:         # echo request / reply
     uint8_t icmp_type
     uint8_t icmp_code
     uint16_t icmp_cksum         # as stored (see in_cksum)
-    uint16_t icmp_id            # echo identifier; 0 ("unused") in errors
-    uint16_t icmp_seq           # echo sequence; next-hop MTU for NEEDFRAG (network order)
+    uint16_t icmp_id            # echo identifier (network order)
+    uint16_t icmp_seq           # echo sequence (network order)
+
+cdef packed struct icmp_err_hdr:     # errors: unreachable, time exceeded, ... (RFC 792)
+    uint8_t icmp_type
+    uint8_t icmp_code
+    uint16_t icmp_cksum         # as stored
+    uint16_t icmp_pmvoid        # unused: 0
+    uint16_t icmp_nextmtu       # next-hop MTU of NEEDFRAG (RFC 1191), else 0; network order
+
+
+cdef inline bint icmp_is_error(int type) noexcept nogil:
+    """An ICMP error message (never answered with another error, RFC 1122
+    3.2.2); the others are queries and replies (FreeBSD's !ICMP_INFOTYPE)."""
+    return (type == ICMP_UNREACH or type == ICMP_SOURCEQUENCH or type == ICMP_REDIRECT
+            or type == ICMP_TIMXCEED or type == ICMP_PARAMPROB)
+
+
+# --- unaligned loads and stores in network order --------------------------------
+#
+# For fields outside the packed structs (and for building headers field by
+# field): the value in host order, through memcpy (one load or store).
+
+cdef inline uint16_t ld16(const void *p) noexcept nogil:
+    cdef uint16_t v
+    memcpy(&v, p, 2)
+    return ntohs(v)
+
+
+cdef inline uint32_t ld32(const void *p) noexcept nogil:
+    cdef uint32_t v
+    memcpy(&v, p, 4)
+    return ntohl(v)
+
+
+cdef inline void st16(void *p, uint16_t host) noexcept nogil:
+    cdef uint16_t v = htons(host)
+    memcpy(p, &v, 2)
+
+
+cdef inline void st32(void *p, uint32_t host) noexcept nogil:
+    cdef uint32_t v = htonl(host)
+    memcpy(p, &v, 4)
 
 
 # --- Internet checksum (RFC 1071) -----------------------------------------------
@@ -242,41 +291,41 @@ cdef inline uint16_t in_cksum_update32(uint16_t hc, uint32_t old, uint32_t new) 
 
 
 # --- IPv4 header helpers ------------------------------------------------------
+#
+# They take the packed header (FreeBSD's `struct ip *`): cast the packet
+# pointer once, then use the fields by name.
 
-cdef inline int ip_hl(const unsigned char *iph) noexcept nogil:
+cdef inline int ip_hl(const ip_hdr *ip) noexcept nogil:
     """Header length in bytes (IHL * 4)."""
-    return (iph[0] & 0x0f) << 2
+    return (ip.ip_vhl & 0x0f) << 2
 
 
-cdef inline int ip_v(const unsigned char *iph) noexcept nogil:
-    return iph[0] >> 4
+cdef inline int ip_v(const ip_hdr *ip) noexcept nogil:
+    return ip.ip_vhl >> 4
 
 
-cdef inline void ip_set_cksum(unsigned char *iph, int hlen) noexcept nogil:
+cdef inline void ip_set_cksum(ip_hdr *ip, int hlen) noexcept nogil:
     """Recompute the header checksum of an IPv4 header of hlen bytes."""
-    cdef uint16_t z = 0
-    memcpy(iph + IP_OFF_SUM, &z, 2)
-    z = in_cksum(iph, hlen)
-    memcpy(iph + IP_OFF_SUM, &z, 2)
+    ip.ip_sum = 0
+    ip.ip_sum = in_cksum(<const unsigned char *>ip, hlen)
 
 
-cdef inline int ip_dec_ttl(unsigned char *iph) noexcept nogil:
-    """Forwarding TTL step (RFC 1812 5.3.1).  If the TTL is 0 or 1 the header
-    is left untouched and 0 is returned: the datagram has expired (send ICMP
-    time exceeded).  Otherwise the TTL is decremented by one, the checksum is
-    updated incrementally (RFC 1624 eqn. 3 on the TTL/protocol word) and the
-    new TTL (>= 1) is returned."""
-    cdef uint16_t oldw, neww, sum
-    cdef int ttl = iph[IP_OFF_TTL]
-    if ttl <= IPTTLDEC:
-        return 0
-    memcpy(&oldw, iph + IP_OFF_TTL, 2)
-    iph[IP_OFF_TTL] = <unsigned char>(ttl - IPTTLDEC)
-    memcpy(&neww, iph + IP_OFF_TTL, 2)
-    memcpy(&sum, iph + IP_OFF_SUM, 2)
-    sum = in_cksum_update16(sum, oldw, neww)
-    memcpy(iph + IP_OFF_SUM, &sum, 2)
-    return ttl - IPTTLDEC
+cdef inline bint ip_ttl_expired(const ip_hdr *ip) noexcept nogil:
+    """A datagram to forward has expired (RFC 1812 5.3.1): its TTL is 0 or
+    1, so decrementing it would reach 0.  Answer with ICMP time exceeded."""
+    return ip.ip_ttl <= IPTTLDEC
+
+
+cdef inline void ip_dec_ttl(ip_hdr *ip) noexcept nogil:
+    """The forwarding TTL step (RFC 1812 5.3.1) of a datagram that has not
+    expired (ip_ttl_expired is false): decrement the TTL by one and update
+    the checksum incrementally (RFC 1624 eqn. 3 on the TTL/protocol word)."""
+    cdef uint16_t oldw, neww
+    cdef unsigned char *w = <unsigned char *>ip + IP_OFF_TTL
+    memcpy(&oldw, w, 2)
+    ip.ip_ttl -= IPTTLDEC
+    memcpy(&neww, w, 2)
+    ip.ip_sum = in_cksum_update16(ip.ip_sum, oldw, neww)
 
 
 # --- address classes (HOST order) -----------------------------------------------

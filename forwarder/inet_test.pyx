@@ -8,7 +8,7 @@ Checksums cross this boundary as the 16-bit value read in network order
 from libc.stdint cimport uint16_t, uint32_t
 from forwarder cimport inet
 from forwarder.inet cimport (in_cksum, in_cksum_add, in_cksum_finish, in_cksum_update16,
-                             in_cksum_update32, ip_dec_ttl, ip_set_cksum, htons, ntohs, htonl,
+                             in_cksum_update32, ip_dec_ttl, ip_set_cksum, ip_ttl_expired, htons, ntohs, htonl,
                              ntohl, in_martian_src, in_martian_dst, in_multicast, in_badclass,
                              in_loopback, in_zeronet, in_lbcast)
 
@@ -42,10 +42,17 @@ def cksum_update32(int hc, uint32_t old, uint32_t new):
 
 
 def dec_ttl(unsigned char[::1] hdr):
-    """ip_dec_ttl in place on a bytearray holding an IPv4 header."""
+    """The forwarding TTL step in place on a bytearray holding an IPv4 header,
+    as ip_forward takes it: 0 and the header untouched when ip_ttl_expired,
+    else ip_dec_ttl and the new TTL."""
+    cdef inet.ip_hdr *ip
     if hdr.shape[0] < 20:
         raise ValueError("short header")
-    return ip_dec_ttl(&hdr[0])
+    ip = <inet.ip_hdr *>&hdr[0]
+    if ip_ttl_expired(ip):
+        return 0
+    ip_dec_ttl(ip)
+    return ip.ip_ttl
 
 
 def set_cksum(unsigned char[::1] hdr):
@@ -53,7 +60,7 @@ def set_cksum(unsigned char[::1] hdr):
     cdef int hl = (hdr[0] & 0x0f) * 4
     if hdr.shape[0] < hl:
         raise ValueError("short header")
-    ip_set_cksum(&hdr[0], hl)
+    ip_set_cksum(<inet.ip_hdr *>&hdr[0], hl)
 
 
 def byteorder(uint32_t x):

@@ -4,7 +4,7 @@ all read at scrape time.
 
     forwarder_interface_{rx,tx}_{packets,bytes}_total{router,interface}
     forwarder_interface_{rx_nobuf,rx_errors,tx_errors}_total{router,interface}
-    forwarder_drops_total{router,reason}        one series per drop reason
+    forwarder_drops_total{router,reason}        one series per drop reason (HELP says what each means)
     forwarder_icmp_total{router,kind}           unreachable, time_exceeded, echo_replies, ratelimited
     forwarder_forwarded_packets_total, forwarder_delivered_local_total,
     forwarder_fragments_created_total{router}
@@ -30,10 +30,17 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from forwarder.dataplane import DROP_REASONS
+
 if TYPE_CHECKING:
     from forwarder.router import Router
 
 log = logging.getLogger("forwarder.metrics")
+
+# One HELP line for the family, naming what each `reason` label value means
+# (the descriptions of dp_drop.h).
+DROPS_HELP = "packets dropped, by reason: " + "; ".join(
+    f"{name}: {desc}" for name, desc in DROP_REASONS.items())
 
 INTERFACE_COUNTERS = (
     ("rx_packets", "frames read"), ("rx_bytes", "bytes read"),
@@ -114,8 +121,7 @@ class RouterCollector(Collector):
             for i in s["interfaces"]:
                 c.add_metric([name, i["name"]], i[key])
             yield c
-        d = CounterMetricFamily("forwarder_drops", "packets dropped, by reason",
-                                labels=["router", "reason"])
+        d = CounterMetricFamily("forwarder_drops", DROPS_HELP, labels=["router", "reason"])
         for reason, v in s["drops"].items():
             d.add_metric([name, reason], v)
         yield d

@@ -34,8 +34,9 @@ from libc.string cimport memset
 from posix.mman cimport (mmap, munmap, mprotect, madvise, mincore, PROT_NONE, PROT_READ,
                          PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE, MAP_FAILED,
                          MADV_HUGEPAGE)
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from posix.unistd cimport sysconf, _SC_PAGESIZE
+
+from allocator_pyx.includes cimport now_ns
 
 cdef enum:
     TBL8_GROUP_BYTES = RT_TBL8_SIZE * 4
@@ -285,12 +286,6 @@ cdef uint64_t rt_tbl24_resident(rtable *t) noexcept nogil:
 
 # --- benchmark helpers (nogil) ----------------------------------------------------
 
-cdef inline uint64_t _now_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec
-
-
 cdef inline uint32_t _xorshift32(uint32_t *s) noexcept nogil:
     cdef uint32_t x = s[0]
     x ^= x << 13
@@ -307,7 +302,7 @@ cdef uint64_t _bench_loop(rtable *t, const uint32_t *addrs, uint32_t naddrs, uin
     cdef uint32_t pos = 0
     cdef int32_t out[32]
     cdef int j
-    t0 = _now_ns()
+    t0 = now_ns()
     if bulk:
         while k < n:
             rt_lookup_bulk(t, addrs + pos, out, 32)
@@ -324,7 +319,7 @@ cdef uint64_t _bench_loop(rtable *t, const uint32_t *addrs, uint32_t naddrs, uin
             if pos >= naddrs:
                 pos = 0
             k += 1
-    t1 = _now_ns()
+    t1 = now_ns()
     hits[0] = h
     return t1 - t0
 

@@ -35,9 +35,9 @@ from ipaddress import IPv4Address, IPv4Network
 
 from forwarder import mbufs, netns
 from forwarder.config import Config, ConfigError, Interface, load_config, unusable_gateway
-from forwarder.dataplane import Dataplane
+from forwarder.dataplane import MAX_STALL, Dataplane
 from forwarder.route import RouteTable
-from forwarder.sysctl import SysctlError, SysctlTree
+from forwarder.sysctl import DATAPLANE_TUNABLES, SysctlError, SysctlTree
 
 log = logging.getLogger("forwarder.router")
 
@@ -45,18 +45,6 @@ log = logging.getLogger("forwarder.router")
 ZONE_WARNING_INTERVAL = 300.0
 # How often the watcher thread looks at the zones' failure counters.
 WATCH_PERIOD = 0.5
-# A debug stall is bounded.
-MAX_STALL = 3600.0
-
-# Tunables the dataplane applies, by sysctl name.
-DATAPLANE_TUNABLES = {
-    "net.inet.ip.forwarding": "forwarding",
-    "net.inet.ip.ttl": "ttl",
-    "net.inet.icmp.icmplim": "icmplim",
-    "net.link.ether.inet.max_age": "arp_max_age",
-    "net.link.ether.inet.maxhold": "arp_maxhold",
-    "net.link.ether.inet.maxtries": "arp_max_tries",
-}
 
 
 class _QuietTrees(logging.Filter):
@@ -135,8 +123,8 @@ class Router:
             self.config_routes = self._route_specs(self.config)
             for prefix, nh in self.config_routes.items():
                 self.routes.add(prefix, nh)
-            for name, attr in DATAPLANE_TUNABLES.items():
-                self.dp.set(attr, self.sysctl.get(name))
+            for name in DATAPLANE_TUNABLES:
+                self.dp.set(name, self.sysctl.get(name))
         except BaseException:
             self._close_taps()
             raise
@@ -295,7 +283,7 @@ class Router:
         if name in mbufs.LIMIT_SYSCTLS:
             mbufs.set_limit(name, new, self.sysctl)
         elif name in DATAPLANE_TUNABLES:
-            self.dp.set(DATAPLANE_TUNABLES[name], new)
+            self.dp.set(name, new)
         # SysctlTree logs the change once it is committed.
 
     # --- zone limit warnings (the dataplane must not log) ---------------------------

@@ -1,8 +1,12 @@
 """The tunable registry and the sysctl tree of the forwarder.
 
 Every tunable has a FreeBSD-style name, a type (int or bool), a range, a
-default, a one-line description and a flag telling whether it may change
-while the router runs or only at boot.  Boot values come from the config's
+default, a one-line description, a flag telling whether it may change
+while the router runs or only at boot, and what applies it (``applies``):
+the mbuf zones, the dataplane (``Dataplane.set``, which also takes its
+initial values from here), or the router at boot.  Adding a tunable is one
+entry here plus, for the dataplane, one branch of ``Dataplane.set``.  Ranges
+that the dataplane bounds (interfaces) come from the dataplane itself.  Boot values come from the config's
 ``[sysctl]`` table and ``-o name=value``; runtime values from the control
 socket (``forwarder sysctl NAME=VALUE``).
 
@@ -22,7 +26,9 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Literal, Mapping
+
+from forwarder.dataplane import ARP_MAX_ENTRIES, MAX_INTERFACES
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,10 @@ class SysctlError(ValueError):
 Default = int | Callable[[int], int]
 """A fixed default, or a function of the physical memory size in bytes."""
 
+Applier = Literal["mbuf", "dataplane", "boot"]
+"""What applies a value: the mbuf zone limits (forwarder.mbufs), the
+dataplane (Dataplane.set), or the router when it starts (boot only)."""
+
 
 @dataclass(frozen=True)
 class Tunable:
@@ -66,6 +76,7 @@ class Tunable:
     default: Default
     description: str
     runtime: bool         # False: boot-only (config / -o), read-only afterwards
+    applies: Applier
 
     def default_value(self, physmem: int | None = None) -> int:
         if callable(self.default):
@@ -150,35 +161,39 @@ def _mbuf_default(name: str) -> Callable[[int], int]:
 
 TUNABLES: tuple[Tunable, ...] = (
     Tunable("kern.ipc.nmbclusters", int, 0, INT_MAX, _mbuf_default("kern.ipc.nmbclusters"),
-            "Maximum number of mbuf clusters allowed (0 = unlimited)", True),
+            "Maximum number of mbuf clusters allowed (0 = unlimited)", True, "mbuf"),
     Tunable("kern.ipc.nmbufs", int, 0, INT_MAX, _mbuf_default("kern.ipc.nmbufs"),
-            "Maximum number of mbufs allowed (0 = unlimited)", True),
+            "Maximum number of mbufs allowed (0 = unlimited)", True, "mbuf"),
     Tunable("kern.ipc.nmbjumbop", int, 0, INT_MAX, _mbuf_default("kern.ipc.nmbjumbop"),
-            "Maximum number of mbuf page size jumbo clusters allowed (0 = unlimited)", True),
+            "Maximum number of mbuf page size jumbo clusters allowed (0 = unlimited)", True, "mbuf"),
     Tunable("kern.ipc.nmbjumbo9", int, 0, INT_MAX, _mbuf_default("kern.ipc.nmbjumbo9"),
-            "Maximum number of mbuf 9k jumbo clusters allowed (0 = unlimited)", True),
+            "Maximum number of mbuf 9k jumbo clusters allowed (0 = unlimited)", True, "mbuf"),
     Tunable("kern.ipc.nmbjumbo16", int, 0, INT_MAX, _mbuf_default("kern.ipc.nmbjumbo16"),
-            "Maximum number of mbuf 16k jumbo clusters allowed (0 = unlimited)", True),
+            "Maximum number of mbuf 16k jumbo clusters allowed (0 = unlimited)", True, "mbuf"),
     Tunable("net.inet.ip.forwarding", bool, 0, 1, 1,
-            "Enable IP forwarding between interfaces", True),
+            "Enable IP forwarding between interfaces", True, "dataplane"),
     Tunable("net.inet.ip.ttl", int, 1, 255, 64,
-            "TTL of IP packets the router originates (ICMP replies and errors)", True),
+            "TTL of IP packets the router originates (ICMP replies and errors)", True, "dataplane"),
     Tunable("net.inet.icmp.icmplim", int, 0, 100000, 200,
-            "Maximum number of ICMP errors sent per second (0 = no limit)", True),
+            "Maximum number of ICMP errors sent per second (0 = no limit)", True, "dataplane"),
     Tunable("net.link.ether.inet.max_age", int, 1, 86400 * 365, 1200,
-            "Lifetime of a resolved ARP entry, in seconds", True),
+            "Lifetime of a resolved ARP entry, in seconds", True, "dataplane"),
     Tunable("net.link.ether.inet.maxhold", int, 1, 10000, 16,
-            "Packets held per neighbour while its ARP resolution is pending", True),
+            "Packets held per neighbour while its ARP resolution is pending", True, "dataplane"),
     Tunable("net.link.ether.inet.maxtries", int, 1, 100, 3,
             "ARP requests sent for a neighbour before its queued packets get host unreachable",
-            True),
+            True, "dataplane"),
+    Tunable("net.link.ether.inet.max_per_if", int, 1, ARP_MAX_ENTRIES, 1024,
+            "ARP entries one interface may hold, so one link cannot fill the table", True,
+            "dataplane"),
     Tunable("net.route.max_routes", int, 1, 1 << 24, 1 << 20,
-            "Maximum number of routes in the routing table (boot only)", False),
-    Tunable("net.link.max_interfaces", int, 1, 4096, 64,
-            "Maximum number of interfaces (boot only)", False),
+            "Maximum number of routes in the routing table (boot only)", False, "boot"),
+    Tunable("net.link.max_interfaces", int, 1, MAX_INTERFACES, MAX_INTERFACES,
+            "Maximum number of interfaces (boot only)", False, "boot"),
 )
 
 REGISTRY: dict[str, Tunable] = {t.name: t for t in TUNABLES}
+DATAPLANE_TUNABLES: tuple[str, ...] = tuple(t.name for t in TUNABLES if t.applies == "dataplane")
 
 
 def lookup(name: str, registry: Mapping[str, Tunable] = REGISTRY) -> Tunable:

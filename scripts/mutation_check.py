@@ -94,12 +94,24 @@ def _cimports(text: str, module: str) -> bool:
     return re.search(rf"^\s*(from\s+{m}\s+cimport|cimport\s+{m}\b)", text, re.M) is not None
 
 
+def _includes(pyx: Path, pxi: Path) -> bool:
+    """pyx includes pxi (a path relative to the .pyx's directory)."""
+    for m in re.finditer(r'^include\s+"([^"]+)"', pyx.read_text(), re.M):
+        if (pyx.parent / m.group(1)).resolve() == pxi.resolve():
+            return True
+    return False
+
+
 def extensions_of(tree: Path, rel: str) -> list[Path]:
-    """The extensions a change to ``rel`` reaches: a .pyx's own; for a .pxd,
+    """The extensions a change to ``rel`` reaches: a .pyx's own; a .pxi's
+    includer; for a .pxd,
     its .pyx and every .pyx that cimports it, directly or through another
     .pxd (Cython inlines what a .pxd declares into each user)."""
     if rel.endswith(".pyx"):
         return [Path(rel[:-len(".pyx")])]
+    if rel.endswith(".pxi"):                # include "net/x.pxi": part of the including .pyx
+        return sorted(p.relative_to(tree).with_suffix("")
+                      for p in tree.glob("*/*.pyx") if _includes(p, tree / rel))
     if not rel.endswith(".pxd"):
         return []
     sources: dict[Path, str] = {}           # module -> its .pyx and .pxd text

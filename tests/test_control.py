@@ -28,7 +28,7 @@ from scapy.layers.l2 import Ether
 
 from allocator_pyx.netstat import MBUF_ZONES, netstat_m_dict
 from forwarder import netns as nn
-from forwarder.dataplane import DROP_NAMES
+from forwarder.dataplane import DROP_REASONS
 from tests.routerlab import RunningRouter, lab_config, router_mac, start_router
 from tests.topology import lab, requires_netns, topology  # noqa: F401
 
@@ -328,7 +328,7 @@ def test_metrics_endpoint_serves_counters_drops_and_zone_gauges(lab, router):
             v = val(f"forwarder_interface_{key}_total", interface=b["name"])
             assert b[key] <= v <= a[key], (b["name"], key)
     assert val("forwarder_interface_rx_packets_total", interface="tap1") >= 2
-    for reason in DROP_NAMES:
+    for reason in DROP_REASONS:
         v = val("forwarder_drops_total", reason=reason)
         assert before["drops"][reason] <= v <= after["drops"][reason], reason
     assert before["forwarded"] <= val("forwarder_forwarded_packets_total") <= after["forwarded"]

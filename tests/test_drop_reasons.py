@@ -46,6 +46,7 @@ from scapy.layers.inet import ICMP, IP, UDP, IPerror, UDPerror
 from scapy.layers.l2 import ARP, Ether
 
 from forwarder import netns as nn
+from forwarder.dataplane import ARP_MAX_ENTRIES as DP_ARP_MAX
 from tests.routerlab import RunningRouter, router_mac, start_router
 from tests.topology import RouterLab, make_lab, requires_netns, topology  # noqa: F401
 from tests.wire import host_mac, sniffers, to_router
@@ -68,7 +69,6 @@ ROUTES = [
 
 ROUTER_ADDRESSES = ("10.1.0.1", "10.2.0.1", "10.3.0.1")
 QUIET = 0.5                 # seconds of silence that stand for "nothing came"
-DP_ARP_MAX = 3072           # forwarder/dataplane.pxd
 Match = Callable[[Ether], bool]
 
 
@@ -429,7 +429,9 @@ def test_arp_table_full(tmp_path: Path) -> None:
         lab = make_lab(topo, n_hosts=2)
         h1 = lab.host("h1")
         h1.router, h1.address = IPv4Interface("10.1.0.1/20"), IPv4Interface("10.1.0.2/20")
-        router = start_router(lab, tmp_path / "full")
+        # Every entry may sit on link 1: the per-interface cap is the table's size.
+        router = start_router(lab, tmp_path / "full",
+                              sysctl={"net.link.ether.inet.max_per_if": DP_ARP_MAX})
         try:
             arp_table_full_on(lab, router)
         finally:
@@ -484,6 +486,73 @@ def arp_table_full_on(lab: RouterLab, router: RunningRouter) -> None:
     assert_silent_drop(out, "arp_table_full", 1)
     assert not asked, "an ARP request went out with the table full"
     assert stats(router)["arp"]["requests_sent"] == mid["arp"]["requests_sent"]
+
+
+def arp_request_frame(sender_ip: str, target: str, mac: str = "02:00:00:00:cc:01") -> bytes:
+    return bytes(Ether(dst="ff:ff:ff:ff:ff:ff", src=mac, type=0x0806)
+                 / ARP(op=1, hwsrc=mac, psrc=sender_ip, pdst=target))
+
+
+def arp_answer_to(sender_ip: str, k: int = 1) -> Match:
+    return lambda p: p.src == router_mac(k) and ARP in p and p[ARP].pdst == sender_ip
+
+
+def test_arp_not_on_link(lab: RouterLab, router: RunningRouter) -> None:
+    """Requests for the router's address on link 1 (10.1.0.0/24) from senders
+    outside that prefix -- one from nowhere, one from link 2's prefix -- are
+    neither answered nor learned; an on-link sender is both."""
+    strangers = ("10.9.9.9", "10.2.0.77")
+    frames = [arp_request_frame(ip, "10.1.0.1") for ip in strangers]
+    out = probe(lab, router, frames, reason="arp_not_on_link", expect=len(frames),
+                far_match=lambda p: ARP in p and p[ARP].psrc in strangers,
+                sender_match=lambda p: p.src == router_mac(1) and ARP in p
+                and p[ARP].pdst in strangers)
+    assert_silent_drop(out, "arp_not_on_link", len(frames))
+    learned = {e["ip"] for e in router.call("arp.list")}
+    assert not learned & set(strangers), learned
+    # Control: the same request from a sender inside 10.1.0.0/24.
+    with sniffers(lab, "h1") as (s1,):
+        s1.send(arp_request_frame("10.1.0.77", "10.1.0.1"))
+        assert s1.collect(arp_answer_to("10.1.0.77")), "an on-link sender was not answered"
+    assert any(e["ip"] == "10.1.0.77" and e["interface"] == "tap1"
+               for e in router.call("arp.list"))
+    router.forget_arp("10.1.0.77")
+
+
+def test_arp_interface_full(lab: RouterLab, router: RunningRouter) -> None:
+    """With net.link.ether.inet.max_per_if entries on link 1, a new sender
+    there is answered but not learned (arp_interface_full), while link 2
+    still learns its own neighbours."""
+    on_tap1 = sum(e["interface"] == "tap1" for e in router.call("arp.list"))
+    cap = on_tap1 + 3
+    fill = [f"10.1.0.{n}" for n in range(100, 103)]
+    with router.tunables({"net.link.ether.inet.max_per_if": cap}):
+        try:
+            with sniffers(lab, "h1") as (s1,):
+                for ip in fill:
+                    s1.send(arp_request_frame(ip, "10.1.0.1"))
+            router.wait_for(lambda: sum(e["interface"] == "tap1"
+                                        for e in router.call("arp.list")) == cap,
+                            what=f"{cap} ARP entries on tap1")
+            newcomer = "10.1.0.110"
+            out = probe(lab, router, [arp_request_frame(newcomer, "10.1.0.1")],
+                        reason="arp_interface_full", expect=1,
+                        far_match=lambda p: ARP in p and p[ARP].psrc == newcomer,
+                        sender_match=arp_answer_to(newcomer))
+            assert out.drops == {"arp_interface_full": 1}
+            assert out.at_sender, "a request for our address went unanswered at the cap"
+            assert not out.at_far and out.errors_sent == 0
+            entries = router.call("arp.list")
+            assert not any(e["ip"] == newcomer for e in entries)
+            assert sum(e["interface"] == "tap1" for e in entries) == cap
+            # Link 2 is not held back by link 1's share.
+            with sniffers(lab, "h2") as (s2,):
+                s2.send(arp_request_frame("10.2.0.110", "10.2.0.1", mac="02:00:00:00:cc:02"))
+                assert s2.collect(arp_answer_to("10.2.0.110", 2))
+            router.wait_for(lambda: any(e["ip"] == "10.2.0.110" for e in router.call("arp.list")),
+                            what="10.2.0.110 learned on tap2")
+        finally:
+            router.forget_arp(*fill, "10.2.0.110")
 
 
 # --- delivered to the router -------------------------------------------------------------
@@ -579,7 +648,7 @@ def test_every_drop_reason_is_provoked_by_some_test() -> None:
     provokes it fails here."""
     import ast
 
-    from forwarder.dataplane import DROP_NAMES
+    from forwarder.dataplane import DROP_REASONS
 
     named: set[str] = set()
     for path in Path(__file__).parent.glob("test_*.py"):
@@ -587,5 +656,5 @@ def test_every_drop_reason_is_provoked_by_some_test() -> None:
             if isinstance(node, ast.FunctionDef):          # tests and their helpers
                 named |= {c.value for c in ast.walk(node)
                           if isinstance(c, ast.Constant) and isinstance(c.value, str)}
-    missing = [r for r in DROP_NAMES if r not in named]
+    missing = [r for r in DROP_REASONS if r not in named]
     assert not missing, f"drop reasons no test provokes by name: {missing}"

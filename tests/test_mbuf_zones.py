@@ -480,3 +480,45 @@ def test_read_then_write_forwards_frames_without_python_bytes(dgram):
     finally:
         c.close()
         d.close()
+
+
+BOOT_LIMIT_PROBE = """
+import json
+from allocator_pyx import mbuf
+from allocator_pyx.netstat import netstat_m, netstat_m_dict
+mbuf.set_limits(nmbclusters=16)
+mbuf.init()
+m = mbuf.Mbuf.getcl()              # maps the first cluster slab (more than 16 items)
+m.freem()
+out = {"after_one": netstat_m_dict(mbuf.zone_stats())["clusters"],
+       "text": netstat_m(mbuf.zone_stats())}
+held = [mbuf.Mbuf.getcl() for _ in range(16)]
+out["all"] = netstat_m_dict(mbuf.zone_stats())["clusters"]
+try:
+    mbuf.Mbuf.getcl()
+    out["seventeenth"] = "allocated"
+except mbuf.MbufDenied:
+    out["seventeenth"] = "denied"
+for h in held:
+    h.freem()
+out["after_free"] = netstat_m_dict(mbuf.zone_stats())["clusters"]
+print(json.dumps(out))
+"""
+
+
+def test_cluster_total_never_exceeds_a_boot_limit_smaller_than_a_slab():
+    """kern.ipc.nmbclusters=16 at boot: the keg maps a whole slab (more than
+    16 clusters), but netstat -m's total counts only what the limit lets
+    out, so current/cache/total/max never shows a total above max."""
+    cp = subprocess.run([sys.executable, "-c", BOOT_LIMIT_PROBE], capture_output=True,
+                        text=True, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout)
+    for when in ("after_one", "all", "after_free"):
+        c = out[when]
+        assert c["max"] == 16
+        assert c["total"] == c["current"] + c["cache"] <= 16, (when, c)
+    assert out["after_one"] == {"current": 0, "cache": 16, "total": 16, "max": 16}
+    assert "0/16/16/16 mbuf clusters in use (current/cache/total/max)" in out["text"]
+    assert out["all"]["current"] == 16 and out["all"]["cache"] == 0
+    assert out["seventeenth"] == "denied"

@@ -85,8 +85,16 @@ class ZoneMachine(RuleBasedStateMachine):
         assert s["used"] == len(self.held)
         assert s["requests"] == self.requests
         assert s["fails"] == self.fails
-        # One zone on the keg: every item of every slab is either in use or free.
-        assert s["used"] + s["free"] == s["keg_slabs"] * self.zone.items_per_slab
+        # One zone on the keg: every item of every slab is out of the keg (in
+        # use or cached: items) or free in it.
+        assert s["items"] + s["keg_free"] == s["keg_slabs"] * self.zone.items_per_slab
+        # FREE: the cached items and the keg's free ones that the limit still
+        # lets out, so USED + FREE never exceeds a limit USED is within.
+        room = s["keg_free"] if not self.limit else \
+            min(s["keg_free"], max(0, self.limit - s["items"]))
+        assert s["free"] == s["items"] - s["used"] + room
+        if self.limit and len(self.held) <= self.limit and s["items"] <= self.limit:
+            assert s["used"] + s["free"] <= self.limit
         if self.limit:
             assert s["items"] <= max(self.limit, len(self.held)) + 2 * s["bucket_size"]
 

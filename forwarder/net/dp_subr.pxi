@@ -1,0 +1,40 @@
+# dp_subr.pxi -- what every stage uses: packet pointers, the drop leg, new
+# packets and the transmit leg.  Included by dataplane.pyx (one C unit).
+
+
+cdef inline unsigned char *mdata(mbuf *m) noexcept nogil:
+    return <unsigned char *>m.m_data
+
+
+cdef inline void dp_drop_m(dp_state *dp, mbuf *m, int why) noexcept nogil:
+    """The drop leg of every stage: count the reason (dp_drop.h), free m."""
+    dp.drops[why] += 1
+    m_freem(m)
+
+
+cdef mbuf *dp_new_packet(int len) noexcept nogil:
+    """An empty packet with DP_LINKHDR bytes of leading space and room for
+    len bytes after it (header mbuf, or a cluster when it does not fit)."""
+    cdef mbuf *m
+    if len + DP_LINKHDR <= MHLEN:
+        m = m_gethdr(M_NOWAIT, MT_DATA)
+    else:
+        m = m_getcl(M_NOWAIT, MT_DATA, M_PKTHDR)
+    if m == NULL:
+        return NULL
+    m.m_data += DP_LINKHDR
+    m.m_len = len
+    m.m_pkthdr.len = len
+    return m
+
+
+cdef void dp_transmit(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
+    """writev() the chain (a complete frame) to the TAP; m is consumed."""
+    cdef int len = m.m_pkthdr.len
+    if ifp.lost_errno or m_writev_fd(ifp.fd, m) < 0:
+        ifp.tx_errors += 1
+        dp.drops[DROP_TX_ERROR] += 1
+    else:
+        ifp.tx_packets += 1
+        ifp.tx_bytes += len
+    m_freem(m)

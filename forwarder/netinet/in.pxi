@@ -1,0 +1,47 @@
+# in.pxi -- IPv4 addresses of the interfaces (FreeBSD's netinet/in.c):
+# which address is ours, which source to use towards a peer, what is on
+# link and what is a subnet broadcast.  Addresses and masks in HOST order.
+
+
+cdef inline int ifp_has_addr(dp_ifnet *ifp, uint32_t a) noexcept nogil:
+    cdef int i
+    for i in range(ifp.naddrs):
+        if ifp.addr[i] == a:
+            return 1
+    return 0
+
+
+cdef inline int ifp_on_link(dp_ifnet *ifp, uint32_t a) noexcept nogil:
+    """a lies inside a prefix connected on ifp."""
+    cdef int i
+    for i in range(ifp.naddrs):
+        if (ifp.addr[i] & ifp.mask[i]) == (a & ifp.mask[i]):
+            return 1
+    return 0
+
+
+cdef inline uint32_t ifp_src_for(dp_ifnet *ifp, uint32_t peer) noexcept nogil:
+    """Our address on ifp in peer's subnet, else the first one (0: none)."""
+    cdef int i
+    for i in range(ifp.naddrs):
+        if (ifp.addr[i] & ifp.mask[i]) == (peer & ifp.mask[i]):
+            return ifp.addr[i]
+    return ifp.addr[0] if ifp.naddrs else 0
+
+
+cdef inline int ifp_is_subnet_bcast(dp_ifnet *ifp, uint32_t a) noexcept nogil:
+    cdef int i
+    for i in range(ifp.naddrs):
+        if ifp.mask[i] != 0xffffffffU and (a | ifp.mask[i]) == 0xffffffffU \
+                and (a & ifp.mask[i]) == (ifp.addr[i] & ifp.mask[i]):
+            return 1
+    return 0
+
+
+cdef inline int dp_is_subnet_bcast(dp_state *dp, uint32_t a) noexcept nogil:
+    """a is the broadcast address of a prefix connected on any interface."""
+    cdef int i
+    for i in range(dp.nifs):
+        if ifp_is_subnet_bcast(&dp.ifs[i], a):
+            return 1
+    return 0
