@@ -41,7 +41,8 @@ LABEL org.opencontainers.image.title="mbuma-forwarder" \
 RUN apt-get update \
  && apt-get install -y --no-install-recommends iproute2 \
  && rm -rf /var/lib/apt/lists/*
-# Wheels only, from the build stage, no index: nothing is compiled here.
+# Wheels only, from the build stage, no index: nothing is compiled here.  The package
+# without extras: the router and its commands, not the lab's scapy/numpy/matplotlib.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --disable-pip-version-check --no-index --find-links /wheels \
         /wheels/mbuma_forwarder-*.whl

@@ -7,6 +7,7 @@
   forwarder arp -a | -d IP [-i IF]
   forwarder health | reload
   forwarder debug stall SECONDS | debug resume
+  forwarder lab | loadgen | bench                 the lab (pip install 'mbuma-forwarder[lab]')
 
 Every command but run talks to a running router, chosen with -c CONFIG,
 --name NAME or --socket PATH (default: the only socket in /run/forwarder);
@@ -358,15 +359,11 @@ def _positive_seconds(text: str) -> float:
     return v
 
 
-EXTRA_COMMANDS = (("lab", "build a lab topology, ping, trace, load-test, report"),
-                  ("loadgen", "scapy-built load between lab hosts"),
-                  ("bench", "side-by-side benchmark"))
-
-
 def build_parser(extras: bool = True) -> argparse.ArgumentParser:
     """The whole command line; ``extras=False`` leaves out the lab, loadgen and
-    bench commands, whose modules take long to import (pyroute2, scapy): a
-    `forwarder health` run by a container health check should not pay for them."""
+    bench commands (forwarder.lab.cli): a `forwarder health` run by a container
+    health check need not even look at them.  Their parsers need nothing of the
+    lab extra; the commands themselves say when it is missing."""
     p = argparse.ArgumentParser(prog="forwarder", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
@@ -413,12 +410,9 @@ def build_parser(extras: bool = True) -> argparse.ArgumentParser:
                        help="debug facilities: stall the forwarding loop (health then fails)")
     d.add_argument("what", choices=("stall", "resume"))
     d.add_argument("seconds", nargs="?", type=float, metavar="SECONDS")
-    for name, help_ in EXTRA_COMMANDS if extras else ():
-        try:
-            mod = __import__(f"forwarder.{name}", fromlist=["add_parser"])
-        except ImportError:
-            continue
-        mod.add_parser(sub, help_)
+    if extras:
+        from forwarder.lab.cli import add_parsers
+        add_parsers(sub)
     return p
 
 

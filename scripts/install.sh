@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the router, its lab and its tests need (run as root on Debian).
 #   Debian tools: iproute2, ping, traceroute, iperf3, gcc, pip, Python headers (only those missing).
-#   Python: this package, built in place with its Cython extensions, plus the test extra.
+#   Python: this package, built in place with its Cython extensions, plus the lab extra
+#   (scapy, numpy, matplotlib, psutil: `forwarder lab`) and the test extra.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,5 +28,5 @@ pip_flags=(--quiet --disable-pip-version-check --root-user-action=ignore)
 if python3 -c 'import sysconfig,os,sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["stdlib"],"EXTERNALLY-MANAGED")))'; then
     pip_flags+=(--break-system-packages)
 fi
-echo "install.sh: pip install -e '.[test]' (builds the Cython extensions)"
-python3 -m pip install "${pip_flags[@]}" -e '.[test]'
+echo "install.sh: pip install -e '.[lab,test]' (builds the Cython extensions)"
+python3 -m pip install "${pip_flags[@]}" -e '.[lab,test]'

@@ -2,10 +2,13 @@
 
     from tests.routerlab import start_router
 
-The router runs as `python -m forwarder.cli run -c CONFIG` inside the lab's
-router namespace; it opens the TAPs there and moves their kernel sides into
-the host namespaces, which are then configured as hosts.  CLI calls go to its
-control socket, which lives in a per-test temporary directory.
+The lab's own machinery (forwarder.lab): :meth:`Lab.start_router` writes the
+config (:func:`lab_config`, the lab's config writer), runs `forwarder run -c
+CONFIG` inside the lab's router namespace -- it opens the TAPs there and moves
+their kernel sides into the host namespaces --, waits until it is healthy and
+configures the hosts.  CLI calls go to its control socket, which lives in a
+per-test temporary directory.  :class:`RunningRouter` adds what tests ask of a
+router to the lab's :class:`RouterProcess`.
 """
 from __future__ import annotations
 
@@ -13,22 +16,26 @@ import json
 import re
 import signal
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from forwarder.control import Client, ControlError
-from forwarder.lab import RouterProcess
+from forwarder.control import ControlError
+from forwarder.lab.process import RouterProcess, forwarder_argv
+from forwarder.lab.tomlwrite import to_toml
+from forwarder.lab.topology import router_mac
 from tests.topology import RouterLab
 
-ROUTER_MAC = "02:00:00:00:{k:02x}:01"
+__all__ = ["RunningRouter", "lab_config", "lab_doc", "router_mac", "start_router"]
 
 
-def router_mac(k: int) -> str:
-    return ROUTER_MAC.format(k=k)
+def lab_doc(lab: RouterLab, sock: Path, sysctl: dict[str, int] | None = None,
+            routes: Sequence[dict[str, str]] = (), metrics: str | None = None,
+            addresses: dict[str, Sequence[str]] | None = None) -> dict[str, Any]:
+    """The router's config for a lab, as a document (to change before writing it)."""
+    return lab.config_doc(sock, sysctl=sysctl or {}, routes=routes, metrics=metrics,
+                          addresses=addresses)
 
 
 def lab_config(lab: RouterLab, sock: Path, sysctl: dict[str, int] | None = None,
@@ -36,31 +43,14 @@ def lab_config(lab: RouterLab, sock: Path, sysctl: dict[str, int] | None = None,
                extra: str = "", addresses: dict[str, Sequence[str]] | None = None) -> str:
     """The router's config for a lab; ``extra`` is TOML appended at the end;
     ``addresses`` adds addresses to interfaces by name (after the lab's own)."""
-    lines = ["[router]", f'name = "{lab.name}"', f'socket = "{sock}"', 'log_level = "info"', ""]
-    if sysctl:
-        lines.append("[sysctl]")
-        lines += [f'"{k}" = {v}' for k, v in sysctl.items()]
-        lines.append("")
-    if metrics:
-        lines += ["[metrics]", f'listen = "{metrics}"', ""]
-    for k, h in enumerate(lab.hosts, start=1):
-        addrs = ", ".join(f'"{a}"' for a in [str(h.router), *(addresses or {}).get(h.ifname, ())])
-        lines += ["[[interface]]", f'name = "{h.ifname}"', f'addresses = [{addrs}]',
-                  f"mtu = {h.mtu}", f'mac = "{router_mac(k)}"', f'netns = "{h.netns}"', ""]
-    for r in routes:
-        lines.append("[[route]]")
-        lines += [f'{k} = "{v}"' for k, v in r.items()]
-        lines.append("")
-    return "\n".join(lines) + extra
+    return to_toml(lab_doc(lab, sock, sysctl, routes, metrics, addresses)) + extra
 
 
-@dataclass
 class RunningRouter(RouterProcess):
-    """The lab's router process (call, stop) with the CLI and test helpers."""
-    lab: RouterLab
+    """The lab's router process (call, stop; ``lab``) with the CLI and test helpers."""
 
     def cli(self, *argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "forwarder.cli", argv[0], "--socket", str(self.socket), *argv[1:]]
+        cmd = forwarder_argv(argv[0], "--socket", str(self.socket), *argv[1:])
         cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         if check and cp.returncode != 0:
             raise AssertionError(f"{' '.join(argv)} exited {cp.returncode}: {cp.stderr}")
@@ -146,29 +136,8 @@ def start_router(lab: RouterLab, workdir: Path, *, sysctl: dict[str, int] | None
     it is healthy; then configure the hosts.  ``extra_config`` is appended
     to the generated config; ``extra_argv`` goes to `forwarder run` (``-o``);
     ``addresses`` adds router addresses to interfaces by name."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    sock = workdir / f"{lab.name}.sock"
-    cfg = workdir / "router.toml"
-    cfg.write_text(lab_config(lab, sock, sysctl, routes, metrics, extra_config, addresses))
-    log = workdir / "router.log"
-    out = open(log, "w")
-    proc = lab.popen_router([sys.executable, "-m", "forwarder.cli", "run", "-c", str(cfg),
-                             *extra_argv], stdout=out, stderr=subprocess.STDOUT)
-    out.close()
-    r = RunningRouter(proc=proc, socket=sock, config=cfg, log=log, netns=lab.router_ns, lab=lab)
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise AssertionError(f"router exited {proc.returncode}:\n{log.read_text()}")
-        if sock.exists():
-            try:
-                if Client(sock, timeout=2).call("health")["healthy"]:
-                    break
-            except ControlError:
-                pass
-        if time.monotonic() > deadline:
-            r.stop()
-            raise AssertionError(f"router not healthy after {timeout} s:\n{log.read_text()}")
-        time.sleep(0.1)
-    lab.configure_hosts()
-    return r
+    text = lab_config(lab, workdir / f"{lab.name}.sock", sysctl, routes, metrics, extra_config,
+                      addresses)
+    router = lab.start_router(workdir, text, argv=extra_argv, timeout=timeout, kind=RunningRouter)
+    assert isinstance(router, RunningRouter)
+    return router

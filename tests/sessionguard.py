@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 
 from forwarder import netns as nn
-from tests.topology import netns_available
+from tests.machine import netns_available
 
 _skipped: list[tuple[str, str]] = []
 _problems: list[str] = []

@@ -27,9 +27,10 @@ from forwarder import metrics, sysctl
 from forwarder.config import ConfigError, parse_config
 from forwarder.control import ControlServer
 from forwarder.dataplane import DROP_NAMES
+from forwarder.lab.tomlwrite import to_toml
 from forwarder.route import RouteTable
 from forwarder.sysctl import REGISTRY, SysctlError
-from tests.routerlab import RunningRouter, lab_config, start_router
+from tests.routerlab import RunningRouter, lab_doc, start_router
 from tests.topology import lab, requires_netns, topology  # noqa: F401
 
 ROUTER = '[router]\nname = "r1"\n'
@@ -243,12 +244,11 @@ def router(lab, tmp_path_factory):  # noqa: F811
 
 def config_text(r: RunningRouter, sysctl_: dict | None = None, routes=ROUTES,
                 mtu1: int | None = None) -> str:
-    text = lab_config(r.lab, r.socket, sysctl_, routes)
+    doc = lab_doc(r.lab, r.socket, sysctl_, routes)
     if mtu1 is not None:
-        text = text.replace('name = "tap1"\naddresses = ["10.1.0.1/24"]\nmtu = 1500\n',
-                            f'name = "tap1"\naddresses = ["10.1.0.1/24"]\nmtu = {mtu1}\n', 1)
-        assert f"mtu = {mtu1}" in text
-    return text
+        tap1 = next(i for i in doc["interface"] if i["name"] == "tap1")
+        tap1["mtu"] = mtu1
+    return to_toml(doc)
 
 
 def snapshot(r: RunningRouter) -> tuple:
@@ -421,12 +421,12 @@ def test_a_reload_failing_half_way_puts_the_changed_mtus_back(tmp_path: Path) ->
             good = r.config.read_text()
             h1, h2 = lab2.host("h1"), lab2.host("h2")
             nn.remove_netns(h2.netns)              # tap2 goes with it: its MTU cannot be set
-            text = good
-            for h in (h1, h2):
-                one = f'name = "{h.ifname}"\naddresses = ["{h.router}"]\nmtu = 1500\n'
-                assert one in text, text
-                text = text.replace(one, one.replace("mtu = 1500", "mtu = 1400"))
-            r.config.write_text(text)
+            doc = lab_doc(lab2, r.socket)
+            assert to_toml(doc) == good
+            for itf in doc["interface"]:
+                assert itf["mtu"] == 1500
+                itf["mtu"] = 1400
+            r.config.write_text(to_toml(doc))
             cp = r.cli("reload", check=False)
             assert cp.returncode == 1, cp.stdout + cp.stderr
             assert cp.stderr.startswith("forwarder reload: interface tap2: mtu 1400: "), cp.stderr

@@ -1,64 +1,90 @@
-"""`forwarder lab` end to end: it works, and it leaves nothing behind -- also when
-interrupted with Ctrl-C (SIGINT) while it is kept up or in the middle of its load test.
+"""The lab: its config and model, its config writer, the lab extra, and `forwarder
+lab` end to end -- it works, and it leaves nothing behind, also when interrupted
+with Ctrl-C (SIGINT) while it is kept up or in the middle of its load test.
 
 Only namespaces with the lab's own random prefix are looked at: other test runs
 may have namespaces of their own on the same machine.
 """
 from __future__ import annotations
 
-import glob
+import importlib.metadata
+import json
+import math
 import os
 import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
+import tomllib
 from ipaddress import IPv4Interface
 from pathlib import Path
 
 import psutil
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from forwarder import lab as labpkg
 from forwarder import netns as nn
 from forwarder.config import load_config, parse_config
-from forwarder.lab import find_config, host_address, render_config
+from forwarder.lab.process import forwarder_argv
+from forwarder.lab.tomlwrite import to_toml
+from forwarder.lab.topology import LAB_TOML, host_address, lab_from_config, load_lab_config
+from tests.labrun import lab_prefix, leftovers
 from tests.topology import requires_netns
 
 REPO = Path(__file__).resolve().parent.parent
-LAB = [sys.executable, "-m", "forwarder.cli", "lab"]
+LAB = forwarder_argv("lab")
 
 
 # --- the shipped config ---------------------------------------------------------------
 
-def test_lab_config_is_shipped_in_the_repo_and_the_package():
-    repo = REPO / "configs" / "lab.toml"
-    pkg = REPO / "forwarder" / "configs" / "lab.toml"
-    assert repo.read_bytes() == pkg.read_bytes()
-    assert find_config() == repo
-    assert find_config("/x/y.toml") == Path("/x/y.toml")
+def test_lab_config_is_one_file_in_the_package_and_configs_links_to_it():
+    pkg = REPO / "forwarder" / "lab" / "lab.toml"
+    link = REPO / "configs" / "lab.toml"
+    assert link.is_symlink() and link.resolve() == pkg.resolve()
+    assert not (REPO / "forwarder" / "configs").exists()
+    assert Path(str(LAB_TOML)).resolve() == pkg.resolve()      # importlib.resources finds it
+    assert load_lab_config().path == Path(str(LAB_TOML))
+    assert load_lab_config(link).path == link
 
 
 def test_lab_config_is_a_valid_router_config_with_three_links_and_a_small_mtu():
-    cfg = load_config(REPO / "configs" / "lab.toml")
+    cfg = load_lab_config()
     hosts = [i for i in cfg.interfaces if i.netns]
-    assert len(hosts) >= 3
+    assert len(hosts) == len(cfg.interfaces) >= 3
     assert len({i.netns for i in hosts}) == len(hosts)
     assert min(i.mtu for i in hosts) <= 1280
     assert all(i.mtu == 1500 for i in hosts[:2])      # the load test runs h1 -> h2
 
 
-def test_rendered_config_maps_namespaces_and_socket_and_parses_again():
-    cfg = load_config(REPO / "configs" / "lab.toml")
-    mapping = {i.netns: f"fw000000-{i.netns}" for i in cfg.interfaces}
-    text = render_config(cfg, mapping, Path("/tmp/x/lab.sock"))
-    again = parse_config(text, "rendered")
+@requires_netns
+def test_lab_of_the_config_maps_namespaces_and_its_config_parses_again():
+    cfg = load_lab_config()
+    with nn.Topology() as topo:
+        lab = lab_from_config(topo, cfg)
+        assert lab.router_ns == topo.prefix + "r"
+        assert [h.netns for h in lab.hosts] == [topo.prefix + i.netns for i in cfg.interfaces]
+        assert all(nn.netns_exists(n) for n in lab.namespaces)
+        again = parse_config(lab.config_text(Path("/tmp/x/lab.sock")), "rendered")
     assert str(again.router.socket) == "/tmp/x/lab.sock"
-    assert [i.netns for i in again.interfaces] == [mapping[i.netns] for i in cfg.interfaces]
+    assert again.router.name == cfg.router.name and again.router.log_level == cfg.router.log_level
+    assert [i.netns for i in again.interfaces] == [h.netns for h in lab.hosts]
     assert [(i.name, i.addresses, i.mtu, i.mac) for i in again.interfaces] == \
         [(i.name, i.addresses, i.mtu, i.mac) for i in cfg.interfaces]
     assert again.routes == cfg.routes
     assert again.sysctl == cfg.sysctl
+    assert [(h.address, h.gateway) for h in lab.hosts] == \
+        [(host_address(i.addresses[0]), i.addresses[0].ip) for i in cfg.interfaces]
+
+
+def test_a_lab_config_names_the_host_of_each_interface(tmp_path):
+    path = tmp_path / "no-host.toml"
+    path.write_text('[router]\nname = "x"\n\n[[interface]]\nname = "tap1"\n'
+                    'addresses = ["10.1.0.1/24"]\n')
+    with pytest.raises(ValueError, match="interface tap1: a lab's interfaces name their host"):
+        lab_from_config(nn.Topology(), load_config(path))      # refused before any namespace
 
 
 def test_host_address_is_next_to_the_router():
@@ -69,31 +95,96 @@ def test_host_address_is_next_to_the_router():
         host_address(IPv4Interface("10.0.0.1/32"))
 
 
+# --- the config writer ---------------------------------------------------------------------
+
+_keys = st.text(min_size=1, max_size=12)
+_scalars = (st.text(max_size=20) | st.integers(-2**63, 2**63 - 1) | st.booleans()
+            | st.floats(allow_nan=False))
+_values = _scalars | st.lists(_scalars, max_size=4)
+_tables = st.dictionaries(_keys, _values, max_size=5)
+_docs = st.dictionaries(_keys, _tables | st.lists(_tables, max_size=3), max_size=5)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_docs)
+def test_to_toml_gives_the_document_back(doc):
+    assert tomllib.loads(to_toml(doc, header="a header\nof two lines")) == doc
+
+
+def test_to_toml_writes_arrays_of_tables_as_sections_that_more_toml_extends():
+    doc = {"router": {"name": "r1"}, "route": [{"prefix": "10.9.0.0/16", "type": "blackhole"}],
+           "sysctl": {"net.inet.ip.ttl": 33}}
+    text = to_toml(doc)
+    assert text.startswith('[router]\nname = "r1"\n\n[[route]]\nprefix = "10.9.0.0/16"\n')
+    assert '\n[sysctl]\n"net.inet.ip.ttl" = 33\n' in text
+    more = tomllib.loads(text + '\n[[route]]\nprefix = "10.8.0.0/16"\ntype = "prohibit"\n')
+    assert [r["prefix"] for r in more["route"]] == ["10.9.0.0/16", "10.8.0.0/16"]
+    assert to_toml({"x": {"inf": math.inf}}) == "[x]\ninf = inf\n"
+    for bad in ({"x": {"t": {"nested": 1}}}, {"x": 1}, {"x": {"a": [[1]]}}, {"x": {"n": None}}):
+        with pytest.raises(TypeError):
+            to_toml(bad)
+
+
+# --- the lab extra --------------------------------------------------------------------------
+
+def test_the_extras_modules_are_what_pyproject_declares():
+    """forwarder.lab.MODULES (what the lab commands check for) are the import names
+    of pyproject's lab extra, and the router's own dependencies are not in it."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+    def name(req: str) -> str:
+        return re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower().replace("_", "-")
+    lab = {name(r) for r in project["optional-dependencies"]["lab"]}
+    providers = importlib.metadata.packages_distributions()
+    assert {name(providers[m][0]) for m in labpkg.MODULES} == lab
+    assert not lab & {name(r) for r in project["dependencies"]}
+    assert "mbuma-forwarder[lab]" in project["optional-dependencies"]["test"]
+    assert labpkg.missing() == []          # the tests run with the extra installed
+    assert "pip install 'mbuma-forwarder[lab]'" == labpkg.INSTALL_HINT
+
+
+def test_an_import_error_inside_the_lab_is_raised_not_swallowed(tmp_path):
+    """A scapy that fails to import (here one of ours first on the path): the lab
+    commands stay in --help, and `forwarder lab` fails with the real error and its
+    traceback, not with advice to install the extra nor silently."""
+    broken = tmp_path / "scapy"
+    broken.mkdir()
+    (broken / "__init__.py").write_text('raise ImportError("this scapy is broken")\n')
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    cp = subprocess.run(forwarder_argv("--help"), capture_output=True, text=True, env=env,
+                        timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    for command in ("lab", "loadgen", "bench"):
+        assert re.search(rf"^\s+{command}\s", cp.stdout, re.M), cp.stdout
+    for command in ("lab", "loadgen", "bench"):
+        cp = subprocess.run(forwarder_argv(command), capture_output=True, text=True, env=env,
+                            timeout=60)
+        assert cp.returncode == 1, (command, cp.stdout, cp.stderr)
+        assert "Traceback" in cp.stderr and "ImportError: this scapy is broken" in cp.stderr, \
+            cp.stderr
+        assert "pip install" not in cp.stderr, cp.stderr
+
+
+def test_the_router_runs_this_package_whatever_the_current_directory(tmp_path):
+    """A current directory with a forwarder/ and an allocator_pyx/ of its own (as the
+    root of a source checkout has, uncompiled): `python -m forwarder.cli` runs those;
+    the argv the lab starts routers with runs this package's."""
+    for pkg in ("forwarder", "allocator_pyx"):
+        (tmp_path / pkg).mkdir()
+        (tmp_path / pkg / "__init__.py").write_text(f'raise ImportError("the {pkg} of the cwd")\n')
+    missing = str(tmp_path / "missing.toml")
+    shadowed = subprocess.run([sys.executable, "-m", "forwarder.cli", "run", "-c", missing],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert "ImportError: the forwarder of the cwd" in shadowed.stderr, shadowed.stderr
+    # `run` imports forwarder.cli, then the allocator (allocator_pyx.mbuf), then reads
+    # the config: a missing file is a usage error, after both imports went right.
+    cp = subprocess.run(forwarder_argv("run", "-c", missing), cwd=tmp_path,
+                        capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 2 and cp.stderr.startswith(f"forwarder: {missing}: "), cp.stderr
+    assert "Traceback" not in cp.stderr, cp.stderr
+
+
 # --- end to end ---------------------------------------------------------------------------
-
-def _prefix(output: str) -> str:
-    m = re.search(r"\[1/6\] namespaces\s+(fw[0-9a-f]{6}-)r ", output)
-    assert m, output
-    return m.group(1)
-
-
-def _leftovers(prefix: str, pids: list[psutil.Process] = ()) -> list[str]:
-    """Everything a lab with ``prefix`` could leave behind."""
-    left = [f"netns {n}" for n in nn.list_netns() if n.startswith(prefix)]
-    left += [f"workdir {d}" for d in glob.glob(os.path.join(tempfile.gettempdir(),
-                                                            prefix + "lab-*"))]
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        with_prefix = any(prefix in a for a in (p.info["cmdline"] or []))
-        if with_prefix:
-            left.append(f"process {p.info['pid']} {' '.join(p.info['cmdline'])}")
-    for p in pids:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                left.append(f"process {p.pid} {' '.join(p.cmdline())}")
-        except psutil.NoSuchProcess:
-            pass
-    return left
-
 
 @requires_netns
 def test_lab_runs_end_to_end_and_removes_everything(tmp_path):
@@ -102,7 +193,7 @@ def test_lab_runs_end_to_end_and_removes_everything(tmp_path):
                         capture_output=True, text=True, timeout=90)
     out = cp.stdout
     assert cp.returncode == 0, out + cp.stderr
-    prefix = _prefix(out)
+    prefix = lab_prefix(out)
     # the progress, step by step
     for step in ("[2/6] router", "[3/6] ping", "[4/6] traceroute", "[5/6] load", "[6/6] cleanup"):
         assert step in out, out
@@ -115,12 +206,11 @@ def test_lab_runs_end_to_end_and_removes_everything(tmp_path):
     assert "mbuf clusters in use (current/cache/total/max)" in out
     assert "router exit 0; no namespace left behind" in out
     # what the table showed is what the load did
-    import json
     r = json.loads(out_json.read_text())
     assert r["received"]["packets"] > 0
     assert r["router"]["forwarded"] >= r["received"]["packets"]
     assert r["path"]["src_netns"] == prefix + "h1" and r["path"]["dst_netns"] == prefix + "h2"
-    assert _leftovers(prefix) == []
+    assert leftovers(prefix) == []
 
 
 class _Output:
@@ -192,7 +282,7 @@ def _interrupt_and_check(proc: subprocess.Popen, output: _Output, prefix: str) -
     assert proc.returncode == 130, out
     assert "interrupted; removed the lab" in out, out
     assert "left behind" not in out, out
-    assert _leftovers(prefix, kids) == [], out
+    assert leftovers(prefix, kids) == [], out
     return out
 
 
@@ -201,7 +291,7 @@ def test_lab_keep_stays_up_until_ctrl_c_then_cleans_up():
     proc, output = _start_lab("--keep", "-d", "0.3", "-r", "2000")
     try:
         out = output.until("waiting for Ctrl-C", 60)
-        prefix = _prefix(out)
+        prefix = lab_prefix(out)
         # it told how to enter each host, and those namespaces are really there
         for h in ("h1", "h2", "h3"):
             assert f"ip netns exec {prefix}{h} bash" in out, out
@@ -210,8 +300,8 @@ def test_lab_keep_stays_up_until_ctrl_c_then_cleans_up():
         router = psutil.Process(pid)
         assert "forwarder.cli" in " ".join(router.cmdline())
         sock = re.search(r"forwarder stats --socket (\S+)", out).group(1)
-        cp = subprocess.run([sys.executable, "-m", "forwarder.cli", "stats", "--json",
-                             "--socket", sock], capture_output=True, text=True, timeout=30)
+        cp = subprocess.run(forwarder_argv("stats", "--json", "--socket", sock),
+                            capture_output=True, text=True, timeout=30)
         assert cp.returncode == 0 and '"forwarded"' in cp.stdout, cp.stderr
         # the TAPs are in the hosts, up, while the lab is kept
         for k in (1, 2, 3):
@@ -229,7 +319,7 @@ def test_lab_interrupted_during_the_load_test_cleans_up():
     proc, output = _start_lab("-d", "30", "-r", "20000")
     try:
         out = output.until("[5/6] load", 60)
-        prefix = _prefix(out)
+        prefix = lab_prefix(out)
         deadline = time.monotonic() + 15
         while True:            # wait until the sender and the receiver run
             kids = psutil.Process(proc.pid).children(recursive=True)

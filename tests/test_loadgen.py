@@ -1,24 +1,29 @@
 """The load generator: its templates, its counters against the kernel's, its JSON
 schema and its plots; and `forwarder bench --quick` end to end.
 
-The loads run between hosts of a lab built from configs/lab.toml (real router, real
-TAPs, private namespaces); the counters they report are checked against what the
-kernel counted on the hosts' links, read here independently with pyroute2.
+The loads run between hosts of a lab built from the shipped lab.toml (real router,
+real TAPs, private namespaces); the counters they report are checked against what
+the kernel counted on the hosts' links, read here independently with pyroute2.
 """
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import psutil
 import pytest
 
-from forwarder import loadgen as lg
 from forwarder import netns as nn
+from forwarder.config import load_config
+from forwarder.lab import frames, plot, report, spec
+from forwarder.lab.path import check_ours, resolve_path
+from forwarder.lab.process import forwarder_argv
+from forwarder.lab.run import run_load, sweep
+from forwarder.lab.topology import lab_up
 from tests.topology import netns_available, requires_netns
 
 MACS = dict(src_mac="02:00:00:00:01:02", dst_mac="02:00:00:00:01:01")
@@ -27,31 +32,31 @@ MACS = dict(src_mac="02:00:00:00:01:02", dst_mac="02:00:00:00:01:01")
 # --- templates (no namespaces needed) ----------------------------------------------------
 
 def test_imix_pattern_has_the_simple_imix_weights():
-    pattern, imix = lg.parse_sizes("imix")
+    pattern, imix = spec.parse_sizes("imix")
     assert imix and len(pattern) == 12
     assert {s: pattern.count(s) for s in set(pattern)} == {64: 7, 594: 4, 1518: 1}
     # interleaved, not 7 small ones in a row
     assert max(len(run) for run in "".join("s" if s == 64 else "L" for s in pattern).split("L")) <= 3
-    assert lg.parse_sizes("64,1518") == ([64, 1518], False)
+    assert spec.parse_sizes("64,1518") == ([64, 1518], False)
     for bad in ("63", "abc", "", "20000"):
-        with pytest.raises(lg.LoadgenError):
-            lg.parse_sizes(bad)
+        with pytest.raises(spec.LoadgenError):
+            spec.parse_sizes(bad)
 
 
-@pytest.mark.parametrize("proto", lg.PROTOCOLS)
+@pytest.mark.parametrize("proto", spec.PROTOCOLS)
 @pytest.mark.parametrize("size", [64, 65, 128, 594, 1518])
 def test_templates_have_the_size_and_valid_checksums_also_when_patched(proto, size):
-    raw = lg.build_template(proto, size, 3, dst_ip="10.2.0.2", **MACS)
-    assert len(raw) == size - lg.FCS
-    lg.verify_template(proto, raw, 3)          # raises on any mismatch
+    raw = frames.build_template(proto, size, 3, dst_ip="10.2.0.2", **MACS)
+    assert len(raw) == size - spec.FCS
+    frames.verify_template(proto, raw, 3)          # raises on any mismatch
 
 
 def test_patched_icmp_and_tcp_checksums_are_valid_for_many_values():
     from scapy.layers.inet import ICMP, IP, TCP
     from scapy.layers.l2 import Ether
     for proto, cls in (("icmp", ICMP), ("tcp", TCP)):
-        raw = lg.build_template(proto, 64, 1, dst_ip="10.2.0.2", **MACS)
-        patch = lg.make_patcher(proto)
+        raw = frames.build_template(proto, 64, 1, dst_ip="10.2.0.2", **MACS)
+        patch = frames.make_patcher(proto)
         for seq, ts in ((1, 2), (0xFFFFFFFF, 0xFFFFFFFF), (0x12345, 0xFFFF0000), (65535, 1)):
             buf = bytearray(raw)
             patch(buf, seq, ts)
@@ -59,43 +64,43 @@ def test_patched_icmp_and_tcp_checksums_are_valid_for_many_values():
             fresh = IP(bytes(ip))
             del fresh[cls].chksum
             assert IP(bytes(fresh))[cls].chksum == ip[cls].chksum, (proto, seq, ts)
-            L = lg.LAYOUTS[proto]
+            L = spec.LAYOUTS[proto]
             assert struct.unpack_from("!I", buf, L.seq_off)[0] == seq
             assert struct.unpack_from("!I", buf, L.ts_off)[0] == ts
-            assert struct.unpack_from("!H", buf, L.magic_off)[0] == lg.MAGIC
+            assert struct.unpack_from("!H", buf, L.magic_off)[0] == spec.MAGIC
 
 
 def test_flows_differ_in_source_address_and_port():
     from scapy.layers.inet import IP, UDP
     from scapy.layers.l2 import Ether
-    pk = [Ether(lg.build_template("udp", 64, f, dst_ip="10.2.0.2", src_addrs=2, **MACS))
+    pk = [Ether(frames.build_template("udp", 64, f, dst_ip="10.2.0.2", src_addrs=2, **MACS))
           for f in range(4)]
-    assert [p[UDP].sport for p in pk] == [lg.SPORT_BASE + f for f in range(4)]
+    assert [p[UDP].sport for p in pk] == [spec.SPORT_BASE + f for f in range(4)]
     assert [p[IP].src for p in pk] == ["198.18.0.1", "198.18.0.2", "198.18.0.1", "198.18.0.2"]
 
 
 def test_spec_is_always_bounded():
-    assert lg.LoadSpec(rate=1000, duration=2).max_count() == 2000
-    assert lg.LoadSpec(duration=2).max_count() == lg.DEFAULT_MAX_COUNT
-    assert lg.LoadSpec(count=10, rate=1000, duration=2).max_count() == 10
+    assert spec.LoadSpec(rate=1000, duration=2).max_count() == 2000
+    assert spec.LoadSpec(duration=2).max_count() == spec.DEFAULT_MAX_COUNT
+    assert spec.LoadSpec(count=10, rate=1000, duration=2).max_count() == 10
     for bad in (dict(duration=0), dict(duration=10_000), dict(flows=0), dict(rate=-1),
                 dict(proto="sctp"), dict(procs=0)):
-        with pytest.raises(lg.LoadgenError):
-            lg.LoadSpec(**bad).check()
+        with pytest.raises(spec.LoadgenError):
+            spec.LoadSpec(**bad).check()
 
 
 def test_schema_check_finds_missing_keys_and_wrong_types():
-    assert lg.check_schema({"schema": 1}) != []
+    assert report.check_schema({"schema": 1}) != []
     doc = {"schema": "x", "reordered": True}
-    problems = lg.check_schema(doc)
+    problems = report.check_schema(doc)
     assert "$.reordered: expected int, got bool" in problems
     assert "$.sent: missing" in problems
 
 
 def test_only_our_own_namespaces_are_accepted():
     for ns in ("h1", "default", "/proc/1/ns/net", "fwXYZ-h1", "fw12345-h1"):
-        with pytest.raises(lg.LoadgenError, match="not made by forwarder"):
-            lg.check_ours(ns)
+        with pytest.raises(spec.LoadgenError, match="not made by forwarder"):
+            check_ours(ns)
 
 
 # --- against a real router ------------------------------------------------------------------
@@ -104,7 +109,6 @@ def test_only_our_own_namespaces_are_accepted():
 def lab():
     if not netns_available():
         pytest.skip("needs root and /dev/net/tun")
-    from forwarder.lab import lab_up
     with lab_up() as lab:
         yield lab
 
@@ -112,7 +116,7 @@ def lab():
 @pytest.fixture(scope="module")
 def path(lab):
     h1, h2 = lab.host("h1"), lab.host("h2")
-    return lg.resolve_path(h1.netns, h2.netns, str(h2.address.ip), router_socket=str(lab.socket))
+    return resolve_path(h1.netns, h2.netns, str(h2.address.ip), router_socket=str(lab.socket))
 
 
 def _kernel(ns: str, ifname: str) -> dict:
@@ -125,16 +129,16 @@ def _kernel(ns: str, ifname: str) -> dict:
 def test_path_is_resolved_through_the_router(lab, path):
     assert path.src_if == "tap1" and path.dst_if == "tap2"
     assert path.next_hop == "10.1.0.1"
-    assert path.next_hop_mac == lab.config.interface("tap1").mac
+    assert path.next_hop_mac == load_config(lab.router.config).interface("tap1").mac
 
 
 @requires_netns
 def test_counters_agree_with_the_kernels_interface_counters(lab, path):
     src0, dst0 = _kernel(path.src_netns, path.src_if), _kernel(path.dst_netns, path.dst_if)
-    r = lg.run_load(lg.LoadSpec(proto="udp", sizes="64,1518", flows=4, rate=10000,
+    r = run_load(spec.LoadSpec(proto="udp", sizes="64,1518", flows=4, rate=10000,
                                 duration=1.0), path)
     src1, dst1 = _kernel(path.src_netns, path.src_if), _kernel(path.dst_netns, path.dst_if)
-    assert lg.check_schema(r) == []
+    assert report.check_schema(r) == []
     sent, recv = r["sent"], r["received"]
     assert 8000 <= sent["packets"] <= 10000
     # every offered frame went into the source link: taken by the router or refused
@@ -170,9 +174,9 @@ def test_counters_agree_with_the_kernels_interface_counters(lab, path):
 @requires_netns
 @pytest.mark.parametrize("proto,sizes", [("tcp", "imix"), ("icmp", "64,594")])
 def test_tcp_syn_and_icmp_echo_loads_are_received_per_flow(path, proto, sizes):
-    r = lg.run_load(lg.LoadSpec(proto=proto, sizes=sizes, flows=3, rate=3000, duration=0.4,
+    r = run_load(spec.LoadSpec(proto=proto, sizes=sizes, flows=3, rate=3000, duration=0.4,
                                 procs=2), path)
-    assert lg.check_schema(r) == []
+    assert report.check_schema(r) == []
     assert r["received"]["packets"] > 0.95 * r["sent"]["packets"] > 0
     assert all(f["received"] > 0 for f in r["flows"])
     assert r["spec"]["procs"] == 2 and r["spec"]["imix"] == (sizes == "imix")
@@ -181,16 +185,16 @@ def test_tcp_syn_and_icmp_echo_loads_are_received_per_flow(path, proto, sizes):
 @requires_netns
 def test_cli_writes_json_matching_the_schema_and_a_png(lab, path, tmp_path):
     js, png = tmp_path / "r.json", tmp_path / "r.png"
-    cp = subprocess.run([sys.executable, "-m", "forwarder.cli", "loadgen", "--src",
-                         path.src_netns, "--dst", path.dst_netns, "--router-socket",
-                         str(lab.socket), "-d", "0.5", "-r", "4000", "-f", "5",
-                         "--json", str(js), "--plot", str(png)],
+    cp = subprocess.run(forwarder_argv("loadgen", "--src", path.src_netns, "--dst",
+                                       path.dst_netns, "--router-socket", str(lab.socket),
+                                       "-d", "0.5", "-r", "4000", "-f", "5",
+                                       "--json", str(js), "--plot", str(png)),
                         capture_output=True, text=True, timeout=60)
     assert cp.returncode == 0, cp.stdout + cp.stderr
     assert "offered" in cp.stdout and "delivered" in cp.stdout and "p99" in cp.stdout
     doc = json.loads(js.read_text())
-    assert lg.check_schema(doc) == []
-    assert doc["schema"] == lg.SCHEMA
+    assert report.check_schema(doc) == []
+    assert doc["schema"] == report.SCHEMA
     assert doc["spec"]["flows"] == len(doc["flows"]) == 5
     assert doc["spec"]["rate_pps"] == 4000.0
     assert doc["received"]["packets"] > 0
@@ -211,17 +215,17 @@ def _assert_png(png: Path) -> None:
 
 @requires_netns
 def test_sweep_steps_the_rate_and_plots_delivered_vs_offered(path, tmp_path):
-    sw = lg.sweep(lg.LoadSpec(duration=0.3, flows=2), path, rates=[1000, 4000],
+    sw = sweep(spec.LoadSpec(duration=0.3, flows=2), path, rates=[1000, 4000],
                   say=lambda _m: None, progress=False)
-    assert sw["schema"] == lg.SWEEP_SCHEMA
+    assert sw["schema"] == report.SWEEP_SCHEMA
     assert [round(p["spec"]["rate_pps"]) for p in sw["points"]] == [1000, 4000]
-    assert all(lg.check_schema(p) == [] for p in sw["points"])
+    assert all(report.check_schema(p) == [] for p in sw["points"])
     assert sw["points"][1]["sent"]["packets"] > 2 * sw["points"][0]["sent"]["packets"]
     assert sw["peak_pps"] >= sw["points"][0]["received"]["pps"]
     png = tmp_path / "sweep.png"
-    lg.plot_sweep(sw, str(png))
+    plot.plot_sweep(sw, str(png))
     _assert_png(png)
-    assert "saturation" in lg.format_sweep(sw)
+    assert "saturation" in report.format_sweep(sw)
 
 
 # --- the benchmark, quickly -------------------------------------------------------------------
@@ -229,8 +233,7 @@ def test_sweep_steps_the_rate_and_plots_delivered_vs_offered(path, tmp_path):
 @requires_netns
 def test_bench_quick_runs_all_three_and_leaves_nothing(tmp_path):
     js = tmp_path / "bench.json"
-    cp = subprocess.run([sys.executable, "-m", "forwarder.cli", "bench", "--quick",
-                         "--duration", "0.3", "--json", str(js)],
+    cp = subprocess.run(forwarder_argv("bench", "--quick", "--duration", "0.3", "--json", str(js)),
                         capture_output=True, text=True, timeout=150)
     assert cp.returncode == 0, cp.stdout + cp.stderr
     doc = json.loads(js.read_text())
@@ -259,7 +262,6 @@ def test_bench_quick_runs_all_three_and_leaves_nothing(tmp_path):
     for row in ("64 B pps", "IMIX pps", "iperf3 TCP Gbit/s", "latency p99", "peak RSS"):
         assert row in cp.stdout
     # nothing left: the namespaces it named, the router and the copy loop
-    import re
     prefixes = re.findall(r"namespaces (fw[0-9a-f]{6}-)\*", cp.stdout)
     assert len(prefixes) == 3
     assert not [n for n in nn.list_netns() if n.startswith(tuple(prefixes))]

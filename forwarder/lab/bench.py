@@ -20,15 +20,14 @@ benchmarks/README.md).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
+import logging
 import os
 import platform
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -36,17 +35,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import psutil
 
-class _Lazy:
-    """forwarder.netns (pyroute2) on first use: `forwarder --help`, `forwarder health`
-    and the other commands load this module without needing it."""
+from forwarder import netns as nn
+from forwarder.lab.path import resolve_path
+from forwarder.lab.report import fmt_rate
+from forwarder.lab.run import run_load
+from forwarder.lab.spec import LoadSpec
+from forwarder.lab.topology import make_lab
 
-    def __getattr__(self, name: str) -> Any:
-        from forwarder import netns
-        return getattr(netns, name)
-
-
-nn: Any = _Lazy()
+log = logging.getLogger(__name__)
 
 BENCH_SCHEMA = "forwarder.bench/1"
 SETUPS = ("router", "kernel", "copy")
@@ -150,27 +148,19 @@ def _route_default(ns: str, gw: str) -> None:
 
 @contextlib.contextmanager
 def setup_router(workdir: Path) -> Iterator[Setup]:
-    from forwarder.lab import start_router
+    """This router between two hosts: a two-link lab (h1 10.1.0.2, h2 10.2.0.2)."""
     with nn.Topology() as topo:
-        r, s, d = topo.netns("r"), topo.netns("s"), topo.netns("d")
-        sock = workdir / "bench.sock"
-        text = "\n".join([
-            "[router]", 'name = "bench"', f'socket = "{sock}"', 'log_level = "warning"', "",
-            "[[interface]]", 'name = "tap1"', 'addresses = ["10.1.0.1/24"]', f'netns = "{s}"', "",
-            "[[interface]]", 'name = "tap2"', 'addresses = ["10.2.0.1/24"]', f'netns = "{d}"', ""])
-        rp = start_router(topo, r, text, workdir, sock)
-        for ns, ifname, addr, gw in ((s, "tap1", "10.1.0.2/24", "10.1.0.1"),
-                                     (d, "tap2", "10.2.0.2/24", "10.2.0.1")):
-            nn.wait_link(ifname, ns, 10)
-            nn.configure_host(ifname, ns, [addr], gateway=gw)
+        lab = make_lab(topo, n_hosts=2, name="bench")
+        lab.log_level = "warning"
+        rp = lab.start_router(workdir)
+        h1, h2 = lab.hosts
         try:
-            yield Setup("router", topo, s, d, "10.1.0.2", "10.2.0.2", pid=rp.pid,
-                        router_socket=str(sock))
+            yield Setup("router", topo, h1.netns, h2.netns, str(h1.address.ip),
+                        str(h2.address.ip), pid=rp.pid, router_socket=str(rp.socket))
         finally:
             code, out = rp.stop()
             if code != 0:
-                print(f"forwarder bench: the router exited {code}:\n{out[-2000:]}",
-                      file=sys.stderr)
+                log.warning("the router exited %d:\n%s", code, out[-2000:])
 
 
 @contextlib.contextmanager
@@ -194,12 +184,9 @@ def setup_copy(binary: Path, workdir: Path) -> Iterator[Setup]:
         c, s, d = topo.netns("c"), topo.netns("s"), topo.netns("d")
         a = topo.tap("tap1", c, host_ns=s, host_addresses=["10.9.0.1/24"])
         b = topo.tap("tap2", c, host_ns=d, host_addresses=["10.9.0.2/24"])
-        log = open(workdir / "tapcopy.log", "w")
-        try:
+        with open(workdir / "tapcopy.log", "w") as out:
             proc = topo.popen(c, [str(binary), str(a.fd), str(b.fd)], pass_fds=(a.fd, b.fd),
-                              stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        finally:
-            log.close()
+                              stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         time.sleep(0.05)
         if proc.poll() is not None:
             raise RuntimeError("tapcopy exited: " + (workdir / "tapcopy.log").read_text())
@@ -224,7 +211,6 @@ class RssSampler:
         return self
 
     def _run(self) -> None:
-        import psutil
         try:
             p = psutil.Process(self.pid)
             while not self._stop.wait(0.05):
@@ -286,7 +272,6 @@ def _cpu_seconds(pid: int | None) -> float | None:
     """User + system CPU time of a process (its softirq work on its own writes included)."""
     if pid is None:
         return None
-    import psutil
     try:
         t = psutil.Process(pid).cpu_times()
         return t.user + t.system
@@ -314,14 +299,13 @@ class Params:
 def measure_all(setups: list[Setup], p: Params, say: Callable[[str], None]) -> dict:
     """Every figure, ``p.reps`` times, the setups taking turns within each round, so
     that whatever else the machine is doing meanwhile hits all three alike."""
-    from forwarder import loadgen as lg
-    paths = {st.name: lg.resolve_path(st.src_ns, st.dst_ns, st.dst_ip,
-                                      router_socket=st.router_socket) for st in setups}
+    paths = {st.name: resolve_path(st.src_ns, st.dst_ns, st.dst_ip,
+                                   router_socket=st.router_socket) for st in setups}
     raw: dict[str, dict[str, list[float]]] = {st.name: {} for st in setups}
 
     def load(st: Setup, **kw: Any) -> dict:
-        spec = lg.LoadSpec(proto="udp", flows=FLOWS, duration=p.duration, procs=p.procs, **kw)
-        return lg.run_load(spec, paths[st.name])
+        spec = LoadSpec(proto="udp", flows=FLOWS, duration=p.duration, procs=p.procs, **kw)
+        return run_load(spec, paths[st.name])
 
     def record(st: Setup, **values: float) -> None:
         for k, v in values.items():
@@ -345,8 +329,8 @@ def measure_all(setups: list[Setup], p: Params, say: Callable[[str], None]) -> d
             for st in setups:
                 record(st, iperf3_gbps=iperf3(st, p.iperf_seconds, p.iperf_bytes))
             say(f"  round {rep + 1}/{p.reps}: " + "; ".join(
-                f"{st.name} {lg.fmt_rate(raw[st.name]['pps64'][-1])} 64 B, "
-                f"{lg.fmt_rate(raw[st.name]['pps_imix'][-1])} IMIX, "
+                f"{st.name} {fmt_rate(raw[st.name]['pps64'][-1])} 64 B, "
+                f"{fmt_rate(raw[st.name]['pps_imix'][-1])} IMIX, "
                 f"{raw[st.name]['iperf3_gbps'][-1]:.2f} Gbit/s" for st in setups))
         half = {st.name: max(statistics.median(raw[st.name]["pps64"]) / 2, 100.0)
                 for st in setups}
@@ -358,7 +342,7 @@ def measure_all(setups: list[Setup], p: Params, say: Callable[[str], None]) -> d
                        latency_loss_pct=100 * r["loss"]["ratio"])
             say(f"  latency {rep + 1}/{p.reps}: " + "; ".join(
                 f"{st.name} p50 {raw[st.name]['latency_p50_us'][-1]:.1f} µs, p99 "
-                f"{raw[st.name]['latency_p99_us'][-1]:.1f} µs at {lg.fmt_rate(half[st.name])}"
+                f"{raw[st.name]['latency_p99_us'][-1]:.1f} µs at {fmt_rate(half[st.name])}"
                 for st in setups))
     finally:
         for smp in samplers.values():
@@ -458,7 +442,7 @@ def format_table(doc: dict) -> str:
 
 
 def run_bench(p: Params, only: tuple[str, ...] = SETUPS,
-              say: Callable[[str], None] = print) -> dict:
+              say: Callable[[str], None] = lambda _m: None) -> dict:
     doc: dict[str, Any] = {"schema": BENCH_SCHEMA, "machine": machine(),
                            "params": {"reps": p.reps, "duration_s": p.duration,
                                       "iperf_seconds": p.iperf_seconds,
@@ -484,62 +468,3 @@ def run_bench(p: Params, only: tuple[str, ...] = SETUPS,
     doc["seconds"] = time.monotonic() - t_start
     doc["machine"]["loadavg_after"] = list(os.getloadavg())
     return doc
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    if os.geteuid() != 0:
-        print("forwarder bench: needs root (namespaces, TAPs)", file=sys.stderr)
-        return 1
-    only = tuple(x for x in (args.only.split(",") if args.only else SETUPS) if x)
-    bad = [x for x in only if x not in SETUPS]
-    if bad:
-        print(f"forwarder bench: --only: unknown {bad} (router, kernel, copy)", file=sys.stderr)
-        return 2
-    if args.quick:
-        p = Params(reps=args.reps or 3, duration=args.duration or 0.4, iperf_seconds=1,
-                   iperf_bytes="8M")
-    else:
-        p = Params(reps=args.reps or 3, duration=args.duration or 2.0,
-                   iperf_seconds=args.iperf_seconds)
-    if p.reps < 1 or not 0 < p.duration <= 60:
-        print("forwarder bench: --reps >= 1 and 0 < --duration <= 60", file=sys.stderr)
-        return 2
-    m = machine()
-    print(f"forwarder bench: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, "
-          f"Python {m['python']}; {p.reps} runs per figure", flush=True)
-    from forwarder.lab import cleanup_signals
-    try:
-        with cleanup_signals():
-            doc = run_bench(p, only, say=lambda s: print(s, flush=True))
-    except KeyboardInterrupt:
-        print("\nforwarder bench: interrupted; everything removed", file=sys.stderr)
-        return 130
-    except Exception as e:  # noqa: BLE001 - one line, not a traceback
-        print(f"forwarder bench: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    doc["command"] = "forwarder " + " ".join(sys.argv[1:])
-    print()
-    print(format_table(doc))
-    print(f"({doc['seconds']:.0f} s)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=1)
-            f.write("\n")
-        print(f"JSON: {args.json}")
-    return 0
-
-
-def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "bench", help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=__doc__)
-    p.add_argument("--quick", action="store_true",
-                   help="short runs (0.4 s loads, 8 MB iperf3): for tests, not for numbers")
-    p.add_argument("--reps", type=int, default=None, help="runs per figure (default 3)")
-    p.add_argument("--duration", type=float, default=None, metavar="S",
-                   help="seconds per load run (default 2)")
-    p.add_argument("--iperf-seconds", type=float, default=3.0, metavar="S")
-    p.add_argument("--only", metavar="LIST", help="some of router,kernel,copy")
-    p.add_argument("--json", metavar="FILE", help="write everything as JSON")
-    p.set_defaults(func=cmd_bench)
-    return p

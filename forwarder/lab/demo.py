@@ -1,0 +1,133 @@
+"""`forwarder lab`: a router and its hosts in private namespaces, shown working.
+
+    forwarder lab                 build, ping, traceroute, load-test, report, remove
+    forwarder lab --keep          ... then stay up until Ctrl-C (prints how to enter hosts)
+    forwarder lab -c FILE         another topology (default: the shipped lab.toml)
+
+Six steps, each one line of output: [1/6] the namespaces and [2/6] the router
+(:func:`forwarder.lab.topology.lab_up`: ``forwarder run`` inside the router's
+namespace, exactly as a user would run it, its control socket in a temporary
+directory); [3/6] a ping from the first host to the last and [4/6] a traceroute
+along the same way; [5/6] a short load from the first host to the second with
+its summary and the router's netstat -m; [6/6] the clean-up, and whether any
+namespace was left behind.  Everything is undone on exit, on errors, on Ctrl-C
+and on SIGTERM.
+"""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Callable
+
+from allocator_pyx.netstat import netstat_m
+from forwarder import netns as nn
+from forwarder.lab.path import resolve_path
+from forwarder.lab.report import Progress, fmt_rate, format_summary, write_json
+from forwarder.lab.run import run_load
+from forwarder.lab.spec import LoadSpec
+from forwarder.lab.topology import LAB_TOML, Lab, LabHost, lab_up
+
+Say = Callable[[str], None]
+STEPS = ("namespaces", "router", "ping", "traceroute", "load", "cleanup")
+
+
+def step(what: str) -> str:
+    """The label of a step: "[3/6] ping        "."""
+    return f"[{STEPS.index(what) + 1}/{len(STEPS)}] {what:<12}"
+
+
+def ping(lab: Lab, src: LabHost, dst: LabHost, count: int = 3) -> tuple[bool, str]:
+    cp = lab.ping(src.name, dst.address.ip, count=count, wait=2, extra=["-i", "0.2"])
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", cp.stdout)
+    rtt = re.search(r"= ([\d.]+)/([\d.]+)/([\d.]+)", cp.stdout)
+    got = f"{m.group(2)}/{m.group(1)} received" if m else "no answer"
+    if rtt:
+        got += f", rtt min/avg/max {rtt.group(1)}/{rtt.group(2)}/{rtt.group(3)} ms"
+    return cp.returncode == 0, got
+
+
+def traceroute(lab: Lab, src: LabHost, dst: LabHost) -> tuple[bool, list[str]]:
+    cp = lab.run(src.name, ["traceroute", "-n", "-q", "1", "-w", "2", "-m", "5",
+                            str(dst.address.ip)], timeout=40)
+    hops = []
+    for line in cp.stdout.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].isdigit():
+            hops.append(f"{parts[0]} {parts[1]}" + (f" {parts[2]} ms" if len(parts) > 2
+                                                      and parts[1] != "*" else ""))
+    ok = bool(hops) and hops[-1].split()[1] == str(dst.address.ip)
+    return ok, hops
+
+
+def run_demo(lab: Lab, spec: LoadSpec, say: Say, *, json_path: str | None = None,
+             plot_path: str | None = None) -> bool:
+    """Steps 3 to 5 on a lab that is up; True when each of them worked."""
+    assert lab.router is not None
+    ok = True
+    src, far = lab.hosts[0], lab.hosts[-1]
+    near = lab.hosts[1] if len(lab.hosts) > 1 else far
+    good, text = ping(lab, src, far)
+    ok &= good
+    say(step("ping") + f" {src.name} -> {far.name} {far.address.ip}: {text}")
+    good, hops = traceroute(lab, src, far)
+    ok &= good
+    say(step("traceroute") + f" {src.name} -> {far.name}: " + ("  |  ".join(hops) or "no hops"))
+    rate = "flat out" if spec.rate is None else f"at {fmt_rate(spec.rate)}"
+    say(step("load") + f" {src.name} -> {near.name} {near.address.ip}: {spec.proto} "
+        f"{spec.sizes} B, {spec.flows} flows, {spec.duration:g} s {rate}")
+    path = resolve_path(src.netns, near.netns, str(near.address.ip),
+                        router_socket=str(lab.socket))
+    r = run_load(spec, path, progress=Progress("load", spec.duration))
+    if r["received"]["packets"] == 0:
+        ok = False
+    say("")
+    say(format_summary(r, r["router"]["drops"] if r["router"] else None))
+    say("")
+    say("netstat -m:")
+    say(netstat_m(lab.router.call("zones")))
+    say("")
+    if json_path:
+        write_json(r, json_path)
+        say(f"load result as JSON: {json_path}")
+    if plot_path:
+        from forwarder.lab.plot import plot_result      # matplotlib: only when asked
+        plot_result(r, plot_path)
+        say(f"load plot: {plot_path}")
+    return ok
+
+
+def keep_message(lab: Lab) -> str:
+    lines = ["lab is up; press Ctrl-C to remove it.  Enter a host with:"]
+    for h in lab.hosts:
+        lines.append(f"  {h.name:<4} {str(h.address):<18} ip netns exec {h.netns} bash")
+    lines.append(f"  router             ip netns exec {lab.router_ns} bash"
+                 f"   (pid {lab.router.pid if lab.router else '?'})")
+    lines.append(f"  router CLI         forwarder stats --socket {lab.socket}   "
+                 "(also netstat -m, route, arp, sysctl -a)")
+    if len(lab.hosts) >= 2:
+        lines.append(f"  load               forwarder loadgen --src {lab.hosts[0].netns} "
+                     f"--dst {lab.hosts[1].netns} --router-socket {lab.socket} -d 5")
+    lines.append("waiting for Ctrl-C ...")
+    return "\n".join(lines)
+
+
+def run_lab(config: str | Path | None, spec: LoadSpec, say: Say, made: list[str], *,
+            keep: bool = False, json_path: str | None = None,
+            plot_path: str | None = None) -> int:
+    """The whole demo; ``made`` learns the lab's namespaces (for a report after
+    an interruption).  Exit status: 0 when every step worked."""
+    say(f"forwarder lab: {config or LAB_TOML}")
+    with lab_up(config, report=lambda what, text: say(step(what) + " " + text)) as lab:
+        made[:] = lab.namespaces
+        ok = run_demo(lab, spec, say, json_path=json_path, plot_path=plot_path)
+        if keep:
+            say(keep_message(lab))
+            while True:
+                time.sleep(3600)
+        say(step("cleanup") + f" stopping the router, removing {len(lab.namespaces)} namespaces")
+    code = lab.router.proc.returncode if lab.router else None
+    left = [n for n in made if nn.netns_exists(n)]
+    say(f"      done: router exit {code}; " + (f"left behind: {left}" if left else
+                                               "no namespace left behind"))
+    return 0 if ok and code == 0 else 1

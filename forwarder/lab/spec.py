@@ -1,0 +1,131 @@
+"""What a load is: the protocols and where their measurement fields sit in a
+frame, frame sizes (RFC 2544's, or IMIX), and :class:`LoadSpec` with its bounds.
+
+Stdlib only: the lab's command line takes its choices from here without the lab
+extra installed.
+
+Frame sizes are RFC 2544's: the Ethernet frame *with* its 4-byte FCS, so a
+"64-byte" frame is 60 bytes on the TAP; IMIX is 64:7, 594:4, 1518:1.  Flows
+differ in source address (198.18.0.0/15, the RFC 2544 benchmarking range) and
+source port / ICMP id.  Timestamps are CLOCK_REALTIME in 64 ns units, 32 bits.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+from typing import Sequence
+
+MAGIC = 0x4C47                         # "LG": marks our frames for the BPF filter
+SPORT_BASE = 10000                     # flow i uses source port SPORT_BASE + i
+DPORT = 9                              # discard
+FLOW_SRC_NET = IPv4Network("198.18.0.0/15")   # RFC 2544 benchmarking range
+FCS = 4
+IMIX = ((64, 7), (594, 4), (1518, 1))  # simple IMIX: frame size (with FCS), weight
+MAX_FLOWS = 1024
+MAX_DURATION = 600.0
+DEFAULT_MAX_COUNT = 100_000_000
+BUCKET_NS = 100_000_000                # time series resolution: 100 ms
+TS_SHIFT = 6                           # timestamps in units of 64 ns, 32 bits (wraps in 275 s)
+TS_UNIT_NS = 1 << TS_SHIFT
+
+
+class LoadgenError(Exception):
+    """The load cannot be run as asked."""
+
+
+# --- protocols -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a protocol's measurement fields sit in the frame (offsets from the
+    Ethernet header; the IP header is always 20 bytes)."""
+    name: str
+    ipproto: int
+    magic_off: int
+    flow_off: int       # 16-bit flow id (minus flow_base)
+    flow_base: int
+    seq_off: int        # 32-bit sequence number
+    ts_off: int         # 32-bit timestamp
+    comp_off: int | None  # 16-bit checksum complement (ICMP, TCP)
+    type_off: int | None = None   # ICMP type byte (must be 8, echo request)
+
+
+LAYOUTS = {
+    # UDP payload: magic, flow, seq, ts (checksum 0: "none", allowed over IPv4)
+    "udp": Layout("udp", 17, 42, 44, 0, 46, 50, None),
+    # ICMP echo: id = flow, seq = low 16 bits; payload: magic, seq, ts, complement
+    "icmp": Layout("icmp", 1, 42, 38, 0, 44, 48, 52, 34),
+    # TCP SYN: sport = SPORT_BASE + flow, seq = seq, ack field = ts (no ACK flag),
+    # window = magic, urgent pointer = complement (no URG flag)
+    "tcp": Layout("tcp", 6, 48, 34, SPORT_BASE, 38, 42, 52),
+}
+PROTOCOLS = tuple(LAYOUTS)
+
+
+def parse_sizes(text: str | Sequence[int]) -> tuple[list[int], bool]:
+    """"64" | "64,512,1518" | "imix" -> (the pattern of frame sizes, is_imix).
+
+    The IMIX pattern interleaves the sizes by weight (12 frames)."""
+    if isinstance(text, str) and text.strip().lower() == "imix":
+        pattern: list[int] = []
+        credit = {s: 0.0 for s, _ in IMIX}
+        total = sum(w for _, w in IMIX)
+        for _ in range(total):          # smooth weighted round robin
+            for s, w in IMIX:
+                credit[s] += w
+            best = max(credit, key=lambda s: credit[s])
+            credit[best] -= total
+            pattern.append(best)
+        return pattern, True
+    if isinstance(text, str):
+        try:
+            sizes = [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise LoadgenError(f"--size {text!r}: expected N[,N...] or imix") from None
+    else:
+        sizes = list(text)
+    if not sizes:
+        raise LoadgenError("no frame size given")
+    for s in sizes:
+        if not 64 <= s <= 16018:
+            raise LoadgenError(f"frame size {s}: must be 64..1518 (or up to MTU + 18)")
+    return sizes, False
+
+
+
+@dataclass
+class LoadSpec:
+    """One load: what is sent, how fast, and the bounds that end it."""
+    proto: str = "udp"
+    sizes: str = "64"                  # "64", "64,1518" or "imix"
+    flows: int = 8
+    rate: float | None = None          # packets/s for all senders together; None = flat out
+    duration: float = 5.0              # seconds, always a bound
+    count: int | None = None           # packets, always a bound (default: from rate, or a cap)
+    procs: int = 1
+    src_addrs: int = 1                 # distinct source addresses the flows cycle through
+    ttl: int = 64
+
+    def check(self) -> None:
+        if self.proto not in LAYOUTS:
+            raise LoadgenError(f"protocol {self.proto!r}: one of {', '.join(PROTOCOLS)}")
+        parse_sizes(self.sizes)
+        if not 1 <= self.flows <= MAX_FLOWS:
+            raise LoadgenError(f"flows: 1..{MAX_FLOWS}")
+        if not 0 < self.duration <= MAX_DURATION:
+            raise LoadgenError(f"duration: more than 0 and at most {MAX_DURATION:.0f} s")
+        if self.rate is not None and not 0 < self.rate <= 1e8:
+            raise LoadgenError("rate: more than 0 packets/s (omit it to go flat out)")
+        if self.count is not None and not 0 < self.count <= 10 * DEFAULT_MAX_COUNT:
+            raise LoadgenError("count: at least 1")
+        if not 1 <= self.procs <= 16:
+            raise LoadgenError("procs: 1..16")
+        if not 1 <= self.src_addrs <= 65536:
+            raise LoadgenError("src_addrs: 1..65536")
+
+    def max_count(self) -> int:
+        cap = self.count if self.count is not None else DEFAULT_MAX_COUNT
+        if self.rate is not None:
+            cap = min(cap, int(math.ceil(self.rate * self.duration)))
+        return max(cap, 1)
