@@ -31,6 +31,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import zipfile
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
@@ -41,6 +42,7 @@ import pytest
 from forwarder import container
 from forwarder import netns as nn
 from forwarder.config import load_config
+from tests.labrun import lab_prefix, leftovers
 from tests.topology import netns_available
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -492,9 +494,11 @@ def test_dockerignore_sends_sources_only(tmp_path: Path) -> None:
     files = set(build_context(ROOT, tmp_path))
     for must in ("pyproject.toml", "setup.py", "configs/container.toml",
                  "forwarder/cli.py", "forwarder/container.py", "allocator_pyx/uma.pyx",
-                 "allocator_pyx/uma.pxd", "forwarder/dataplane.pyx"):
+                 "allocator_pyx/uma.pxd", "forwarder/dataplane.pyx", "forwarder/lab/cli.py",
+                 "forwarder/lab/lab.toml"):
         assert must in files, must
-    sources = {p.relative_to(ROOT).as_posix() for pkg in ("allocator_pyx", "forwarder")
+    sources = {p.relative_to(ROOT).as_posix()
+               for pkg in ("allocator_pyx", "forwarder", "forwarder/lab")
                for ext in ("*.py", "*.pyx", "*.pxd") for p in (ROOT / pkg).glob(ext)}
     assert sources <= files, sources - files
     for f in files:
@@ -849,3 +853,83 @@ def test_installed_image_imports_without_a_compiler(image: Image, tmp_path: Path
     cp = run([*image.entrypoint, "--help"], cwd=tmp_path, env=image.env())
     assert cp.returncode == 0 and "health" in cp.stdout, cp.stderr
     print(f"wheel build {image.build_seconds:.0f} s, install {image.install_seconds:.0f} s")
+
+# --- the router without the lab, the lab as an extra ---------------------------------
+
+LAB_IMPORTS = ("scapy", "numpy", "matplotlib", "psutil")     # forwarder.lab.MODULES
+
+
+def _wheel(image: Image) -> Path:
+    found = sorted(image.wheels.glob("mbuma_forwarder-*.whl"))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_image_has_the_router_and_not_the_lab_extra(image: Image, tmp_path: Path) -> None:
+    """`pip wheel .` collects the router's dependencies only, the image's venv (the
+    package without extras; the tests above run `forwarder run` from it) cannot
+    import scapy and the rest, and the lab commands there say which extra to install."""
+    from forwarder.lab import INSTALL_HINT, MODULES
+    assert set(LAB_IMPORTS) == set(MODULES)
+    names = {w.name.split("-")[0].lower() for w in image.wheels.glob("*.whl")}
+    assert names == {"mbuma_forwarder", "pyroute2", "prometheus_client"}, names
+    with zipfile.ZipFile(_wheel(image)) as whl:
+        meta = next(n for n in whl.namelist() if n.endswith(".dist-info/METADATA"))
+        requires = [line.split(":", 1)[1].strip() for line in whl.read(meta).decode().splitlines()
+                    if line.startswith("Requires-Dist:")]
+        assert "forwarder/lab/lab.toml" in whl.namelist()
+    assert sorted(r for r in requires if "extra ==" not in r) == [
+        "prometheus_client>=0.17", "pyroute2>=0.7"], requires
+    python = str(image.venv / "bin" / "python")
+    for module in LAB_IMPORTS:
+        cp = run([python, "-c", f"import {module}"], cwd=tmp_path, env=image.env())
+        assert cp.returncode == 1 and "ModuleNotFoundError" in cp.stderr, (module, cp.stderr)
+    cp = run([*image.entrypoint, "--help"], cwd=tmp_path, env=image.env())
+    assert cp.returncode == 0, cp.stderr
+    for command in ("lab", "loadgen", "bench"):
+        assert re.search(rf"^\s+{command}\s", cp.stdout, re.M), cp.stdout
+        cp2 = run([*image.entrypoint, command], cwd=tmp_path, env=image.env())
+        assert cp2.returncode == 1, (command, cp2.stdout, cp2.stderr)
+        assert cp2.stderr == (f"forwarder {command}: needs the 'lab' extra, not installed here "
+                              f"(no {', '.join(MODULES)}): {INSTALL_HINT}\n"), cp2.stderr
+
+
+@pytest.fixture(scope="module")
+def lab_venv(image: Image, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv with the image's wheel and the lab extra: a regular (not
+    editable) `pip install 'mbuma-forwarder[lab]'`; the extra's packages come from
+    the index (or pip's cache)."""
+    venv = tmp_path_factory.mktemp("labvenv") / "venv"
+    run([sys.executable, "-m", "venv", str(venv)], check=True)
+    cp = run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+              "--disable-pip-version-check", "--find-links", str(image.wheels),
+              f"{_wheel(image)}[lab]"], timeout=600,
+             env=clean_env([venv / "bin", "/usr/bin", "/bin"]))
+    assert cp.returncode == 0, cp.stdout[-2000:] + cp.stderr[-3000:]
+    return venv
+
+
+@requires_root_netns
+def test_lab_extra_runs_the_lab_from_the_root_of_a_source_checkout(image: Image,
+                                                                   lab_venv: Path) -> None:
+    """`forwarder lab` of a regular install, run where a checkout's uncompiled
+    forwarder/ and allocator_pyx/ sit in the current directory (the build context
+    is such a checkout): its router is the installed one, and the lab works."""
+    checkout = image.context
+    assert not list(checkout.glob("*/*.so")), "the checkout is not built"
+    env = clean_env([lab_venv / "bin", "/usr/local/sbin", "/usr/local/bin", "/usr/sbin",
+                     "/usr/bin", "/sbin", "/bin"])
+    # the trap: here `python -m` would find the checkout's sources first
+    cp = run([str(lab_venv / "bin" / "python"), "-c", "from allocator_pyx import mbuf"],
+             cwd=checkout, env=env)
+    assert "cannot import name 'mbuf' from 'allocator_pyx'" in cp.stderr, cp.stderr
+    cp = run([str(lab_venv / "bin" / "forwarder"), "lab", "-d", "0.5", "-r", "5000"],
+             cwd=checkout, env=env, timeout=120)
+    out = cp.stdout
+    assert cp.returncode == 0, out + cp.stderr
+    prefix = lab_prefix(out)
+    assert re.search(r"\[2/6\] router\s+\"lab\" pid \d+, healthy", out), out
+    assert re.search(r"\[3/6\] ping\s+h1 -> h3 10\.3\.0\.2: 3/3 received", out), out
+    assert f"forwarder lab: {lab_venv}/lib/" in out, out        # the installed lab.toml
+    assert "router exit 0; no namespace left behind" in out, out
+    assert leftovers(prefix) == []
