@@ -34,8 +34,6 @@ from typing import Any, Callable
 
 log = logging.getLogger("forwarder")
 
-SOCKET_DIR = Path("/run/forwarder")
-
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
@@ -48,6 +46,7 @@ class CliError(Exception):
 # --- choosing the router ----------------------------------------------------------
 
 def socket_path(args: argparse.Namespace) -> Path:
+    from forwarder.config import SOCKET_DIR
     if getattr(args, "socket", None):
         return Path(args.socket)
     if getattr(args, "name", None):
@@ -235,10 +234,17 @@ def format_stats(s: dict) -> str:
     a = s["arp"]
     lines.append(f"arp: {a['received']} received, {a['requests_sent']} requests sent, {a['replies_sent']} replies sent, "
                  f"{a['entries']} entries")
-    drops = {k: v for k, v in s["drops"].items() if v}
-    lines.append("drops:" + ("" if drops else " none"))
-    for k, v in sorted(drops.items(), key=lambda kv: -kv[1]):
-        lines.append(f"  {v:>12} {k}")
+    reasons = s.get("drop_reasons")
+    if reasons:             # stats -v: every reason, with what it means
+        lines.append("drops:")
+        width = max(map(len, reasons))
+        for k in reasons:
+            lines.append(f"  {s['drops'].get(k, 0):>12} {k:<{width}}  {reasons[k]}")
+    else:
+        drops = {k: v for k, v in s["drops"].items() if v}
+        lines.append("drops:" + ("" if drops else " none"))
+        for k, v in sorted(drops.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {v:>12} {k}")
     r = s.get("reloads")
     if r:
         lines.append(f"reloads: {r['ok']} ok, {r['failed']} failed"
@@ -247,6 +253,8 @@ def format_stats(s: dict) -> str:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
+    if args.describe:
+        return emit(args, call(args, "stats", describe=True), format_stats)
     return emit(args, call(args, "stats"), format_stats)
 
 
@@ -350,12 +358,13 @@ def cmd_reload(args: argparse.Namespace) -> int:
 # --- the parser ------------------------------------------------------------------------
 
 def _positive_seconds(text: str) -> float:
+    from forwarder.dataplane import MAX_STALL
     try:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < v <= 3600:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected 0 < SECONDS <= 3600")
+    if not 0 < v <= MAX_STALL:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 0 < SECONDS <= {MAX_STALL}")
     return v
 
 
@@ -396,7 +405,9 @@ def build_parser(extras: bool = True) -> argparse.ArgumentParser:
     n.add_argument("-m", action="store_true", help="memory (mbuf) statistics")
     v = sub.add_parser("vmstat", parents=[which, js], help="UMA zone statistics (-z)")
     v.add_argument("-z", action="store_true", help="zone statistics")
-    sub.add_parser("stats", parents=[which, js], help="interface counters and drop reasons")
+    st = sub.add_parser("stats", parents=[which, js], help="interface counters and drop reasons")
+    st.add_argument("-v", dest="describe", action="store_true",
+                    help="every drop reason, with its description")
     rt = sub.add_parser("route", parents=[which, js], help="list, add or delete routes")
     rt.add_argument("words", nargs="*", metavar="list | add PREFIX ... | del PREFIX")
     a = sub.add_parser("arp", parents=[which, js], help="the ARP table")

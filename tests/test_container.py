@@ -498,8 +498,11 @@ def test_dockerignore_sends_sources_only(tmp_path: Path) -> None:
                  "forwarder/lab/lab.toml"):
         assert must in files, must
     sources = {p.relative_to(ROOT).as_posix()
-               for pkg in ("allocator_pyx", "forwarder", "forwarder/lab")
-               for ext in ("*.py", "*.pyx", "*.pxd") for p in (ROOT / pkg).glob(ext)}
+               for pkg in ("allocator_pyx", "forwarder", "forwarder/lab", "forwarder/net",
+                           "forwarder/netinet")
+               for ext in ("*.py", "*.pyx", "*.pxd", "*.pxi", "*.h")
+               for p in (ROOT / pkg).glob(ext)}
+    assert "forwarder/dp_drop.h" in sources and "forwarder/netinet/ip_input.pxi" in sources
     assert sources <= files, sources - files
     for f in files:
         assert not f.endswith((".so", ".pyc")), f
@@ -853,6 +856,7 @@ def test_installed_image_imports_without_a_compiler(image: Image, tmp_path: Path
     cp = run([*image.entrypoint, "--help"], cwd=tmp_path, env=image.env())
     assert cp.returncode == 0 and "health" in cp.stdout, cp.stderr
     print(f"wheel build {image.build_seconds:.0f} s, install {image.install_seconds:.0f} s")
+
 
 # --- the router without the lab, the lab as an extra ---------------------------------
 

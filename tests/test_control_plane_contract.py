@@ -26,7 +26,7 @@ from allocator_pyx.netstat import netstat_m, netstat_m_dict, parse_netstat_m
 from forwarder import metrics, sysctl
 from forwarder.config import ConfigError, parse_config
 from forwarder.control import ControlServer
-from forwarder.dataplane import DROP_NAMES
+from forwarder.dataplane import DROP_REASONS
 from forwarder.lab.tomlwrite import to_toml
 from forwarder.route import RouteTable
 from forwarder.sysctl import REGISTRY, SysctlError
@@ -85,6 +85,24 @@ def test_interface_and_route_limits_admit_exactly_their_value() -> None:
         "r.toml:12: route: 2 routes exceed net.route.max_routes (1)"]
 
 
+def test_a_config_the_dataplane_cannot_hold_is_refused_at_parse_time() -> None:
+    """The limits the dataplane's C state fixes (64 interfaces, 8 addresses
+    each) are the config's: 65 interfaces or 9 addresses are config errors
+    naming the line and key, never a failure at start."""
+    many = '[router]\nname = "r"\n' + "".join(
+        f'[[interface]]\nname = "tap{k}"\naddresses = ["10.{k}.0.1/24"]\n' for k in range(65))
+    assert problems(many) == [
+        "r.toml:195: interface: 65 interfaces exceed net.link.max_interfaces (64)"]
+    with pytest.raises(SysctlError, match=r"65 out of range \(1\.\.64\)"):
+        REGISTRY["net.link.max_interfaces"].parse(65)
+    nine = ", ".join(f'"10.1.{k}.1/24"' for k in range(9))
+    text = f'[router]\nname = "r"\n\n[[interface]]\nname = "tap0"\naddresses = [{nine}]\n'
+    assert problems(text) == [
+        "r.toml:6: interface[0].addresses: 9 addresses: an interface holds at most 8"]
+    eight = ", ".join(f'"10.1.{k}.1/24"' for k in range(8))
+    assert len(parse_config(text.replace(nine, eight)).interfaces[0].addresses) == 8
+
+
 # --- tunables: each kind's range, both ends --------------------------------------------
 
 def test_every_tunable_accepts_exactly_its_documented_range() -> None:
@@ -96,7 +114,8 @@ def test_every_tunable_accepts_exactly_its_documented_range() -> None:
         "net.inet.ip.ttl": (1, 255), "net.inet.icmp.icmplim": (0, 100000),
         "net.link.ether.inet.max_age": (1, 86400 * 365),
         "net.link.ether.inet.maxhold": (1, 10000), "net.link.ether.inet.maxtries": (1, 100),
-        "net.route.max_routes": (1, 1 << 24), "net.link.max_interfaces": (1, 4096),
+        "net.link.ether.inet.max_per_if": (1, 3072),
+        "net.route.max_routes": (1, 1 << 24), "net.link.max_interfaces": (1, 64),
     }
     assert set(expected) == set(REGISTRY)
     for name, (lo, hi) in expected.items():
@@ -183,7 +202,7 @@ INTERFACE_SERIES = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "rx_nobu
 def test_metrics_export_each_counter_under_its_own_name() -> None:
     iface = {k: 10 + i for i, k in enumerate(INTERFACE_SERIES)}
     iface["name"] = "tap1"
-    drops = {r: 100 + i for i, r in enumerate(DROP_NAMES)}
+    drops = {r: 100 + i for i, r in enumerate(DROP_REASONS)}
     icmp = {"errors_sent": 7, "unreachable": 3, "time_exceeded": 4, "echo_replies": 9,
             "ratelimited": 5}
     stats = {"interfaces": [iface], "drops": drops, "icmp": icmp, "forwarded": 41,
@@ -209,6 +228,10 @@ def test_metrics_export_each_counter_under_its_own_name() -> None:
         assert val(f"forwarder_interface_{key}_total", interface="tap1") == iface[key], key
     for reason, v in drops.items():
         assert val("forwarder_drops_total", reason=reason) == v
+    helps = [line for line in text.splitlines() if line.startswith("# HELP forwarder_drops_total ")]
+    assert len(helps) == 1
+    for reason, desc in DROP_REASONS.items():
+        assert f"{reason}: {desc}" in helps[0], reason
     kinds = {dict(labels)["kind"]: v for (n, labels), v in got.items()
              if n == "forwarder_icmp_total"}
     # errors_sent is the sum of its parts: exporting it would count errors twice
@@ -261,6 +284,19 @@ def refused(cp: subprocess.CompletedProcess, code: int, stderr: str) -> None:
 
 
 @requires_netns
+def test_stats_v_names_and_describes_every_drop_reason(router):
+    out = router.cli("stats", "-v").stdout
+    for name, desc in DROP_REASONS.items():
+        assert re.search(rf"^ +\d+ {name} +{re.escape(desc)}$", out, re.M), name
+    assert router.cli_json("stats", "-v")["drop_reasons"] == DROP_REASONS
+    plain = router.cli_json("stats")
+    assert "drop_reasons" not in plain and set(plain["drops"]) == set(DROP_REASONS)
+    # Public names are the C symbols lowercased (dp_drop.h: _(SYMBOL, "description")).
+    header = (Path(__file__).parent.parent / "forwarder" / "dp_drop.h").read_text()
+    symbols = re.findall(r"^  _\((\w+),", header, re.M)
+    assert [s.lower() for s in symbols] == list(DROP_REASONS)
+
+
 def test_a_runtime_tunable_reaches_the_dataplane(lab, router):
     try:
         assert router.sysctl("net.inet.ip.ttl=77") == "net.inet.ip.ttl: 64 -> 77\n"

@@ -462,7 +462,7 @@ def test_arp_requests_at_most_once_a_second_per_neighbour(lab, router):
 
 
 def _arp_hash(ip: int, ifindex: int = 0) -> int:
-    """forwarder/dataplane.pyx arp_hash (DP_ARP_SIZE 4096)."""
+    """forwarder/netinet/if_ether.pxi arp_hash (DP_ARP_SIZE 4096)."""
     return (((ip * 2654435761) & 0xFFFFFFFF) ^ (ifindex * 40503)) & 4095
 
 
