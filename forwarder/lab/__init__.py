@@ -12,7 +12,8 @@ before it (dependencies run one way)::
     tomlwrite.py             router configs written as TOML (the one writer)
     topology.py              the lab model: router namespace, hosts, their config;
                              lab.toml and lab_up() (build it, run its router, remove it)
-    layout.py                where the load generator's fields sit in a frame (stdlib)
+    spec.py                  load specs, sizes, IMIX, where the load generator's
+                             fields sit in a frame (stdlib only)
     frames.py                scapy-built frame templates, checked by dissection
     path.py                  the path between two lab hosts: links, next hop, counters
     sender.py, receiver.py   the processes that offer and count the load
@@ -23,7 +24,7 @@ before it (dependencies run one way)::
     demo.py                  `forwarder lab`: ping, traceroute, load, report
     cli.py                   the lab, loadgen and bench subcommands
 
-``cli.py`` and ``layout.py`` import nothing optional, so that `forwarder --help`
+``cli.py`` and ``spec.py`` import nothing optional, so that `forwarder --help`
 lists the lab commands everywhere and a command run without the extra says
 which extra to install.
 """
