@@ -517,6 +517,22 @@ def test_arp_not_on_link(lab: RouterLab, router: RunningRouter) -> None:
     assert any(e["ip"] == "10.1.0.77" and e["interface"] == "tap1"
                for e in router.call("arp.list"))
     router.forget_arp("10.1.0.77")
+    # A prefix routed straight out of tap1 (no gateway) is on that link too;
+    # the same prefix routed out of tap2 is not on tap1's.
+    for out_if, answered in (("tap1", True), ("tap2", False)):
+        router.call("route.add", prefix="10.77.0.0/16", interface=out_if)
+        try:
+            before = drops(router)["arp_not_on_link"]
+            with sniffers(lab, "h1") as (s1,):
+                s1.send(arp_request_frame("10.77.0.5", "10.1.0.1"))
+                got = s1.collect(arp_answer_to("10.77.0.5"), timeout=QUIET if not answered else 2.0)
+            assert bool(got) is answered, out_if
+            learned = any(e["ip"] == "10.77.0.5" for e in router.call("arp.list"))
+            assert learned is answered, out_if
+            assert drops(router)["arp_not_on_link"] == before + (0 if answered else 1)
+        finally:
+            router.call("route.del", prefix="10.77.0.0/16")
+            router.forget_arp("10.77.0.5")
 
 
 def test_arp_interface_full(lab: RouterLab, router: RunningRouter) -> None:

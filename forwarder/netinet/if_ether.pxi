@@ -5,8 +5,10 @@
 # deletion, DP_ARP_SIZE slots for at most DP_ARP_MAX entries, and at most
 # arp_max_per_if of them on one interface, so one link (a flood of requests
 # from many sources) cannot take the room the neighbours of the others need.
-# Only senders inside a prefix connected on the receiving interface are
-# learned or answered; the others count as arp_not_on_link.
+# Only on-link senders are learned or answered: inside a prefix connected on
+# the receiving interface, or under a route that leaves by that interface
+# without a gateway (`route add PREFIX dev IF`); the others count as
+# arp_not_on_link.
 
 
 cdef inline uint32_t arp_hash(int ifindex, uint32_t ip) noexcept nogil:
@@ -68,6 +70,16 @@ cdef void arp_remove(dp_state *dp, dp_arp *e) noexcept nogil:
             i = j
 
 
+cdef inline bint arp_on_link(dp_state *dp, dp_ifnet *ifp, uint32_t a) noexcept nogil:
+    """a is a neighbour on ifp's link: a connected prefix of ifp, or a
+    direct route out of ifp."""
+    cdef const rt_nexthop *nh
+    if ifp_on_link(ifp, a):
+        return True
+    nh = rt_lookup_nh(dp.rt, a)
+    return nh != NULL and nh.type == NH_FORWARD and nh.gateway == 0 and nh.ifindex == ifp.index
+
+
 cdef void arp_request(dp_state *dp, dp_ifnet *ifp, uint32_t tip) noexcept nogil:
     """Broadcast who-has tip on ifp."""
     cdef mbuf *m = dp_new_packet(ETHER_HDR_LEN + ARP_HDR_LEN)
@@ -118,7 +130,7 @@ cdef void arp_input(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
     tpa = ntohl(ah.arp_tpa)
     ours = ifp_has_addr(ifp, tpa)
     # 0.0.0.0 is a probe (RFC 5227): answered, never learned.
-    if ours and spa != 0 and not ifp_on_link(ifp, spa):
+    if ours and spa != 0 and not arp_on_link(dp, ifp, spa):
         dp_drop_m(dp, m, DROP_ARP_NOT_ON_LINK)
         return
     if spa != 0 and not (ah.arp_sha[0] & 1):
