@@ -503,11 +503,13 @@ def test_arp_not_on_link(lab: RouterLab, router: RunningRouter) -> None:
     neither answered nor learned; an on-link sender is both."""
     strangers = ("10.9.9.9", "10.2.0.77")
     frames = [arp_request_frame(ip, "10.1.0.1") for ip in strangers]
+    arp_in = stats(router)["arp"]["received"]
     out = probe(lab, router, frames, reason="arp_not_on_link", expect=len(frames),
                 far_match=lambda p: ARP in p and p[ARP].psrc in strangers,
                 sender_match=lambda p: p.src == router_mac(1) and ARP in p
                 and p[ARP].pdst in strangers)
     assert_silent_drop(out, "arp_not_on_link", len(frames))
+    assert stats(router)["arp"]["received"] == arp_in      # dropped, not also handled
     learned = {e["ip"] for e in router.call("arp.list")}
     assert not learned & set(strangers), learned
     # Control: the same request from a sender inside 10.1.0.0/24.

@@ -125,7 +125,6 @@ cdef void arp_input(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
             or ah.ar_pln != IP_ADDR_LEN:
         dp_drop_m(dp, m, DROP_ARP_MALFORMED)
         return
-    dp.arp_in += 1
     spa = ntohl(ah.arp_spa)
     tpa = ntohl(ah.arp_tpa)
     ours = ifp_has_addr(ifp, tpa)
@@ -133,6 +132,7 @@ cdef void arp_input(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
     if ours and spa != 0 and not arp_on_link(dp, ifp, spa):
         dp_drop_m(dp, m, DROP_ARP_NOT_ON_LINK)
         return
+    dp.arp_in += 1                      # a drop is never also "received"
     if spa != 0 and not (ah.arp_sha[0] & 1):
         e = arp_lookup(dp, ifp.index, spa)
         if e == NULL and ours:
