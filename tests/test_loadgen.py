@@ -20,7 +20,7 @@ import pytest
 from forwarder import netns as nn
 from forwarder.config import load_config
 from forwarder.lab import frames, plot, report, spec
-from forwarder.lab.path import check_ours, resolve_path
+from forwarder.lab.path import check_ours, host_path
 from forwarder.lab.process import forwarder_argv
 from forwarder.lab.run import run_load, sweep
 from forwarder.lab.topology import lab_up
@@ -115,8 +115,7 @@ def lab():
 
 @pytest.fixture(scope="module")
 def path(lab):
-    h1, h2 = lab.host("h1"), lab.host("h2")
-    return resolve_path(h1.netns, h2.netns, str(h2.address.ip), router_socket=str(lab.socket))
+    return host_path(lab, "h1", "h2")
 
 
 def _kernel(ns: str, ifname: str) -> dict:

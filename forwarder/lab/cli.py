@@ -15,11 +15,12 @@ import sys
 import textwrap
 from typing import Any, Callable
 
+from forwarder.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from forwarder.lab import EXTRA, INSTALL_HINT, missing
 from forwarder.lab.signals import Terminated, cleanup_signals
 from forwarder.lab.spec import MAX_DURATION, PROTOCOLS, LoadgenError, LoadSpec
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_INTERRUPTED = 130         # 128 + SIGINT; the others are `forwarder`'s own
 Command = Callable[[argparse.Namespace], int]
 
 
@@ -83,7 +84,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     except ImportError:
         raise
-    except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
+    except (ValueError, RuntimeError, OSError) as e:
         print(f"forwarder lab: {e}", file=sys.stderr)
         return EXIT_ERROR
     except Exception as e:  # noqa: BLE001 - config and loadgen errors: one line, no traceback
@@ -117,7 +118,7 @@ def add_lab(sub: Any) -> None:
 
 @needs_extra
 def cmd_loadgen(args: argparse.Namespace) -> int:
-    from forwarder.lab.path import resolve_path
+    from forwarder.lab.path import host_path, resolve_path
     from forwarder.lab.topology import lab_up
     spec = LoadSpec(proto=args.proto, sizes=args.size, flows=args.flows, rate=args.rate,
                     duration=args.duration, count=args.count, procs=args.procs,
@@ -147,10 +148,8 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
                 return _loadgen(spec, path, args, rates, say)
             with lab_up(args.config, report=lambda what, text: say(f"lab: {what:<12} {text}")
                         ) as lab:
-                src, dst = lab.host(args.src_host), lab.host(args.dst_host)
-                path = resolve_path(src.netns, dst.netns, str(dst.address.ip),
-                                    router_socket=str(lab.socket))
-                return _loadgen(spec, path, args, rates, say)
+                return _loadgen(spec, host_path(lab, args.src_host, args.dst_host), args,
+                                rates, say)
     except KeyboardInterrupt:
         print("\nforwarder loadgen: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

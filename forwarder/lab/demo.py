@@ -22,8 +22,8 @@ from typing import Callable
 
 from allocator_pyx.netstat import netstat_m
 from forwarder import netns as nn
-from forwarder.lab.path import resolve_path
-from forwarder.lab.report import Progress, fmt_rate, format_summary, write_json
+from forwarder.lab.path import host_path
+from forwarder.lab.report import Progress, fmt_offered, format_summary, write_json
 from forwarder.lab.run import run_load
 from forwarder.lab.spec import LoadSpec
 from forwarder.lab.topology import LAB_TOML, Lab, LabHost, lab_up
@@ -73,16 +73,14 @@ def run_demo(lab: Lab, spec: LoadSpec, say: Say, *, json_path: str | None = None
     good, hops = traceroute(lab, src, far)
     ok &= good
     say(step("traceroute") + f" {src.name} -> {far.name}: " + ("  |  ".join(hops) or "no hops"))
-    rate = "flat out" if spec.rate is None else f"at {fmt_rate(spec.rate)}"
     say(step("load") + f" {src.name} -> {near.name} {near.address.ip}: {spec.proto} "
-        f"{spec.sizes} B, {spec.flows} flows, {spec.duration:g} s {rate}")
-    path = resolve_path(src.netns, near.netns, str(near.address.ip),
-                        router_socket=str(lab.socket))
-    r = run_load(spec, path, progress=Progress("load", spec.duration))
+        f"{spec.sizes} B, {spec.flows} flows, {spec.duration:g} s {fmt_offered(spec.rate)}")
+    r = run_load(spec, host_path(lab, src.name, near.name),
+                 progress=Progress("load", spec.duration))
     if r["received"]["packets"] == 0:
         ok = False
     say("")
-    say(format_summary(r, r["router"]["drops"] if r["router"] else None))
+    say(format_summary(r))
     say("")
     say("netstat -m:")
     say(netstat_m(lab.router.call("zones")))

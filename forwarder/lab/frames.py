@@ -49,8 +49,6 @@ def build_template(proto: str, size: int, flow: int, *, src_mac: str, dst_mac: s
     else:
         raise LoadgenError(f"protocol {proto!r}: one of {', '.join(PROTOCOLS)}")
     raw = bytes(pkt)
-    if len(raw) < frame_len:            # (never for these layouts: all fit in 60 bytes)
-        raw += bytes(frame_len - len(raw))
     if len(raw) != frame_len:
         raise LoadgenError(f"{proto} template is {len(raw)} bytes, wanted {frame_len}")
     assert L.ipproto == raw[23]

@@ -6,7 +6,8 @@ router's for the destination) and the destination's link.  Only namespaces made
 by :class:`forwarder.netns.Topology` (names ``fwXXXXXX-...``) are accepted: the
 load generator never sends anywhere else.  The kernel's counters of both links
 (what `ip -s link` shows) are read before and after each run, so a report can
-tell where packets were lost.
+tell where packets were lost.  :func:`host_path` is the path between two hosts
+of a :class:`forwarder.lab.topology.Lab`.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Iterator
 
 from forwarder import netns as nn
 from forwarder.lab.spec import FLOW_SRC_NET, LoadgenError
+from forwarder.lab.topology import Lab
 
 OURS = re.compile(r"^fw[0-9a-f]{6}-")
 
@@ -99,6 +101,13 @@ def resolve_path(src_ns: str, dst_ns: str, dst_ip: str | None = None, *,
     return PathInfo(src_netns=src_ns, src_if=src_if, src_ifindex=oif, src_mac=src_mac,
                     src_mtu=src_mtu, dst_netns=dst_ns, dst_if=dst_if, dst_ifindex=dst_idx,
                     dst_ip=dst_ip, next_hop=hop, next_hop_mac=mac, router_socket=router_socket)
+
+
+def host_path(lab: Lab, src: str, dst: str) -> PathInfo:
+    """:func:`resolve_path` from lab host ``src`` to lab host ``dst`` (names or
+    namespaces), with the lab's router's socket for its drop counters."""
+    s, d = lab.host(src), lab.host(dst)
+    return resolve_path(s.netns, d.netns, str(d.address.ip), router_socket=str(lab.socket))
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
-from forwarder.lab.report import fmt_rate, fmt_us  # noqa: E402
+from forwarder.lab.report import fmt_rate, fmt_sizes, fmt_us  # noqa: E402
 
 
 def plot_result(r: dict, path: str) -> None:
@@ -43,15 +43,13 @@ def plot_result(r: dict, path: str) -> None:
     ax2.set_ylabel("packets")
     ax2.set_title("latency distribution")
     spec = r["spec"]
-    sizes = "imix" if spec["imix"] else ",".join(map(str, spec["sizes"]))
-    fig.suptitle(f"{spec['proto']} {sizes} B, "
+    fig.suptitle(f"{spec['proto']} {fmt_sizes(spec)} B, "
                  f"{spec['flows']} flows: {fmt_rate(r['sent']['pps'])} offered, "
                  f"{fmt_rate(r['received']['pps'])} delivered, "
                  f"loss {100 * r['loss']['ratio']:.2f} %")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
-
 
 
 def plot_sweep(sw: dict, path: str) -> None:
@@ -76,8 +74,7 @@ def plot_sweep(sw: dict, path: str) -> None:
     h2, l2 = ax2.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, loc="upper left")
     spec = sw["spec"] or {}
-    sizes = "imix" if spec.get("imix") else ",".join(map(str, spec.get("sizes") or []))
-    ax.set_title(f"rate sweep: {spec.get('proto')} {sizes} B, "
+    ax.set_title(f"rate sweep: {spec.get('proto')} {fmt_sizes(spec)} B, "
                  f"{spec.get('flows')} flows")
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -89,13 +89,28 @@ def fmt_us(v: float | None) -> str:
     return f"{v / 1000:.2f} ms" if v >= 1000 else f"{v:.1f} µs"
 
 
+def fmt_offered(pps: float | None) -> str:
+    """An offered rate: "at 50.0 kpps", or "flat out" for none."""
+    return "flat out" if pps is None else f"at {fmt_rate(pps)}"
+
+
+def fmt_sizes(spec: dict) -> str:
+    """A result's frame sizes: "imix" or "64,1518"."""
+    return "imix" if spec.get("imix") else ",".join(map(str, spec.get("sizes") or []))
+
+
+def fmt_drops(drops: dict[str, int]) -> str:
+    """The router's drop counters, most first; "none" for none."""
+    return ", ".join(f"{n} {v:,}" for n, v in sorted(drops.items(), key=lambda kv: -kv[1])) \
+        or "none"
+
+
 def format_result(r: dict) -> str:
     """`forwarder loadgen`'s table of one result."""
     s, rc, lat = r["sent"], r["received"], r["latency_us"]
     spec = r["spec"]
-    sizes = "imix" if spec["imix"] else ",".join(map(str, spec["sizes"]))
-    rate = "flat out" if spec["rate_pps"] is None else f"at {fmt_rate(spec['rate_pps'])}"
-    lines = [f"{spec['proto']} {sizes} B, {spec['flows']} flows, {rate}, "
+    lines = [f"{spec['proto']} {fmt_sizes(spec)} B, {spec['flows']} flows, "
+             f"{fmt_offered(spec['rate_pps'])}, "
              f"{r['path']['src_netns']} -> {r['path']['dst_ip']} ({r['path']['dst_netns']})",
              f"{'':<14}{'offered':>16}{'delivered':>16}",
              f"{'packets':<14}{s['packets']:>16,}{rc['packets']:>16,}",
@@ -114,9 +129,8 @@ def format_result(r: dict) -> str:
                  f"{k['receiver_socket']['drops']:,}")
     if r.get("router") is not None:
         rt = r["router"]
-        drops = ", ".join(f"{n} {v:,}" for n, v in sorted(rt["drops"].items(),
-                                                          key=lambda kv: -kv[1])) or "none"
-        lines.append(f"{'router':<14}forwarded {rt['forwarded']:,}; drops: {drops}")
+        lines.append(f"{'router':<14}forwarded {rt['forwarded']:,}; drops: "
+                     f"{fmt_drops(rt['drops'])}")
     return "\n".join(lines)
 
 
@@ -133,9 +147,10 @@ def format_sweep(sw: dict) -> str:
     return "\n".join(lines)
 
 
-def format_summary(r: dict, drops: dict[str, int] | None) -> str:
+def format_summary(r: dict) -> str:
     """The lab demo's box: offered, delivered, loss, latency and the router's drops."""
     lat = r["latency_us"]
+    drops = r["router"]["drops"] if r["router"] else {}
     rows = [("offered", f"{fmt_rate(r['sent']['pps'])}  ({r['sent']['packets']:,} packets, "
                         f"{r['sent']['mbps']:.1f} Mbit/s)"),
             ("delivered", f"{fmt_rate(r['received']['pps'])}  ({r['received']['packets']:,} "
@@ -144,8 +159,7 @@ def format_summary(r: dict, drops: dict[str, int] | None) -> str:
                      f"{r['reordered']:,} reordered"),
             ("latency", f"p50 {fmt_us(lat['p50'])}   p99 {fmt_us(lat['p99'])}   "
                         f"max {fmt_us(lat['max'])}"),
-            ("router drops", "none" if not drops else
-             ", ".join(f"{k} {v:,}" for k, v in sorted(drops.items(), key=lambda kv: -kv[1])))]
+            ("router drops", fmt_drops(drops))]
     width = max(len(k) for k, _ in rows)
     line = "+" + "-" * (width + 2) + "+" + "-" * 64 + "+"
     out = [line]

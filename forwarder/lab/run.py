@@ -65,8 +65,7 @@ def _recv_all(conns: list[Any], procs: list[Any], what: str, timeout: float) -> 
     return out
 
 
-def run_load(spec: LoadSpec, path: PathInfo, *, progress: Progress | None = None,
-             label: str = "load") -> dict:
+def run_load(spec: LoadSpec, path: PathInfo, *, progress: Progress | None = None) -> dict:
     """Run one load from path.src to path.dst; return the result (schema SCHEMA)."""
     spec.check()
     pattern, imix = parse_sizes(spec.sizes)
