@@ -71,10 +71,8 @@ cdef extern from "<sched.h>" nogil:
         CLONE_FILES
 
 cdef extern from "<unistd.h>" nogil:
-    int usleep(unsigned int usec)
     enum:
-        _SC_PHYS_PAGES
-        _SC_PAGESIZE
+        _SC_PHYS_PAGES          # glibc; posix.unistd has _SC_PAGESIZE, usleep, read, write
 
 # --- compiler hints -----------------------------------------------------------------------
 cdef extern from *:

@@ -73,11 +73,11 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t, uintptr_
 from libc.string cimport memcpy, memset
 from posix.fcntl cimport O_RDONLY, open as c_open
 from posix.uio cimport iovec, readv, writev
-from posix.unistd cimport close, read, sysconf, write
+from posix.unistd cimport _SC_PAGESIZE, close, read, sysconf, write
 
 cimport cython
 
-from allocator_pyx.includes cimport (_SC_PAGESIZE, _SC_PHYS_PAGES, likely, pthread_mutex_init,
+from allocator_pyx.includes cimport (_SC_PHYS_PAGES, likely, pthread_mutex_init,
                                      pthread_mutex_lock, pthread_mutex_t, pthread_mutex_unlock,
                                      unlikely)
 from allocator_pyx.uma cimport (M_NOWAIT, M_WAITOK, M_ZERO, UMA_ZONE_REFCNT,

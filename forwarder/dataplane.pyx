@@ -38,13 +38,13 @@ from libc.errno cimport EAGAIN, EBADF, EBADFD, EINTR, EIO, ENOBUFS, ENODEV, ENXI
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset, strncpy
-from posix.unistd cimport close, read, write
+from posix.unistd cimport close, read, usleep, write
 
 from allocator_pyx.includes cimport (CLONE_FILES, EFD_CLOEXEC, EFD_NONBLOCK, EPOLL_CLOEXEC,
                                      EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLLIN, epoll_create1,
                                      epoll_ctl, epoll_event, epoll_wait, eventfd, now_ns,
                                      pthread_mutex_destroy, pthread_mutex_init,
-                                     pthread_mutex_lock, pthread_mutex_unlock, unshare, usleep)
+                                     pthread_mutex_lock, pthread_mutex_unlock, unshare)
 from allocator_pyx.mbuf cimport (MHLEN, MT_DATA, M_PKTHDR, m_adj, m_copydata, m_copym,
                                  m_discard_fd, m_freem, m_getcl, m_gethdr, M_PREPEND,
                                  m_read_fd, m_writev_fd, mbuf, mbufq, mbufq_dequeue,
@@ -107,7 +107,6 @@ ARP_MAX_ENTRIES = DP_ARP_MAX
 # Drop reasons, name -> description, in counter order (from dp_drop.h).
 DROP_REASONS = {dp_drop_symbol[i].decode().lower(): dp_drop_description[i].decode()
                 for i in range(DROP_MAX)}
-cdef tuple _drop_names = tuple(DROP_REASONS)
 
 
 def _check_mtu(int mtu):
@@ -322,7 +321,7 @@ cdef class Dataplane:
                     "tx_errors": ifp.tx_errors,
                     "link": "up" if not ifp.lost_errno else f"lost ({os.strerror(ifp.lost_errno)})",
                 })
-            drops = {_drop_names[i]: self.dp.drops[i] for i in range(DROP_MAX)}
+            drops = {name: self.dp.drops[i] for i, name in enumerate(DROP_REASONS)}
             icmp = {"echo_replies": self.dp.icmp_out[ICMP_ECHOREPLY],
                     "unreachable": self.dp.icmp_out[ICMP_UNREACH],
                     "time_exceeded": self.dp.icmp_out[ICMP_TIMXCEED],

@@ -3,10 +3,7 @@ from __future__ import annotations
 
 from allocator_pyx import mbuf
 from allocator_pyx.netstat import netstat_m, netstat_m_dict
-from forwarder.sysctl import SysctlError, SysctlTree
-
-LIMIT_SYSCTLS = ("kern.ipc.nmbclusters", "kern.ipc.nmbufs", "kern.ipc.nmbjumbop",
-                 "kern.ipc.nmbjumbo9", "kern.ipc.nmbjumbo16")
+from forwarder.sysctl import MBUF_LIMITS, SysctlError, SysctlTree
 
 # The zone each limit applies to, as FreeBSD's uma_zone_set_warning() pairs
 # them ("[zone: mbuf_cluster] kern.ipc.nmbclusters limit reached").  The
@@ -19,7 +16,7 @@ ZONE_LIMITS = {"mbuf": "kern.ipc.nmbufs", "mbuf_cluster": "kern.ipc.nmbclusters"
 def apply_limits(tree: SysctlTree) -> dict:
     """Boot: every mbuf zone limit from the tunables, together."""
     try:
-        return mbuf.set_limits(**{name: tree.get(name) for name in LIMIT_SYSCTLS})
+        return mbuf.set_limits(**{name: tree.get(name) for name in MBUF_LIMITS})
     except mbuf.LimitError as e:
         raise SysctlError(str(e)) from None
 

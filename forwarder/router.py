@@ -37,7 +37,7 @@ from forwarder import mbufs, netns
 from forwarder.config import Config, ConfigError, Interface, load_config, unusable_gateway
 from forwarder.dataplane import MAX_STALL, Dataplane
 from forwarder.route import RouteTable
-from forwarder.sysctl import DATAPLANE_TUNABLES, SysctlError, SysctlTree
+from forwarder.sysctl import DATAPLANE_TUNABLES, REGISTRY, SysctlError, SysctlTree
 
 log = logging.getLogger("forwarder.router")
 
@@ -280,9 +280,10 @@ class Router:
 
     def _on_sysctl(self, name: str, old: int, new: int) -> None:
         """A tunable changed at runtime: apply it (may veto with SysctlError)."""
-        if name in mbufs.LIMIT_SYSCTLS:
+        applies = REGISTRY[name].applies
+        if applies == "mbuf":
             mbufs.set_limit(name, new, self.sysctl)
-        elif name in DATAPLANE_TUNABLES:
+        elif applies == "dataplane":
             self.dp.set(name, new)
         # SysctlTree logs the change once it is committed.
 

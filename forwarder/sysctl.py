@@ -41,6 +41,7 @@ MJUM16BYTES = 16384
 
 INT_MAX = 2**31 - 1
 
+# The tunables that apply="mbuf" (the registry checks the two agree).
 MBUF_LIMITS = (
     "kern.ipc.nmbclusters",
     "kern.ipc.nmbufs",
@@ -194,6 +195,7 @@ TUNABLES: tuple[Tunable, ...] = (
 
 REGISTRY: dict[str, Tunable] = {t.name: t for t in TUNABLES}
 DATAPLANE_TUNABLES: tuple[str, ...] = tuple(t.name for t in TUNABLES if t.applies == "dataplane")
+assert {t.name for t in TUNABLES if t.applies == "mbuf"} == set(MBUF_LIMITS)
 
 
 def lookup(name: str, registry: Mapping[str, Tunable] = REGISTRY) -> Tunable:

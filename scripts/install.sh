@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything the router, its lab and its tests need (run as root on Debian).
-#   Debian tools: iproute2, ping, traceroute, iperf3, gcc, pip, Python headers (only those missing).
+#   Debian tools: iproute2, ping, traceroute, iperf3, gcc, pip, venv, Python headers (only those missing).
 #   Python: this package, built in place with its Cython extensions, plus the lab extra
 #   (scapy, numpy, matplotlib, psutil: `forwarder lab`) and the test extra.
 set -euo pipefail
@@ -13,6 +13,8 @@ command -v traceroute >/dev/null || need+=(traceroute)
 command -v iperf3 >/dev/null     || need+=(iperf3)
 command -v gcc >/dev/null        || need+=(gcc)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+# the container tests install the wheel into a fresh venv (Debian splits ensurepip out)
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 python3 -c 'import sysconfig,os,sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"],"Python.h")))' \
                                  || need+=(python3-dev)
 if [ ${#need[@]} -gt 0 ]; then

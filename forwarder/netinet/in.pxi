@@ -11,21 +11,25 @@ cdef inline int ifp_has_addr(dp_ifnet *ifp, uint32_t a) noexcept nogil:
     return 0
 
 
-cdef inline int ifp_on_link(dp_ifnet *ifp, uint32_t a) noexcept nogil:
-    """a lies inside a prefix connected on ifp."""
+cdef inline int ifp_prefix_of(dp_ifnet *ifp, uint32_t a) noexcept nogil:
+    """The index of ifp's address whose connected prefix holds a, or -1."""
     cdef int i
     for i in range(ifp.naddrs):
         if (ifp.addr[i] & ifp.mask[i]) == (a & ifp.mask[i]):
-            return 1
-    return 0
+            return i
+    return -1
+
+
+cdef inline int ifp_on_link(dp_ifnet *ifp, uint32_t a) noexcept nogil:
+    """a lies inside a prefix connected on ifp."""
+    return ifp_prefix_of(ifp, a) >= 0
 
 
 cdef inline uint32_t ifp_src_for(dp_ifnet *ifp, uint32_t peer) noexcept nogil:
     """Our address on ifp in peer's subnet, else the first one (0: none)."""
-    cdef int i
-    for i in range(ifp.naddrs):
-        if (ifp.addr[i] & ifp.mask[i]) == (peer & ifp.mask[i]):
-            return ifp.addr[i]
+    cdef int i = ifp_prefix_of(ifp, peer)
+    if i >= 0:
+        return ifp.addr[i]
     return ifp.addr[0] if ifp.naddrs else 0
 
 
