@@ -98,6 +98,21 @@ class RunningRouter(RouterProcess):
     def sysctl(self, assignment: str) -> str:
         return self.cli("sysctl", assignment).stdout
 
+    def snapshot(self) -> tuple:
+        """Routes, tunables and interface MTUs: what a refused reload leaves as it was."""
+        return (self.call("route.list"), self.call("sysctl.list"),
+                [(i["name"], i["mtu"]) for i in self.stats()["interfaces"]])
+
+    def wait_icmp_handled(self, before: dict, n: int, timeout: float) -> dict:
+        """The ICMP counters (``stats()["icmp"]``) once ``n`` errors more than
+        in ``before`` were sent or rate-limited (read in-process, every 50 ms)."""
+        def handled() -> dict | None:
+            now = self.call("stats")["icmp"]
+            done = (now["errors_sent"] - before["errors_sent"]
+                    + now["ratelimited"] - before["ratelimited"])
+            return now if done >= n else None
+        return self.wait_for(handled, timeout, what=f"{n} ICMP errors sent or limited")
+
     def forget_arp(self, *ips: str, incomplete: bool = False) -> None:
         """Delete the ARP entries for ``ips`` (on every interface), or with
         ``incomplete`` every unresolved one, and the packets they hold.  An

@@ -27,6 +27,7 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet
 from scapy.utils import checksum
 
+from forwarder.router import mac_bytes
 from tests.routerlab import RunningRouter, router_mac, start_router
 from tests.topology import RouterLab, make_lab, requires_netns, topology  # noqa: F401
 from tests.wire import Sniffer, host_mac
@@ -457,10 +458,6 @@ def counter_violations(before: dict, after: dict, want: Counter, dropped: int,
         if got < max(1, n - dropped) or (name in DEEP and got > n + slack):
             bad.append(f"{name}: rose by {got}, {n} sent for it ({dropped} lost on the queue)")
     return bad
-
-
-def mac_bytes(mac: str) -> bytes:
-    return bytes.fromhex(mac.replace(":", ""))
 
 
 def test_every_frame_read_is_accounted_for(lab, router):

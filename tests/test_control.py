@@ -153,20 +153,15 @@ def _break(router: RunningRouter, case: str) -> tuple[str, int]:
     return good, line_of(text, needle)
 
 
-def _snapshot(router: RunningRouter) -> tuple:
-    return (router.call("route.list"), router.call("sysctl.list"),
-            [(i["name"], i["mtu"]) for i in router.stats()["interfaces"]])
-
-
 @pytest.mark.parametrize("case", list(BROKEN))
 def test_sighup_with_a_broken_config_keeps_the_running_one(router, case):
-    before, r0, mark = _snapshot(router), reloads(router), len(router.log_text())
+    before, r0, mark = router.snapshot(), reloads(router), len(router.log_text())
     good, line = _break(router, case)
     try:
         router.sighup()
         router.wait_for(lambda: reloads(router)["failed"] == r0["failed"] + 1,
                         what="reload failure counted")
-        assert _snapshot(router) == before
+        assert router.snapshot() == before
         r1 = reloads(router)
         assert r1["ok"] == r0["ok"]
         path = re.escape(str(router.config))
@@ -196,7 +191,7 @@ def test_forwarder_reload_applies_a_good_config_and_refuses_a_broken_one(lab, ro
         cp = lab.ping("h1", "10.99.0.1", count=1, wait=2)
         assert "Packet filtered" in cp.stdout, cp.stdout
 
-        before = _snapshot(router)
+        before = router.snapshot()
         for case in BROKEN:
             _, line = _break(router, case)
             cp = router.cli("reload", check=False)
@@ -204,11 +199,11 @@ def test_forwarder_reload_applies_a_good_config_and_refuses_a_broken_one(lab, ro
             assert cp.stdout == ""
             assert re.match(rf"forwarder reload: {re.escape(str(router.config))}:{line}: ",
                             cp.stderr), cp.stderr
-            assert _snapshot(router) == before
+            assert router.snapshot() == before
         router.config.unlink()
         cp = router.cli("reload", check=False)
         assert cp.returncode == 1 and "cannot read" in cp.stderr, cp.stderr
-        assert _snapshot(router) == before
+        assert router.snapshot() == before
         r1 = reloads(router)
         assert (r1["ok"], r1["failed"]) == (r0["ok"] + 1, r0["failed"] + len(BROKEN) + 1)
         assert re.search(rf"reloads: {r1['ok']} ok, {r1['failed']} failed \(last error: .*cannot read",

@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from allocator_pyx.netstat import netstat_m, netstat_m_dict, parse_netstat_m
 from forwarder import metrics, sysctl
+from forwarder import netns as nn
 from forwarder.config import ConfigError, parse_config
 from forwarder.control import ControlServer
 from forwarder.dataplane import DROP_REASONS
@@ -31,7 +32,7 @@ from forwarder.lab.tomlwrite import to_toml
 from forwarder.route import RouteTable
 from forwarder.sysctl import REGISTRY, SysctlError
 from tests.routerlab import RunningRouter, lab_doc, start_router
-from tests.topology import lab, requires_netns, topology  # noqa: F401
+from tests.topology import lab, make_lab, requires_netns, topology  # noqa: F401
 
 ROUTER = '[router]\nname = "r1"\n'
 ONE_LINK = ROUTER + '[[interface]]\nname = "tap0"\naddresses = ["10.1.0.1/24"]\n'
@@ -274,11 +275,6 @@ def config_text(r: RunningRouter, sysctl_: dict | None = None, routes=ROUTES,
     return to_toml(doc)
 
 
-def snapshot(r: RunningRouter) -> tuple:
-    return (r.call("route.list"), r.call("sysctl.list"),
-            [(i["name"], i["mtu"]) for i in r.stats()["interfaces"]])
-
-
 def refused(cp: subprocess.CompletedProcess, code: int, stderr: str) -> None:
     assert (cp.returncode, cp.stdout, cp.stderr) == (code, "", stderr)
 
@@ -353,7 +349,7 @@ def test_a_config_route_overridden_at_runtime_comes_back_on_reload(router):
 @requires_netns
 def test_reload_changing_a_boot_only_tunable_is_refused_and_changes_nothing(router):
     good = router.config.read_text()
-    before = snapshot(router)
+    before = router.snapshot()
     try:
         router.config.write_text(config_text(
             router, {"net.link.max_interfaces": 32},
@@ -361,7 +357,7 @@ def test_reload_changing_a_boot_only_tunable_is_refused_and_changes_nothing(rout
         refused(router.cli("reload", check=False), 1,
                 "forwarder reload: boot-only tunables changed: net.link.max_interfaces; "
                 "restart\n")
-        assert snapshot(router) == before
+        assert router.snapshot() == before
     finally:
         router.config.write_text(good)
     assert router.cli("reload").stdout == "reloaded: no changes\n"
@@ -394,7 +390,6 @@ def test_reload_orders_mbuf_limit_changes_so_every_step_is_valid(router):
     assert all(info[n]["value"] == info[n]["default"] for n in sysctl.MBUF_LIMITS)
 
 
-
 # --- refused means unchanged ------------------------------------------------------------
 
 def test_an_nmbufs_below_the_cluster_limits_is_a_config_error_at_its_line() -> None:
@@ -416,15 +411,14 @@ def test_an_nmbufs_below_the_cluster_limits_is_a_config_error_at_its_line() -> N
 @requires_netns
 def test_a_reload_with_inconsistent_mbuf_limits_changes_no_mtu(router):
     good = router.config.read_text()
-    before = snapshot(router)
+    before = router.snapshot()
     try:
         router.config.write_text(config_text(router, {"kern.ipc.nmbufs": 10}, mtu1=1400))
         cp = router.cli("reload", check=False)
         assert cp.returncode == 1 and "sysctl.kern.ipc.nmbufs: 10 is below" in cp.stderr, \
             cp.stderr
-        assert snapshot(router) == before
+        assert router.snapshot() == before
         h1 = router.lab.host("h1")
-        from forwarder import netns as nn
         assert nn.link_info(h1.ifname, h1.netns).mtu == 1500
     finally:
         router.config.write_text(good)
@@ -448,8 +442,6 @@ def test_a_reload_failing_half_way_puts_the_changed_mtus_back(tmp_path: Path) ->
     those already changed are put back -- in the dataplane and on the host's
     side of the TAP -- and the reload is refused.  A router of its own: it
     loses a host."""
-    from forwarder import netns as nn
-    from tests.topology import make_lab
     with nn.Topology() as topo:
         lab2 = make_lab(topo, n_hosts=2)
         r = start_router(lab2, tmp_path / "halfway")

@@ -26,11 +26,12 @@ import pytest
 from scapy.layers.inet import ICMP, IP, UDP, IPOption_NOP, IPOption_Router_Alert, IPOption_RR
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
+from scapy.utils import checksum
 
 from forwarder import netns as nn
 from tests.routerlab import RunningRouter, router_mac, start_router
 from tests.topology import RouterLab, make_lab, requires_netns, topology  # noqa: F401
-from tests.wire import host_mac, sniffers, to_router, udp_socket
+from tests.wire import arp_frame, host_mac, sniffers, to_router, udp_socket
 
 pytestmark = requires_netns
 
@@ -59,32 +60,18 @@ def router(lab: RouterLab, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 # --- helpers ---------------------------------------------------------------------------
 
-
-def stats(r: RunningRouter) -> dict:
-    return r.call("stats")
-
-
 def arp_entry(router: RunningRouter, ip: str) -> dict | None:
     return next((e for e in router.call("arp.list") if e["ip"] == ip), None)
 
 
 def cksum_ok(ip: IP) -> bool:
     """The IPv4 header checksum of a received packet is right."""
-    raw = bytes(ip)[:ip.ihl * 4]
-    s = sum(int.from_bytes(raw[i:i + 2], "big") for i in range(0, len(raw), 2))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s == 0xFFFF
+    return checksum(bytes(ip)[:ip.ihl * 4]) == 0
 
 
 def icmp_cksum_ok(ip: IP) -> bool:
-    data = bytes(ip)[ip.ihl * 4:ip.len]
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s == 0xFFFF
+    """The ICMP checksum (over the datagram's payload) is right."""
+    return checksum(bytes(ip)[ip.ihl * 4:ip.len]) == 0
 
 
 def cut(datagram: bytes, sizes: list[int]) -> list[IP]:
@@ -195,13 +182,13 @@ def test_a_datagram_of_exactly_the_mtu_passes_whole(lab, router):
     """1280 bytes with DF to h3's 1280-byte link: forwarded as is."""
     pkt = IP(src="10.1.0.2", dst="10.3.0.2", id=0x5A04, flags="DF") / UDP(sport=7, dport=40104) / (
         b"m" * (1280 - 28))
-    before = stats(router)["drops"]["needfrag_df_set"]
+    before = router.call("stats")["drops"]["needfrag_df_set"]
     with sniffers(lab, "h1", "h3") as (s1, s3):
         s1.send(to_router(lab, "h1", pkt))
         got = s3.collect(lambda p: UDP in p and p[UDP].dport == 40104, timeout=3)
     assert got, "the 1280-byte datagram did not reach h3"
     assert got[0][IP].len == 1280 and got[0][IP].frag == 0 and not got[0][IP].flags.MF
-    assert stats(router)["drops"]["needfrag_df_set"] == before
+    assert router.call("stats")["drops"]["needfrag_df_set"] == before
 
 
 def test_frag_needed_carries_the_next_hops_mtu(lab, router):
@@ -313,18 +300,11 @@ def test_icmp_bucket_refills_after_a_burst_and_is_capped_while_idle(lab, router)
     try:
         with router.tunables({"net.inet.icmp.icmplim": 5}), sniffers(lab, "h1") as (s1,):
             time.sleep(3.0)                      # idle: a full bucket stays at 5
-            before = stats(router)["icmp"]
+            before = router.call("stats")["icmp"]
             t0 = time.monotonic()
             for i in range(40):
                 sock.sendto(b"burst", ("10.99.1.%d" % (i + 1), 9))
-
-            def handled() -> dict | None:
-                now = stats(router)["icmp"]
-                n = (now["errors_sent"] - before["errors_sent"]
-                     + now["ratelimited"] - before["ratelimited"])
-                return now if n >= 40 else None
-
-            after = router.wait_for(handled, timeout=10, what="40 errors sent or limited")
+            after = router.wait_icmp_handled(before, 40, timeout=10)
             span = time.monotonic() - t0
             sent = after["errors_sent"] - before["errors_sent"]
             assert 5 <= sent <= 5 + 5 * span + 1, (sent, span)
@@ -346,12 +326,6 @@ def test_icmp_bucket_refills_after_a_burst_and_is_capped_while_idle(lab, router)
 
 FAKE = "02:00:00:00:aa:21"
 FAKE2 = "02:00:00:00:aa:22"
-
-
-def arp_frame(op: int, hwsrc: str, psrc: str, pdst: str, dst: str = "ff:ff:ff:ff:ff:ff",
-              hwdst: str = "00:00:00:00:00:00") -> bytes:
-    return bytes(Ether(dst=dst, src=hwsrc, type=0x0806)
-                 / ARP(op=op, hwsrc=hwsrc, psrc=psrc, hwdst=hwdst, pdst=pdst))
 
 
 def test_arp_reply_fields(lab, router):

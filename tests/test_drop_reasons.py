@@ -48,8 +48,8 @@ from scapy.layers.l2 import ARP, Ether
 from forwarder import netns as nn
 from forwarder.dataplane import ARP_MAX_ENTRIES as DP_ARP_MAX
 from tests.routerlab import RunningRouter, router_mac, start_router
-from tests.topology import RouterLab, make_lab, requires_netns, topology  # noqa: F401
-from tests.wire import host_mac, sniffers, to_router
+from tests.topology import RouterLab, lab, make_lab, requires_netns, topology  # noqa: F401
+from tests.wire import arp_frame, host_mac, sniffers, to_router
 
 pytestmark = requires_netns
 
@@ -73,12 +73,8 @@ Match = Callable[[Ether], bool]
 
 
 @pytest.fixture(scope="module")
-def lab(topology: nn.Topology) -> RouterLab:  # noqa: F811
-    return make_lab(topology)
-
-
-@pytest.fixture(scope="module")
-def router(lab: RouterLab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRouter]:
+def router(lab: RouterLab,  # noqa: F811
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRouter]:
     r = start_router(lab, tmp_path_factory.mktemp("router"), routes=ROUTES)
     yield r
     code, out = r.stop()
@@ -87,12 +83,8 @@ def router(lab: RouterLab, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 # --- helpers ---------------------------------------------------------------------------
 
-def stats(r: RunningRouter) -> dict:
-    return r.call("stats")
-
-
 def drops(r: RunningRouter) -> dict[str, int]:
-    return stats(r)["drops"]
+    return r.call("stats")["drops"]
 
 
 def moved(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
@@ -102,8 +94,6 @@ def moved(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
 
 def iface(s: dict, name: str) -> dict:
     return next(i for i in s["interfaces"] if i["name"] == name)
-
-
 
 
 def taken(s: dict, name: str = "tap1") -> int:
@@ -137,10 +127,6 @@ def quoted_udp(p: Ether) -> UDPerror:
     return p[ICMP][IPerror][UDPerror]
 
 
-
-
-
-
 def wait_drop(router: RunningRouter, before: dict[str, int], reason: str, n: int,
               timeout: float = 5.0) -> None:
     router.wait_for(lambda: drops(router)[reason] >= before[reason] + n, timeout,
@@ -163,13 +149,13 @@ def probe(lab: RouterLab, router: RunningRouter, frames: Sequence[bytes], *, rea
     """Send ``frames`` from h1; once drops[reason] rose by ``expect``, watch
     the sender and the far host for ``quiet`` seconds."""
     with sniffers(lab, "h1", far) as (s1, sf):
-        before = stats(router)
+        before = router.call("stats")
         for f in frames:
             s1.send(f)
         wait_drop(router, before["drops"], reason, expect)
         at_sender = s1.collect(sender_match, timeout=quiet, want=want_at_sender)
         at_far = sf.collect(far_match, timeout=0.1, want=1)
-        after = stats(router)
+        after = router.call("stats")
     return Outcome(drops=moved(before["drops"], after["drops"]),
                    errors_sent=after["icmp"]["errors_sent"] - before["icmp"]["errors_sent"],
                    at_sender=at_sender, at_far=at_far)
@@ -262,12 +248,12 @@ def test_arp_malformed(lab: RouterLab, router: RunningRouter) -> None:
     bad = [patched(0, b"\x00\x06"), patched(2, b"\x86\xdd"), patched(4, b"\x08"),
            patched(5, b"\x10"), good[:20]]
     eth = bytes(Ether(dst="ff:ff:ff:ff:ff:ff", src="02:00:00:00:aa:01", type=0x0806))
-    answer: Match = lambda p: p.src == router_mac(1) and ARP in p and p[ARP].pdst == sender_ip
-    arp_in = stats(router)["arp"]["received"]
+    answer = arp_answer_to(sender_ip)
+    arp_in = router.call("stats")["arp"]["received"]
     out = probe(lab, router, [eth + b for b in bad], reason="arp_malformed", expect=len(bad),
                 far_match=lambda p: ARP in p and p[ARP].psrc == sender_ip, sender_match=answer)
     assert_silent_drop(out, "arp_malformed", len(bad))
-    assert stats(router)["arp"]["received"] == arp_in
+    assert router.call("stats")["arp"]["received"] == arp_in
     assert not any(e["ip"] == sender_ip for e in router.call("arp.list"))
     # Control: the well-formed request is answered.
     with sniffers(lab, "h1") as (s1,):
@@ -355,12 +341,12 @@ def test_arp_hold_overflow(lab: RouterLab, router: RunningRouter) -> None:
     unreach: Match = lambda p: (p.src == router_mac(1) and ICMP in p and IPerror in p
                                 and quoted_udp(p).dport == 41010)
     with router.tunables({"net.link.ether.inet.maxhold": 2, "net.link.ether.inet.maxtries": 1}):
-        before = stats(router)
+        before = router.call("stats")
         out = probe(lab, router, frames, reason="arp_hold_overflow", expect=3,
                     far_match=udp_to(41010), sender_match=unreach, want_at_sender=2, quiet=4.0)
         router.wait_for(lambda: not any(e["ip"] == "10.3.0.77" for e in router.call("arp.list")),
                         timeout=3, what="the entry for 10.3.0.77 removed")
-        after = stats(router)
+        after = router.call("stats")
     assert moved(before["drops"], after["drops"]) == {"arp_hold_overflow": 3, "arp_timeout": 2}
     assert after["icmp"]["errors_sent"] - before["icmp"]["errors_sent"] == 2
     assert not out.at_far
@@ -389,7 +375,7 @@ def test_arp_hold_reclaimed(lab: RouterLab, router: RunningRouter) -> None:
         s1, s3 = stack.enter_context(sniffers(lab, "h1", "h3"))
         stack.enter_context(router.tunables({"kern.ipc.nmbclusters": 256},
                                      restore={"kern.ipc.nmbclusters": 0}))
-        before = stats(router)
+        before = router.call("stats")
         seen = taken(before)
         sent = 0
         for frame in frames:
@@ -397,7 +383,7 @@ def test_arp_hold_reclaimed(lab: RouterLab, router: RunningRouter) -> None:
             sent += 1
             deadline = time.monotonic() + 2
             while True:
-                after = stats(router)
+                after = router.call("stats")
                 if taken(after) > seen or time.monotonic() > deadline:
                     break
             assert taken(after) == seen + 1, f"frame {sent} did not leave the TAP queue"
@@ -407,7 +393,7 @@ def test_arp_hold_reclaimed(lab: RouterLab, router: RunningRouter) -> None:
         in_hold = sum(e["held"] for e in router.call("arp.list") if e["ip"] in neighbours)
         icmp = s1.collect(icmp_from_router(1), timeout=QUIET)
         far = s3.collect(udp_to(41011), timeout=0.1)
-        after = stats(router)
+        after = router.call("stats")
     assert in_hold <= 1
     assert sent - in_hold > 0
     assert moved(before["drops"], after["drops"]) == {"arp_hold_reclaimed": sent - in_hold}
@@ -442,12 +428,11 @@ def test_arp_table_full(tmp_path: Path) -> None:
 def arp_table_full_on(lab: RouterLab, router: RunningRouter) -> None:
     cp = lab.ping("h1", "10.2.0.2", count=1, wait=2)       # both hosts known
     assert cp.returncode == 0, cp.stdout
-    start = stats(router)["arp"]["entries"]
-    eth = bytes(Ether(dst="ff:ff:ff:ff:ff:ff", src="02:00:00:00:bb:01", type=0x0806))
+    start = router.call("stats")["arp"]["entries"]
+    mac = "02:00:00:00:bb:01"
 
     def request(n: int) -> bytes:
-        return eth + bytes(ARP(op=1, hwsrc="02:00:00:00:bb:01",
-                               psrc=f"10.1.{n >> 8}.{n & 255}", pdst="10.1.0.1"))
+        return arp_frame(1, mac, f"10.1.{n >> 8}.{n & 255}", "10.1.0.1")
 
     first = 16                                      # 10.1.0.16 on: past the hosts
     fill = [request(n) for n in range(first, first + DP_ARP_MAX - start)]
@@ -459,38 +444,38 @@ def arp_table_full_on(lab: RouterLab, router: RunningRouter) -> None:
                 for f in chunk:
                     s1.send(f)
                 try:
-                    router.wait_for(lambda: stats(router)["arp"]["entries"] >= target,
+                    router.wait_for(lambda: router.call("stats")["arp"]["entries"] >= target,
                                     timeout=1, what=f"{target} ARP entries")
                     break
                 except AssertionError:
                     continue
-    before = stats(router)
+    before = router.call("stats")
     assert before["arp"]["entries"] == DP_ARP_MAX
     assert before["drops"]["arp_table_full"] == 0
 
     newcomer = "10.1.15.1"
-    answer: Match = lambda p: p.src == router_mac(1) and ARP in p and p[ARP].pdst == newcomer
     with sniffers(lab, "h1") as (s1,):
-        s1.send(eth + bytes(ARP(op=1, hwsrc="02:00:00:00:bb:01", psrc=newcomer,
-                                pdst="10.1.0.1")))
-        answered = s1.collect(answer)
+        s1.send(arp_frame(1, mac, newcomer, "10.1.0.1"))
+        answered = s1.collect(arp_answer_to(newcomer))
     wait_drop(router, before["drops"], "arp_table_full", 1)
     assert answered, "a request for our address went unanswered with the table full"
-    assert stats(router)["arp"]["entries"] == DP_ARP_MAX
+    assert router.call("stats")["arp"]["entries"] == DP_ARP_MAX
 
     with sniffers(lab, "h2") as (s2,):
-        mid = stats(router)
+        mid = router.call("stats")
         out = probe(lab, router, [to_router(lab, "h1", udp_probe(41012, dst="10.2.0.77"))],
                     reason="arp_table_full", expect=1, far="h2", far_match=udp_to(41012))
         asked = s2.collect(lambda p: ARP in p and p[ARP].pdst == "10.2.0.77", timeout=0.1)
     assert_silent_drop(out, "arp_table_full", 1)
     assert not asked, "an ARP request went out with the table full"
-    assert stats(router)["arp"]["requests_sent"] == mid["arp"]["requests_sent"]
+    assert router.call("stats")["arp"]["requests_sent"] == mid["arp"]["requests_sent"]
 
 
-def arp_request_frame(sender_ip: str, target: str, mac: str = "02:00:00:00:cc:01") -> bytes:
-    return bytes(Ether(dst="ff:ff:ff:ff:ff:ff", src=mac, type=0x0806)
-                 / ARP(op=1, hwsrc=mac, psrc=sender_ip, pdst=target))
+ASKER = "02:00:00:00:cc:01"          # the MAC ARP requests come from below
+
+
+def arp_request_frame(sender_ip: str, target: str, mac: str = ASKER) -> bytes:
+    return arp_frame(1, mac, sender_ip, target)
 
 
 def arp_answer_to(sender_ip: str, k: int = 1) -> Match:
@@ -503,13 +488,13 @@ def test_arp_not_on_link(lab: RouterLab, router: RunningRouter) -> None:
     neither answered nor learned; an on-link sender is both."""
     strangers = ("10.9.9.9", "10.2.0.77")
     frames = [arp_request_frame(ip, "10.1.0.1") for ip in strangers]
-    arp_in = stats(router)["arp"]["received"]
+    arp_in = router.call("stats")["arp"]["received"]
     out = probe(lab, router, frames, reason="arp_not_on_link", expect=len(frames),
                 far_match=lambda p: ARP in p and p[ARP].psrc in strangers,
                 sender_match=lambda p: p.src == router_mac(1) and ARP in p
                 and p[ARP].pdst in strangers)
     assert_silent_drop(out, "arp_not_on_link", len(frames))
-    assert stats(router)["arp"]["received"] == arp_in      # dropped, not also handled
+    assert router.call("stats")["arp"]["received"] == arp_in      # dropped, not also handled
     learned = {e["ip"] for e in router.call("arp.list")}
     assert not learned & set(strangers), learned
     # Control: the same request from a sender inside 10.1.0.0/24.
@@ -589,11 +574,11 @@ def test_local_not_echo(lab: RouterLab, router: RunningRouter) -> None:
             IP(src="10.1.0.2", dst="10.1.0.1") / ICMP(type=13, id=4113) / (b"\0" * 12),
             IP(src="10.1.0.2", dst="10.1.0.1") / ICMP(type=0, id=4113, seq=1) / b"drop-probe",
             frag]
-    local = stats(router)["delivered_local"]
+    local = router.call("stats")["delivered_local"]
     out = probe(lab, router, [to_router(lab, "h1", p) for p in pkts], reason="local_not_echo",
                 expect=len(pkts), far_match=udp_to(41013))
     assert_silent_drop(out, "local_not_echo", len(pkts))
-    assert stats(router)["delivered_local"] == local
+    assert router.call("stats")["delivered_local"] == local
 
 
 def test_icmp_malformed(lab: RouterLab, router: RunningRouter) -> None:
@@ -601,11 +586,11 @@ def test_icmp_malformed(lab: RouterLab, router: RunningRouter) -> None:
     good = IP(bytes(echo_request("10.1.0.1", ident=4114)))
     bad = good.copy()
     bad[ICMP].chksum ^= 0x5A5A
-    local = stats(router)["delivered_local"]
+    local = router.call("stats")["delivered_local"]
     out = probe(lab, router, [to_router(lab, "h1", bad)], reason="icmp_malformed", expect=1,
                 far_match=lambda p: ICMP in p and p[ICMP].id == 4114)
     assert_silent_drop(out, "icmp_malformed", 1)
-    assert stats(router)["delivered_local"] == local
+    assert router.call("stats")["delivered_local"] == local
     with sniffers(lab, "h1") as (s1,):
         s1.send(to_router(lab, "h1", good))
         assert s1.collect(icmp_from_router(1)), "control: the good echo was not answered"
@@ -621,14 +606,14 @@ def test_tx_error(lab: RouterLab, router: RunningRouter) -> None:
     cp = lab.ping("h1", "10.3.0.2", count=1, wait=2)   # h3's MAC is known: one write only
     assert cp.returncode == 0, cp.stdout
     pkt = to_router(lab, "h1", udp_probe(41015))
-    before = stats(router)
+    before = router.call("stats")
     nn.link_set(h3.ifname, h3.netns, up=False)
     try:
         with sniffers(lab, "h1") as (s1,):
             s1.send(pkt)
             wait_drop(router, before["drops"], "tx_error", 1)
             icmp = s1.collect(icmp_from_router(1), timeout=QUIET)
-        after = stats(router)
+        after = router.call("stats")
     finally:
         nn.link_set(h3.ifname, h3.netns, up=True)
         nn.configure_host(h3.ifname, h3.netns, [], gateway=h3.router.ip)
@@ -646,7 +631,7 @@ def test_tx_error(lab: RouterLab, router: RunningRouter) -> None:
 def test_output_no_route(lab: RouterLab, router: RunningRouter) -> None:
     """An echo request from 10.77.0.5, which has no route back: delivered,
     but the reply has nowhere to go and is dropped; nothing is sent."""
-    local = stats(router)["delivered_local"]
+    local = router.call("stats")["delivered_local"]
     reply: Match = lambda p: ICMP in p and p[IP].dst == "10.77.0.5"
     with sniffers(lab, "h2") as (s2,):
         out = probe(lab, router, [to_router(lab, "h1", echo_request("10.1.0.1", 4116, src="10.77.0.5"))],
@@ -654,7 +639,7 @@ def test_output_no_route(lab: RouterLab, router: RunningRouter) -> None:
         at_h2 = s2.collect(reply, timeout=0.1)
     assert_silent_drop(out, "output_no_route", 1)
     assert not at_h2
-    assert stats(router)["delivered_local"] == local + 1
+    assert router.call("stats")["delivered_local"] == local + 1
 
 
 # --- every reason has its test -----------------------------------------------------------

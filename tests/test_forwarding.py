@@ -66,9 +66,8 @@ def test_echo_to_any_router_address_is_answered_from_that_address(lab, router):
     with Sniffer(lab.host("h1").netns, "tap1") as s:
         for ident, (asked, size) in enumerate((("10.3.0.1", 56), ("10.2.0.1", 56),
                                                ("10.1.0.1", 1000)), start=0x4d00):
-            s.send(bytes(Ether(dst=router_mac(1), src=host_mac(lab, "h1"))
-                         / IP(src="10.1.0.2", dst=asked)
-                         / ICMP(type=8, id=ident, seq=1) / (b"e" * size)))
+            s.send(to_router(lab, "h1", IP(src="10.1.0.2", dst=asked)
+                             / ICMP(type=8, id=ident, seq=1) / (b"e" * size)))
             replies = s.collect(lambda p: ICMP in p and p[ICMP].type == 0 and p[ICMP].id == ident)
             assert replies, f"no echo reply for {asked}"
             ip = replies[0][IP]
@@ -298,14 +297,14 @@ def test_martian_sources_are_not_forwarded(lab, router):
             Sniffer(lab.host("h3").netns, "tap3") as s3:
         for src in martians:
             pkt = IP(src=src, dst="10.3.0.2") / UDP(sport=1, dport=40009)
-            s1.send(bytes(Ether(dst=router_mac(1), src=host_mac(lab, "h1")) / pkt))
+            s1.send(to_router(lab, "h1", pkt))
         router.wait_for(lambda: drops(router)["martian_source"]
                         >= before["drops"]["martian_source"] + len(martians),
                         what="martians counted")
         # A positive control on the same path, sent last: once it is at h3,
         # the martians before it would have been too.
-        s1.send(bytes(Ether(dst=router_mac(1), src=host_mac(lab, "h1"))
-                      / IP(src="10.1.0.2", dst="10.3.0.2") / UDP(sport=1, dport=40009)))
+        s1.send(to_router(lab, "h1", IP(src="10.1.0.2", dst="10.3.0.2")
+                          / UDP(sport=1, dport=40009)))
         got = s3.collect(lambda p: UDP in p and p[UDP].dport == 40009, timeout=2, want=2)
         icmp = s1.collect(lambda p: ICMP in p and p[IP].src == "10.1.0.1", timeout=0.2)
     after = router.stats()
@@ -324,14 +323,7 @@ def test_icmp_errors_are_rate_limited_under_a_burst(lab, router):
         t0 = time.monotonic()
         for i in range(200):
             tx.sendto(b"burst", ("10.99.0.%d" % (i % 250 + 1), 9))
-
-        def handled() -> dict | None:
-            now = router.call("stats")["icmp"]          # in-process: polls every 50 ms
-            n = (now["errors_sent"] - before["errors_sent"]
-                 + now["ratelimited"] - before["ratelimited"])
-            return now if n >= 200 else None
-
-        after = router.wait_for(handled, timeout=20, what="200 errors sent or limited")
+        after = router.wait_icmp_handled(before, 200, timeout=20)
         span = time.monotonic() - t0     # bounds the time the router spent on the burst
     finally:
         tx.close()

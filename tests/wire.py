@@ -15,7 +15,7 @@ import time
 from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator
 
-from scapy.layers.l2 import Ether
+from scapy.layers.l2 import ARP, Ether
 
 from forwarder import netns as nn
 from tests.routerlab import router_mac
@@ -104,3 +104,11 @@ def sniffers(lab, *names: str) -> Iterator[list[Sniffer]]:
     with ExitStack() as stack:
         yield [stack.enter_context(Sniffer(lab.host(n).netns, lab.host(n).ifname))
                for n in names]
+
+
+def arp_frame(op: int, hwsrc: str, psrc: str, pdst: str, dst: str = "ff:ff:ff:ff:ff:ff",
+              hwdst: str = "00:00:00:00:00:00") -> bytes:
+    """An ARP packet (1 request, 2 reply) from ``hwsrc``/``psrc``, broadcast
+    unless ``dst`` says otherwise."""
+    return bytes(Ether(dst=dst, src=hwsrc, type=0x0806)
+                 / ARP(op=op, hwsrc=hwsrc, psrc=psrc, hwdst=hwdst, pdst=pdst))
