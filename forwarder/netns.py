@@ -52,6 +52,19 @@ IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 IFF_UP = 0x1
 IFNAMSIZ = 16
+TUNSETOFFLOAD = 0x400454D0      # _IOW('T', 208, unsigned int)
+TUNSETVNETHDRSZ = 0x400454D8    # _IOW('T', 216, int)
+TUNGETVNETHDRSZ = 0x800454D7    # _IOR('T', 215, int)
+TUN_F_CSUM = 0x01               # the kernel side may hand us partial checksums
+TUN_F_TSO4 = 0x02               # ... and TCP/IPv4 super-frames
+TUN_F_TSO6 = 0x04
+TUN_F_TSO_ECN = 0x08
+TUN_F_USO4 = 0x20               # Linux 6.2; Debian 12's headers lack USO4/USO6
+TUN_F_USO6 = 0x40
+TUN_F_NAMES = {TUN_F_CSUM: "csum", TUN_F_TSO4: "tso4", TUN_F_TSO6: "tso6",
+               TUN_F_TSO_ECN: "tso_ecn", TUN_F_USO4: "uso4", TUN_F_USO6: "uso6"}
+TUN_F_ALL = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN | TUN_F_USO4 | TUN_F_USO6
+VNET_HDR_LEN = 10               # sizeof(struct virtio_net_hdr)
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -176,6 +189,38 @@ def tap_open(name: str, netns: str | None = None, *, extra_flags: int = 0) -> in
             raise
     log.debug("tap %s opened in netns %s (fd %d)", name, netns or "(current)", fd)
     return fd
+
+
+def tun_flag_names(flags: int) -> list[str]:
+    """TUN_F_* bits as names, in bit order."""
+    return [name for bit, name in TUN_F_NAMES.items() if flags & bit]
+
+
+def tap_set_offload(fd: int, wanted: int = TUN_F_ALL) -> int:
+    """TUNSETOFFLOAD on a TAP opened with IFF_VNET_HDR: enable the offloads of
+    ``wanted`` that the kernel accepts, and return them.
+
+    The kernel refuses the whole request (EINVAL) when one bit is unknown to
+    it (USO4/USO6 before Linux 6.2), when TSO or USO comes without CSUM, or
+    when USO4 comes without USO6; so ask for less until it accepts: without
+    USO, without TSO_ECN, checksum only, nothing.  The header size is set to
+    that of struct virtio_net_hdr (the default, set anyway).
+    """
+    fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
+    tries = [wanted, wanted & ~(TUN_F_USO4 | TUN_F_USO6),
+             wanted & ~(TUN_F_USO4 | TUN_F_USO6 | TUN_F_TSO_ECN), wanted & TUN_F_CSUM, 0]
+    if not wanted & TUN_F_CSUM:
+        tries = [0]                 # nothing else is accepted without CSUM
+    last: OSError | None = None
+    for flags in dict.fromkeys(tries):
+        try:
+            fcntl.ioctl(fd, TUNSETOFFLOAD, flags)
+            return flags
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            last = e
+    raise last if last else OSError(errno.EINVAL, "TUNSETOFFLOAD")
 
 
 def _set_mtu_mac(ipr: IPRoute, idx: int, mtu: int | None, mac: str | None) -> None:
