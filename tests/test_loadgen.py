@@ -229,17 +229,35 @@ def test_sweep_steps_the_rate_and_plots_delivered_vs_offered(path, tmp_path):
 
 # --- the benchmark, quickly -------------------------------------------------------------------
 
+def test_bench_ratios_and_table_cover_the_offload_copy_loop():
+    from forwarder.lab import bench
+    res = {n: {k: bench.summarize([v]) for k, *_ in bench.FIGURES} | {"peak_rss_bytes": None}
+           for n, v in (("router", 2.0), ("copy", 1.0), ("offload", 4.0))}
+    res["offload"]["tap_offloads"] = ["csum", "tso4"]
+    rat = bench.ratios(res)
+    assert set(rat) == {"router/copy", "router/offload"}
+    assert rat["router/offload"]["iperf3_p4_gbps"] == 0.5
+    table = bench.format_table({"results": res, "ratios": rat, "params": {"reps": 1}})
+    header, *rows = table.splitlines()
+    assert header.split("  ")[-1].strip() == "router/offload"
+    assert "C copy loop, offloads (d)" in header and "kernel" not in header
+    p4 = next(r for r in rows if r.startswith("iperf3 TCP Gbit/s (4 streams)"))
+    assert p4.split()[-2:] == ["2.00x", "0.50x"]
+    assert "(d)'s TAPs: csum,tso4" in table
+
+
 @requires_netns
-def test_bench_quick_runs_all_three_and_leaves_nothing(tmp_path):
+def test_bench_quick_runs_all_four_and_leaves_nothing(tmp_path):
     js = tmp_path / "bench.json"
     cp = subprocess.run(forwarder_argv("bench", "--quick", "--duration", "0.3", "--json", str(js)),
                         capture_output=True, text=True, timeout=150)
     assert cp.returncode == 0, cp.stdout + cp.stderr
     doc = json.loads(js.read_text())
     assert doc["schema"] == "forwarder.bench/1"
-    assert set(doc["results"]) == {"router", "kernel", "copy"}
+    assert set(doc["results"]) == {"router", "kernel", "copy", "offload"}
     for name, res in doc["results"].items():
-        for key in ("pps64", "pps_imix", "iperf3_gbps", "latency_p50_us", "latency_p99_us"):
+        for key in ("pps64", "pps_imix", "iperf3_gbps", "iperf3_p4_gbps", "latency_p50_us",
+                    "latency_p99_us"):
             s = res[key]
             assert len(s["runs"]) >= 3, (name, key)
             runs = s["runs"]
@@ -251,20 +269,25 @@ def test_bench_quick_runs_all_three_and_leaves_nothing(tmp_path):
         # the forwarding process's CPU time per packet (the kernel has no process)
         assert ("cpu_us_per_packet64" in res) == (name != "kernel")
     assert doc["results"]["router"]["peak_rss_bytes"] > 10 * 2**20
-    for k in ("router/kernel", "router/copy"):
-        assert set(doc["ratios"][k]) >= {"pps64", "pps_imix", "iperf3_gbps", "latency_p50_us"}
+    # (d)'s TAPs took at least checksum and TSO offloads (Linux >= 2.6.27)
+    assert {"csum", "tso4"} <= set(doc["results"]["offload"]["tap_offloads"])
+    for k in ("router/kernel", "router/copy", "router/offload"):
+        assert set(doc["ratios"][k]) >= {"pps64", "pps_imix", "iperf3_gbps", "iperf3_p4_gbps",
+                                         "latency_p50_us"}
         base = doc["results"][k.split("/")[1]]
         for key, ratio in doc["ratios"][k].items():
             if ratio is not None:
                 assert ratio == pytest.approx(doc["results"]["router"][key]["median"]
                                               / base[key]["median"]), (k, key)
-    for row in ("64 B pps", "IMIX pps", "iperf3 TCP Gbit/s", "latency p99", "peak RSS"):
+    for row in ("64 B pps", "IMIX pps", "iperf3 TCP Gbit/s (1 stream)",
+                "iperf3 TCP Gbit/s (4 streams)", "latency p99", "peak RSS",
+                "C copy loop, offloads (d)", "router/offload"):
         assert row in cp.stdout
-    # nothing left: the namespaces it named, the router and the copy loop
+    # nothing left: the namespaces it named, the router and the two copy loops
     prefixes = re.findall(r"namespaces (fw[0-9a-f]{6}-)\*", cp.stdout)
-    assert len(prefixes) == 3
+    assert len(prefixes) == 4
     assert not [n for n in nn.list_netns() if n.startswith(tuple(prefixes))]
     pids = [int(p) for p in re.findall(r"forwarding process pid (\d+)", cp.stdout)]
-    assert len(pids) == 2
+    assert len(pids) == 3
     for pid in pids:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

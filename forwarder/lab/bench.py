@@ -1,18 +1,27 @@
-"""`forwarder bench`: the same load through three forwarders, side by side.
+"""`forwarder bench`: the same load through four forwarders, side by side.
 
-  (a) router  this router: ``forwarder run`` in a namespace, TAPs to two hosts
-  (b) kernel  Linux forwarding: a namespace with net.ipv4.ip_forward=1, veth to two hosts
-  (c) copy    a minimal C read()/write() loop between two TAPs (compiled here with gcc):
-              the per-packet syscall floor of any TAP forwarder; it does no routing,
-              so its two hosts share one subnet
+  (a) router   this router: ``forwarder run`` in a namespace, TAPs to two hosts
+  (b) kernel   Linux forwarding: a namespace with net.ipv4.ip_forward=1, veth to two hosts
+  (c) copy     a minimal C read()/write() loop between two TAPs (compiled here with gcc):
+               the per-packet syscall floor of any TAP forwarder; it does no routing,
+               so its two hosts share one subnet
+  (d) offload  the same C loop, its two TAPs opened with IFF_VNET_HDR and TUNSETOFFLOAD
+               (checksum, TSO, USO, as the kernel accepts): the hosts' kernels hand it
+               TCP super-frames of up to 64 KB behind a 10-byte struct virtio_net_hdr,
+               and it writes each one, header unchanged, to the other TAP.  Both TAPs
+               need the offloads, one for each direction of a TCP connection.  One
+               read() and one write() per super-frame: the most TCP throughput that a
+               forwarder on offloading TAPs can expect, as (c) is the least cost per
+               packet.
 
 For each: 64-byte UDP pps and IMIX pps (flat out, as delivered), iperf3 TCP Gbit/s
-(one stream), one-way latency p50/p99 at half of that forwarder's own 64-byte rate,
-the CPU time the forwarding process spends per 64-byte packet, and its peak RSS
-(psutil samples and the kernel's VmHWM).  All three setups are up at once and take
-turns within each round, so background load on the machine hits them alike; every
-figure is repeated ``--reps`` times (median and spread), and the router's figures are
-given as ratios to (b) and (c).
+(one stream, and four in parallel: ``-P 4``, the sum of the streams as received),
+one-way latency p50/p99 at half of that forwarder's own 64-byte rate, the CPU time
+the forwarding process spends per 64-byte packet, and its peak RSS (psutil samples
+and the kernel's VmHWM).  All the setups are up at once and take turns within each
+round, so background load on the machine hits them alike; every figure is repeated
+``--reps`` times (median and spread), and the router's figures are given as ratios
+to (b), (c) and (d).
 
 The load generator and its receiver run on the same machine and compete with the
 forwarder for the CPUs; on 2 cores that caps what can be measured (see
@@ -47,16 +56,24 @@ from forwarder.lab.topology import make_lab
 log = logging.getLogger(__name__)
 
 BENCH_SCHEMA = "forwarder.bench/1"
-SETUPS = ("router", "kernel", "copy")
-TITLES = {"router": "router (a)", "kernel": "kernel veth (b)", "copy": "C copy loop (c)"}
+SETUPS = ("router", "kernel", "copy", "offload")
+TITLES = {"router": "router (a)", "kernel": "kernel veth (b)", "copy": "C copy loop (c)",
+          "offload": "C copy loop, offloads (d)"}
+BASELINES = ("kernel", "copy", "offload")     # the router's figures as ratios to these
 FLOWS = 8
 IPERF_PORT = 5201
+IPERF_STREAMS = 4          # the second TCP figure: iperf3 -P 4
 
 TAPCOPY_C = r"""
 /* tapcopy FD_A FD_B: copy Ethernet frames between two open TAP descriptors.
  * One read() and one write() per frame, poll() when both are empty, bursts of 32
  * per descriptor per wake-up (as the router's DP_BURST).  No parsing, no routing:
- * the per-packet system-call floor of a userspace TAP forwarder. */
+ * the per-packet system-call floor of a userspace TAP forwarder.
+ *
+ * The same binary serves TAPs opened with IFF_VNET_HDR and TUNSETOFFLOAD: each
+ * read() is then a struct virtio_net_hdr and a frame of up to 64 KB (a TSO
+ * super-frame), written on unchanged, header included.  The buffer holds the
+ * largest such read; a shorter one would make read() truncate without a word. */
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
@@ -67,9 +84,12 @@ TAPCOPY_C = r"""
 static volatile sig_atomic_t stop;
 static void on_signal(int sig) { (void)sig; stop = 1; }
 
+/* virtio_net_hdr + the largest IP packet + Ethernet header + one VLAN tag */
+#define BUF_SIZE (10 + 65535 + 14 + 4)
+
 int main(int argc, char **argv)
 {
-    static unsigned char buf[65536];
+    static unsigned char buf[BUF_SIZE];
     unsigned long long frames[2] = {0, 0}, errors = 0;
     struct sigaction sa = {0};
     int fd[2], i, k;
@@ -127,7 +147,7 @@ def compile_tapcopy(workdir: Path) -> Path:
     return out
 
 
-# --- the three setups ------------------------------------------------------------------------
+# --- the four setups -------------------------------------------------------------------------
 
 @dataclass
 class Setup:
@@ -139,6 +159,7 @@ class Setup:
     dst_ip: str
     pid: int | None = None           # the forwarding process, when there is one
     router_socket: str | None = None
+    offloads: list[str] | None = None  # TUN_F_* names both TAPs accepted, for (d)
 
 
 def _route_default(ns: str, gw: str) -> None:
@@ -178,19 +199,58 @@ def setup_kernel() -> Iterator[Setup]:
         yield Setup("kernel", topo, s, d, "10.1.0.2", "10.2.0.2")
 
 
+def _start_tapcopy(topo: nn.Topology, ns: str, binary: Path, fds: tuple[int, int],
+                   logfile: Path) -> subprocess.Popen:
+    """Run the copy loop in ``ns`` on two TAP fds; fail at once if it does not start."""
+    with open(logfile, "w") as out:
+        proc = topo.popen(ns, [str(binary), *map(str, fds)], pass_fds=fds,
+                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    time.sleep(0.05)
+    if proc.poll() is not None:
+        raise RuntimeError("tapcopy exited: " + logfile.read_text())
+    return proc
+
+
 @contextlib.contextmanager
 def setup_copy(binary: Path, workdir: Path) -> Iterator[Setup]:
     with nn.Topology() as topo:
         c, s, d = topo.netns("c"), topo.netns("s"), topo.netns("d")
         a = topo.tap("tap1", c, host_ns=s, host_addresses=["10.9.0.1/24"])
         b = topo.tap("tap2", c, host_ns=d, host_addresses=["10.9.0.2/24"])
-        with open(workdir / "tapcopy.log", "w") as out:
-            proc = topo.popen(c, [str(binary), str(a.fd), str(b.fd)], pass_fds=(a.fd, b.fd),
-                              stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        time.sleep(0.05)
-        if proc.poll() is not None:
-            raise RuntimeError("tapcopy exited: " + (workdir / "tapcopy.log").read_text())
+        proc = _start_tapcopy(topo, c, binary, (a.fd, b.fd), workdir / "tapcopy.log")
         yield Setup("copy", topo, s, d, "10.9.0.1", "10.9.0.2", pid=proc.pid)
+
+
+def _offload_tap(topo: nn.Topology, name: str, fwd_ns: str, host_ns: str,
+                 address: str) -> tuple[nn.Tap, int]:
+    """As :meth:`Topology.tap`, but opened with IFF_VNET_HDR and TUNSETOFFLOAD: the
+    forwarder's end reads and writes a virtio_net_hdr before every frame, and the
+    host's kernel may hand it unsegmented TSO/USO frames with partial checksums.
+    Returns the TAP (closed with ``topo``) and the TUN_F_* flags the kernel accepted."""
+    fd = nn.tap_open(name, fwd_ns, extra_flags=nn.IFF_VNET_HDR)
+    tap = nn.Tap(name=name, fd=fd, router_ns=fwd_ns, host_ns=host_ns)
+    topo.taps.append(tap)
+    flags = nn.tap_set_offload(fd)
+    nn.link_move(name, host_ns, src=fwd_ns)
+    nn.configure_host(name, host_ns, [address])
+    return tap, flags
+
+
+@contextlib.contextmanager
+def setup_offload(binary: Path, workdir: Path) -> Iterator[Setup]:
+    """The copy loop of (c) between two offloading TAPs.  Offloads on both TAPs: the
+    data of a TCP connection goes one way, its ACKs the other, and a super-frame read
+    from one TAP can only be written to a TAP that has IFF_VNET_HDR too."""
+    with nn.Topology() as topo:
+        c, s, d = topo.netns("c"), topo.netns("s"), topo.netns("d")
+        a, fa = _offload_tap(topo, "tap1", c, s, "10.9.1.1/24")
+        b, fb = _offload_tap(topo, "tap2", c, d, "10.9.1.2/24")
+        if not fa & fb & nn.TUN_F_TSO4:
+            log.warning("the kernel refused TSO on the TAPs (accepted: %s): setup (d) "
+                        "measures no more than (c)", ",".join(nn.tun_flag_names(fa & fb)))
+        proc = _start_tapcopy(topo, c, binary, (a.fd, b.fd), workdir / "tapcopy-offload.log")
+        yield Setup("offload", topo, s, d, "10.9.1.1", "10.9.1.2", pid=proc.pid,
+                    offloads=nn.tun_flag_names(fa & fb))
 
 
 # --- measurements --------------------------------------------------------------------------
@@ -236,8 +296,9 @@ class RssSampler:
             self.peak = max(self.peak, self.hwm())
 
 
-def iperf3(setup: Setup, seconds: float | None, nbytes: str | None) -> float:
-    """TCP Gbit/s from src to dst (one stream), as received."""
+def iperf3(setup: Setup, seconds: float | None, nbytes: str | None, streams: int = 1) -> float:
+    """TCP Gbit/s from src to dst over ``streams`` parallel connections (iperf3 -P),
+    as received: iperf3's sum over the streams.  ``nbytes`` is for all of them."""
     server = setup.topo.popen(setup.dst_ns, ["iperf3", "-s", "-1", "-p", str(IPERF_PORT),
                                              "-B", setup.dst_ip],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -247,7 +308,8 @@ def iperf3(setup: Setup, seconds: float | None, nbytes: str | None) -> float:
         limit = (seconds or 5) + 20
         for attempt in range(20):
             cp = nn.run_in_netns(setup.src_ns, ["iperf3", "-c", setup.dst_ip, "-p",
-                                                str(IPERF_PORT), "-J", *amount],
+                                                str(IPERF_PORT), "-J", "-P", str(streams),
+                                                *amount],
                                  timeout=limit)
             try:
                 doc = json.loads(cp.stdout)
@@ -298,7 +360,7 @@ class Params:
 
 def measure_all(setups: list[Setup], p: Params, say: Callable[[str], None]) -> dict:
     """Every figure, ``p.reps`` times, the setups taking turns within each round, so
-    that whatever else the machine is doing meanwhile hits all three alike."""
+    that whatever else the machine is doing meanwhile hits them all alike."""
     paths = {st.name: resolve_path(st.src_ns, st.dst_ns, st.dst_ip,
                                    router_socket=st.router_socket) for st in setups}
     raw: dict[str, dict[str, list[float]]] = {st.name: {} for st in setups}
@@ -328,10 +390,14 @@ def measure_all(setups: list[Setup], p: Params, say: Callable[[str], None]) -> d
                 record(st, pps_imix=r["received"]["pps"], mbps_imix=r["received"]["mbps"])
             for st in setups:
                 record(st, iperf3_gbps=iperf3(st, p.iperf_seconds, p.iperf_bytes))
+            for st in setups:
+                record(st, iperf3_p4_gbps=iperf3(st, p.iperf_seconds, p.iperf_bytes,
+                                                 streams=IPERF_STREAMS))
             say(f"  round {rep + 1}/{p.reps}: " + "; ".join(
                 f"{st.name} {fmt_rate(raw[st.name]['pps64'][-1])} 64 B, "
                 f"{fmt_rate(raw[st.name]['pps_imix'][-1])} IMIX, "
-                f"{raw[st.name]['iperf3_gbps'][-1]:.2f} Gbit/s" for st in setups))
+                f"{raw[st.name]['iperf3_gbps'][-1]:.2f}/"
+                f"{raw[st.name]['iperf3_p4_gbps'][-1]:.2f} Gbit/s" for st in setups))
         half = {st.name: max(statistics.median(raw[st.name]["pps64"]) / 2, 100.0)
                 for st in setups}
         for rep in range(p.reps):
@@ -352,6 +418,8 @@ def measure_all(setups: list[Setup], p: Params, say: Callable[[str], None]) -> d
         res: dict[str, Any] = {k: summarize(v) for k, v in raw[st.name].items()}
         res["latency_rate_pps"] = half[st.name]
         res["peak_rss_bytes"] = samplers[st.name].peak if st.pid is not None else None
+        if st.offloads is not None:
+            res["tap_offloads"] = st.offloads
         out[st.name] = res
     return out
 
@@ -360,7 +428,8 @@ FIGURES = (  # key, label, unit formatter, higher is better
     ("pps64", "64 B pps (delivered)", "pps", True),
     ("pps_imix", "IMIX pps (delivered)", "pps", True),
     ("mbps_imix", "IMIX Mbit/s", "num", True),
-    ("iperf3_gbps", "iperf3 TCP Gbit/s", "num", True),
+    ("iperf3_gbps", "iperf3 TCP Gbit/s (1 stream)", "num", True),
+    ("iperf3_p4_gbps", f"iperf3 TCP Gbit/s ({IPERF_STREAMS} streams)", "num", True),
     ("cpu_us_per_packet64", "CPU µs/packet (64 B)", "num", False),
     ("latency_p50_us", "latency p50 µs @50%", "num", False),
     ("latency_p99_us", "latency p99 µs @50%", "num", False),
@@ -368,11 +437,13 @@ FIGURES = (  # key, label, unit formatter, higher is better
 
 
 def ratios(results: dict) -> dict:
+    """The router's medians over each baseline's that was measured: "router/kernel",
+    "router/copy", "router/offload"; None where the baseline's median is 0."""
     out: dict[str, dict[str, float | None]] = {}
     a = results.get("router")
     if not a:
         return out
-    for other in ("kernel", "copy"):
+    for other in BASELINES:
         b = results.get(other)
         if not b:
             continue
@@ -411,29 +482,31 @@ def _fmt(v: float | None, kind: str) -> str:
     return f"{v:.2f}"
 
 
+def _cell(s: dict | None, kind: str) -> str:
+    return "-" if s is None else "%s ±%.0f%%" % (_fmt(s["median"], kind), s["spread_pct"])
+
+
 def format_table(doc: dict) -> str:
+    """One column per setup, then one per ratio; each as wide as its widest cell."""
     res = doc["results"]
     names = [n for n in SETUPS if n in res]
     rat = doc["ratios"]
-    cols = [TITLES[n] for n in names] + [k for k in ("router/kernel", "router/copy") if k in rat]
-    w = 21
-    lines = [f"{'':<22}" + "".join(f"{c:>{w}}" for c in cols)]
+    ratio_keys = [f"router/{b}" for b in BASELINES if f"router/{b}" in rat]
+    rows: list[list[str]] = [[""] + [TITLES[n] for n in names] + ratio_keys]
     for key, label, kind, _ in FIGURES:
-        row = f"{label:<22}"
-        for n in names:
-            s = res[n].get(key)
-            cell = "-" if s is None else "%s ±%.0f%%" % (_fmt(s["median"], kind), s["spread_pct"])
-            row += f"{cell:>{w}}"
-        for k in ("router/kernel", "router/copy"):
-            if k in rat:
-                v = rat[k].get(key)
-                row += f"{'-' if v is None else f'{v:.2f}x':>{w}}"
-        lines.append(row)
-    row = f"{'peak RSS MiB':<22}"
-    for n in names:
-        v = res[n]["peak_rss_bytes"]
-        row += f"{'-' if v is None else f'{v / 2**20:.1f}':>{w}}"
-    lines.append(row)
+        rows.append([label] + [_cell(res[n].get(key), kind) for n in names]
+                    + ["-" if rat[k].get(key) is None else f"{rat[k][key]:.2f}x"
+                       for k in ratio_keys])
+    rows.append(["peak RSS MiB"]
+                + ["-" if res[n]["peak_rss_bytes"] is None
+                   else f"{res[n]['peak_rss_bytes'] / 2**20:.1f}" for n in names]
+                + [""] * len(ratio_keys))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [(f"{r[0]:<{widths[0]}}"
+              + "".join(f"{c:>{w + 2}}" for c, w in zip(r[1:], widths[1:]))).rstrip()
+             for r in rows]
+    if "offload" in res and res["offload"].get("tap_offloads") is not None:
+        lines.append("(d)'s TAPs: " + (",".join(res["offload"]["tap_offloads"]) or "no offloads"))
     lines.append("")
     lines.append("median of %d runs ± half the min-max range; latency at half of each "
                  "forwarder's own 64 B rate; ratio > 1: the router is ahead (for CPU/packet "
@@ -453,15 +526,20 @@ def run_bench(p: Params, only: tuple[str, ...] = SETUPS,
     with tempfile.TemporaryDirectory(prefix="fwbench-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
         setups: list[Setup] = []
+        tapcopy: Path | None = None          # one binary for (c) and (d)
         for name in only:
             if name == "router":
                 st = stack.enter_context(setup_router(work))
             elif name == "kernel":
                 st = stack.enter_context(setup_kernel())
             else:
-                st = stack.enter_context(setup_copy(compile_tapcopy(work), work))
+                tapcopy = tapcopy or compile_tapcopy(work)
+                make = setup_offload if name == "offload" else setup_copy
+                st = stack.enter_context(make(tapcopy, work))
             say(f"[{name}] {TITLES[name]}: namespaces {st.topo.prefix}*"
-                + (f", forwarding process pid {st.pid}" if st.pid else ""))
+                + (f", forwarding process pid {st.pid}" if st.pid else "")
+                + (f", TAP offloads {','.join(st.offloads) or 'none'}"
+                   if st.offloads is not None else ""))
             setups.append(st)
         doc["results"] = measure_all(setups, p, say)
     doc["ratios"] = ratios(doc["results"])
