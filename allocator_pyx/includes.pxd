@@ -81,10 +81,13 @@ cdef extern from *:
     #define MBUMA_INCLUDES_H
     #define likely(x)   __builtin_expect(!!(x), 1)
     #define unlikely(x) __builtin_expect(!!(x), 0)
+    #include <errno.h>
+    static inline void set_errno(int e) { errno = e; }
     #endif
     """
     bint likely(bint) nogil
     bint unlikely(bint) nogil
+    void set_errno(int e) nogil     # a NULL-returning function's reason, as libc does
 
 
 cdef inline int64_t now_ns() noexcept nogil:

@@ -44,9 +44,9 @@ cdef extern from *:
     #define MINCLSIZE       (MHLEN + 1)
     #define M_COPYALL       1000000000
 
-    /* Packet header: FreeBSD's fields the dataplane can use, plus the
-       virtio_net_hdr ones (gso_type, csum_start/offset, tso_segsz) that 64 KB
-       offloaded frames on a vnet-hdr TAP will need. */
+    /* Packet header: FreeBSD's fields the dataplane uses, plus the
+       virtio_net_hdr ones (gso_type, csum_start/offset) of offloaded frames
+       from a vnet-hdr TAP: see CSUM_* below. */
     struct m_pkthdr_s {
         int32_t  len;           /* total packet length */
         int32_t  rcvif;         /* receiving interface index, 0 = none */
@@ -191,6 +191,31 @@ cdef enum:
     EXT_JUMBO9 = 4
     EXT_JUMBO16 = 5
     EXT_PACKET = 6          # a cluster of the Packet zone's pairs
+
+    # m_pkthdr.csum_flags: checksum and segmentation offload (FreeBSD's
+    # values and meanings; the USO and CSUM_DEV_ bits are this stack's).
+    # On output, CSUM_IP_TCP/UDP mean "the L4 checksum is deferred": the
+    # field holds the pseudo-header sum, and the one's complement sum from
+    # the L4 header (at l2hlen + l3hlen) to the end completes it at
+    # csum_data bytes into that header.  CSUM_IP_TSO: cut into segments of
+    # tso_segsz payload bytes, each with l3hlen + l4hlen bytes of headers.
+    CSUM_IP = 0x00000001            # IPv4 header checksum
+    CSUM_IP_UDP = 0x00000002
+    CSUM_IP_TCP = 0x00000004
+    CSUM_IP_TSO = 0x00000010
+    CSUM_IP6_UDP = 0x00000200
+    CSUM_IP6_TCP = 0x00000400
+    CSUM_IP6_TSO = 0x00001000
+    CSUM_IP_USO = 0x00010000        # UDP segmentation (Linux's UDP_L4 GSO)
+    CSUM_IP6_USO = 0x00020000
+    CSUM_DEV_PARTIAL = 0x00100000   # received: the device deferred a checksum at csum_start /
+                                    # csum_offset (frame offsets); the network layer interprets it
+    CSUM_DEV_GSO = 0x00200000       # received: a super-frame, gso_type and tso_segsz as the device said
+    CSUM_L4_CALC = 0x04000000       # received: L4 checksum checked ...
+    CSUM_L4_VALID = 0x08000000      # ... and good (virtio DATA_VALID)
+    CSUM_DELAY_DATA = 0x00000006    # CSUM_IP_TCP | CSUM_IP_UDP
+    CSUM_DELAY_DATA_IPV6 = 0x00000600
+    CSUM_SEG = 0x00031010           # any segmentation: TSO or USO, IPv4 or IPv6
 
     # limits, indices of mbuf_set_limits()' array (kern.ipc.*)
     MBL_NMBCLUSTERS = 0

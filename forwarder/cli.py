@@ -225,6 +225,16 @@ def format_stats(s: dict) -> str:
         if i.get("link", "up") != "up":
             lines.append(f"{i['name']}: device {i['link']}, no longer polled")
     lines.append("")
+    lines.append(f"{'interface':<12}{'offloads':<38}{'rx gso':>10}{'segments':>12}"
+                 f"{'tx gso':>10}{'segments':>12}{'sw gso':>10}{'sw csum':>10}")
+    for i in s["interfaces"]:
+        offl = ",".join(i["offloads"]) or ("none" if i["vnet_hdr"] else "off")
+        if i["offloads_refused"]:
+            offl += f" (refused {','.join(i['offloads_refused'])})"
+        lines.append(f"{i['name']:<12}{offl:<38}{i['rx_gso']:>10}{i['rx_gso_segments']:>12}"
+                     f"{i['tx_gso']:>10}{i['tx_gso_segments']:>12}{i['gso_software']:>10}"
+                     f"{i['csum_software']:>10}")
+    lines.append("")
     lines.append(f"forwarded {s['forwarded']}, delivered locally {s['delivered_local']}, "
                  f"fragments created {s['fragments_created']}")
     ic = s["icmp"]

@@ -5,7 +5,7 @@ The contract (see configs/router.toml for a commented example)::
     [router]            name (required), socket, log_level
     [sysctl]            FreeBSD tunable names, dotted or quoted keys
     [metrics]           listen = "127.0.0.1:9477"   (optional)
-    [[interface]]       name, addresses, mtu, mac, netns
+    [[interface]]       name, addresses, mtu, mac, netns, offload
     [[route]]           prefix + exactly one of via / interface / type
 
 :func:`load_config` returns a :class:`Config` or raises :class:`ConfigError`
@@ -96,6 +96,7 @@ class Interface:
     mac: str = ""                 # the router's MAC on this link, lower case
     mac_generated: bool = False   # True when derived from the names
     netns: str | None = None      # where the TAP's kernel side goes: a name or a path
+    offload: bool = True          # virtio-net header: checksum offload and super-frames (TSO/USO)
 
     @property
     def networks(self) -> tuple[IPv4Network, ...]:
@@ -262,6 +263,16 @@ class _Reader:
             return None
         return value
 
+    def boolean(self, table: Mapping[str, Any], key: str, path: tuple[str | int, ...],
+                default: bool) -> bool:
+        if key not in table:
+            return default
+        value = table[key]
+        if not isinstance(value, bool):
+            self.error(path + (key,), f"must be a boolean (true or false), not {_type_name(value)}")
+            return default
+        return value
+
     def integer(self, table: Mapping[str, Any], key: str, path: tuple[str | int, ...],
                 lo: int, hi: int, default: int) -> int:
         if key not in table:
@@ -387,7 +398,7 @@ class _Reader:
         connected: list[tuple[IPv4Network, IPv4Interface, int]] = []
         for i, table in enumerate(self.array_of_tables("interface")):
             path: tuple[str | int, ...] = ("interface", i)
-            self.unknown_keys(table, ("name", "addresses", "mtu", "mac", "netns"), path)
+            self.unknown_keys(table, ("name", "addresses", "mtu", "mac", "netns", "offload"), path)
             name = self.string(table, "name", path, required=True)
             if name is not None:
                 if not 1 <= len(name) < IFNAMSIZ:
@@ -416,8 +427,10 @@ class _Reader:
             netns = self.string(table, "netns", path)
             if netns is not None:
                 netns = self.check_netns(netns, path + ("netns",))
+            offload = self.boolean(table, "offload", path, True)
             interfaces.append(Interface(name=name or "", addresses=tuple(addresses), mtu=mtu,
-                                        mac=mac, mac_generated=generated, netns=netns))
+                                        mac=mac, mac_generated=generated, netns=netns,
+                                        offload=offload))
         return interfaces
 
     def read_addresses(self, table: Mapping[str, Any], path: tuple[str | int, ...],

@@ -26,8 +26,19 @@ cdef enum:
     DP_ARP_MAX = 3072           # entries at most (load factor 3/4)
     DP_EPOLL_MAX = 64
     DP_TIMER_NS = 100000000     # ARP and ICMP timers: every 100 ms
-    DP_LINKHDR = 16             # leading space reserved in mbufs we build
+    DP_LINKHDR = 32             # leading space reserved in mbufs we build: virtio-net + Ethernet
+    DP_RX_SPARES = 4            # 16k clusters a super-frame is read into: 2k + 4 x 16k > 64 KB + headers
     DP_WAKE = 0xffffffff        # epoll token of the wake-up eventfd
+
+# <linux/if_tun.h> TUNSETOFFLOAD bits (USO4/USO6 are Linux 6.2's, newer than
+# Debian 12's headers; forwarder/netns.py has the same values for the ioctl).
+cdef enum:
+    TUN_F_CSUM = 0x01
+    TUN_F_TSO4 = 0x02
+    TUN_F_TSO6 = 0x04
+    TUN_F_TSO_ECN = 0x08
+    TUN_F_USO4 = 0x20
+    TUN_F_USO6 = 0x40
 
 # Why a packet was dropped: the reasons, their names and descriptions are
 # defined once, in dp_drop.h; these are the symbols as Cython sees them.
@@ -38,6 +49,7 @@ cdef extern from "dp_drop.h":
         DROP_ETHERTYPE
         DROP_ARP_MALFORMED
         DROP_ARP_NOT_ON_LINK
+        DROP_VNET_HDR_INVALID
         DROP_IP_TOO_SHORT
         DROP_IP_BAD_VERSION
         DROP_IP_BAD_HEADER_LENGTH
@@ -87,6 +99,19 @@ cdef struct dp_ifnet:
     uint64_t tx_errors
     int narp                    # ARP entries on this interface (capped by arp_max_per_if)
     int lost_errno              # the device went away (its namespace died): 0 while up
+    # offloads (net/if_tap.pxi)
+    int vnet_hdrlen             # VIRTIO_NET_HDR_LEN when opened with IFF_VNET_HDR, else 0
+    uint32_t offloads           # TUN_F_* the kernel accepted: what it may hand us
+    uint32_t offloads_refused   # TUN_F_* asked for and refused
+    uint32_t hwassist           # CSUM_* it takes from us on output (FreeBSD's if_hwassist)
+    int rx_spares               # DP_RX_SPARES when super-frames may come, else 0
+    mbuf *rx_spare[DP_RX_SPARES]
+    uint64_t rx_gso             # super-frames read ...
+    uint64_t rx_gso_segs        # ... and the segments they carried
+    uint64_t tx_gso             # super-frames written ...
+    uint64_t tx_gso_segs        # ... and the segments they carried
+    uint64_t gso_sw             # super-frames cut into segments here (no TSO, or DF clear and too big)
+    uint64_t csum_sw            # checksums completed here that the sender had left to offload
 
 cdef enum:
     ARP_FREE = 0

@@ -6,16 +6,22 @@ completion through a chain of small stages; each failure leg ends in a
 counted drop (dp_drop_m, reasons in dp_drop.h) or an ICMP error:
 
   dp_rx_burst        read() up to DP_BURST frames into Packet-zone mbufs    net/dp_loop.pxi
+   -> tap_input      virtio-net header -> packet header (super-frames       net/if_tap.pxi
+                     of 64 KB read into 16k jumbo clusters)
    -> ether_input    classify: ARP / IPv4 / other; our MAC or broadcast    net/if_ethersubr.pxi
       -> arp_input   answer on-link requests for our addresses, learn,     netinet/if_ether.pxi
                      flush holds
       -> ip_input    header checks (RFC 1812 5.2.2), trim, martians        netinet/ip_input.pxi
+         -> ip_offload_input  offload record checked against the packet  netinet/ip_offload.pxi
          -> ip_local -> icmp_input   echo requests to our addresses        netinet/ip_icmp.pxi
          -> ip_forward         route lookup -> TTL expiry -> MTU/DF        netinet/ip_input.pxi
-                               -> TTL decrement
+                               (per segment for super-frames) -> TTL decrement
+            -> ip_output_if    what the egress cannot do: segment         netinet/ip_offload.pxi
+                               (ip_gso_output), fragment, checksum
             -> ip_fragment     payload shared with the original clusters   netinet/ip_output.pxi
             -> ether_resolve   ARP: neighbour's MAC, or hold and ask       netinet/if_ether.pxi
                -> ether_output prepend the Ethernet header, writev()       net/if_ethersubr.pxi
+                               (behind a virtio-net header: dp_transmit)
   icmp_error         quote <= 576 bytes, rate-limited, never for errors,   netinet/ip_icmp.pxi
                      broadcasts, martians or non-initial fragments
   ip_output          the router's own packets: route, fragment, resolve    netinet/ip_output.pxi
@@ -34,21 +40,28 @@ of inet.pxd (FreeBSD's `struct ip *`); system calls come from
 allocator_pyx/includes.pxd.
 """
 
-from libc.errno cimport EAGAIN, EBADF, EBADFD, EINTR, EIO, ENOBUFS, ENODEV, ENXIO, errno
+from libc.errno cimport EAGAIN, EBADF, EBADFD, EINTR, EIO, EMSGSIZE, ENOBUFS, ENODEV, ENXIO, errno
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset, strncpy
+from posix.uio cimport iovec, readv
 from posix.unistd cimport close, read, usleep, write
 
 from allocator_pyx.includes cimport (CLONE_FILES, EFD_CLOEXEC, EFD_NONBLOCK, EPOLL_CLOEXEC,
                                      EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLLIN, epoll_create1,
                                      epoll_ctl, epoll_event, epoll_wait, eventfd, now_ns,
                                      pthread_mutex_destroy, pthread_mutex_init,
-                                     pthread_mutex_lock, pthread_mutex_unlock, unshare)
-from allocator_pyx.mbuf cimport (MHLEN, MT_DATA, M_PKTHDR, m_adj, m_copydata, m_copym,
-                                 m_discard_fd, m_freem, m_getcl, m_gethdr, M_PREPEND,
-                                 m_read_fd, m_writev_fd, mbuf, mbufq, mbufq_dequeue,
-                                 mbufq_drain, mbufq_enqueue, mbufq_full, mbufq_init, mbufq_len)
+                                     pthread_mutex_lock, pthread_mutex_unlock, set_errno,
+                                     unlikely, unshare)
+from allocator_pyx.mbuf cimport (CSUM_DELAY_DATA, CSUM_DELAY_DATA_IPV6, CSUM_DEV_GSO,
+                                 CSUM_DEV_PARTIAL, CSUM_IP6_TCP, CSUM_IP6_TSO, CSUM_IP6_UDP,
+                                 CSUM_IP6_USO, CSUM_IP_TCP, CSUM_IP_TSO, CSUM_IP_UDP, CSUM_IP_USO,
+                                 CSUM_L4_CALC, CSUM_L4_VALID, CSUM_SEG, MHLEN, MJUM16BYTES,
+                                 MT_DATA, M_PKTHDR, M_TRAILINGSPACE, m_adj, m_copyback,
+                                 m_copydata, m_copym, m_discard_fd, m_freem, m_getcl, m_gethdr,
+                                 m_getjcl, M_PREPEND, m_read_fd, m_writev_fd, mbuf, mbufq,
+                                 mbufq_dequeue, mbufq_drain, mbufq_enqueue, mbufq_full,
+                                 mbufq_init, mbufq_len)
 from allocator_pyx.uma cimport M_NOWAIT, uma_thread_flush
 from forwarder.inet cimport (ARP_HDR_LEN, ARPHRD_ETHER, ARPOP_REPLY, ARPOP_REQUEST,
                              ETHER_ADDR_LEN, ETHER_HDR_LEN, ETHERTYPE_ARP, ETHERTYPE_IP,
@@ -58,10 +71,17 @@ from forwarder.inet cimport (ARP_HDR_LEN, ARPHRD_ETHER, ARPOP_REPLY, ARPOP_REQUE
                              ICMP_UNREACH_NEEDFRAG, ICMP_UNREACH_NET, IP_ADDR_LEN, IP_DF,
                              IP_HDR_LEN, IP_MAX_HDR_LEN, IP_MAXPACKET, IP_MF, IP_OFFMASK,
                              IPOPT_COPIED, IPOPT_EOL, IPOPT_NOP, IPPROTO_ICMP,
-                             IPTOS_PREC_INTERNETCONTROL, IPVERSION, ether_arp, ether_header,
-                             htonl, htons, icmp_err_hdr, icmp_hdr, icmp_is_error, in_cksum,
-                             in_lbcast, in_martian_dst, in_martian_src, in_multicast, ip_dec_ttl,
-                             ip_hdr, ip_hl, ip_set_cksum, ip_ttl_expired, ip_v, ntohl, ntohs)
+                             IPPROTO_TCP, IPPROTO_UDP, IPTOS_PREC_INTERNETCONTROL, IPVERSION,
+                             TCP_HDR_LEN, TCP_OFF_SUM, TH_CWR, TH_FIN, TH_PUSH, UDP_HDR_LEN,
+                             UDP_OFF_SUM, VIRTIO_NET_HDR_F_DATA_VALID,
+                             VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN,
+                             VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
+                             VIRTIO_NET_HDR_GSO_UDP_L4, VIRTIO_NET_HDR_LEN, ether_arp,
+                             ether_header, htonl, htons, icmp_err_hdr, icmp_hdr, icmp_is_error,
+                             in_cksum, in_cksum_add, in_cksum_finish, in_lbcast, in_martian_dst,
+                             in_martian_src, in_multicast, ip_dec_ttl, ip_hdr, ip_hl,
+                             ip_set_cksum, ip_ttl_expired, ip_v, ntohl, ntohs, st16, tcp_hdr,
+                             th_hlen, udp_hdr, virtio_net_hdr)
 from forwarder.route cimport (NH_BLACKHOLE, NH_FORWARD, NH_LOCAL, NH_PROHIBIT,
                               NH_UNREACHABLE, RouteTable, rt_lookup_nh, rt_nexthop)
 
@@ -69,10 +89,13 @@ cdef uint8_t ETHER_BCAST[6]
 memset(ETHER_BCAST, 0xff, 6)
 
 include "net/dp_subr.pxi"
+include "net/if_tap.pxi"
 include "netinet/in.pxi"
+include "netinet/in_cksum.pxi"
 include "net/if_ethersubr.pxi"
 include "netinet/if_ether.pxi"
 include "netinet/ip_input.pxi"
+include "netinet/ip_offload.pxi"
 include "netinet/ip_output.pxi"
 include "netinet/ip_icmp.pxi"
 include "net/dp_loop.pxi"
@@ -103,6 +126,7 @@ MTU_MIN = DP_MTU_MIN
 MTU_MAX = DP_MTU_MAX
 MAX_STALL = DP_MAX_STALL
 ARP_MAX_ENTRIES = DP_ARP_MAX
+RX_SPARES = DP_RX_SPARES      # 16k clusters each TAP with TSO/USO keeps for super-frames
 
 # Drop reasons, name -> description, in counter order (from dp_drop.h).
 DROP_REASONS = {dp_drop_symbol[i].decode().lower(): dp_drop_description[i].decode()
@@ -142,18 +166,26 @@ cdef class Dataplane:
         epoll_ctl(self.dp.epfd, EPOLL_CTL_ADD, self.dp.wakefd, &ev)
 
     def __dealloc__(self):
+        cdef int i
         if self.dp != NULL:
             if not self.running:
                 arp_clear(self.dp)
+                for i in range(self.dp.nifs):
+                    tap_free_spares(&self.dp.ifs[i])
                 close(self.dp.epfd)
                 close(self.dp.wakefd)
                 pthread_mutex_destroy(&self.dp.lock)
                 free(self.dp)
             self.dp = NULL
 
-    def add_interface(self, int fd, str name, bytes mac, int mtu, addrs) -> int:
+    def add_interface(self, int fd, str name, bytes mac, int mtu, addrs, *,
+                      bint vnet_hdr=False, unsigned int offloads=0,
+                      unsigned int refused=0) -> int:
         """Attach an open, non-blocking TAP fd.  addrs: [(address, prefixlen)]
-        as strings/ints.  Returns the interface index used by routes."""
+        as strings/ints.  vnet_hdr: the TAP was opened with IFF_VNET_HDR;
+        offloads: the TUN_F_* bits TUNSETOFFLOAD accepted (refused: those it
+        did not, for the stats).  Returns the interface index used by
+        routes."""
         cdef dp_ifnet *ifp
         cdef epoll_event ev
         cdef int idx
@@ -172,13 +204,20 @@ cdef class Dataplane:
             ifp.index = idx
             strncpy(ifp.name, name.encode()[:15], 15)
             memcpy(ifp.mac, <const char *>mac, 6)
-            ifp.mtu = mtu
-            ifp.rx_size = mtu + ETHER_HDR_LEN + 4
+            ifp.vnet_hdrlen = VIRTIO_NET_HDR_LEN if vnet_hdr else 0
+            if vnet_hdr:
+                ifp.offloads = offloads
+                ifp.offloads_refused = refused
+                ifp.hwassist = tun_hwassist(offloads)
+                if offloads & (TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6):
+                    ifp.rx_spares = DP_RX_SPARES
+            ifp_set_mtu(ifp, mtu)
             self._set_addrs(ifp, addrs)
             ev.events = EPOLLIN
             ev.data.u32 = <uint32_t>idx
             if epoll_ctl(self.dp.epfd, EPOLL_CTL_ADD, fd, &ev) != 0:
                 raise OSError(errno, f"epoll_ctl({name})")
+            tap_fill_spares(ifp)
             self.dp.nifs += 1
         finally:
             pthread_mutex_unlock(&self.dp.lock)
@@ -210,8 +249,7 @@ cdef class Dataplane:
         _check_mtu(mtu)
         with nogil:
             pthread_mutex_lock(&self.dp.lock)
-        self.dp.ifs[index].mtu = mtu
-        self.dp.ifs[index].rx_size = mtu + ETHER_HDR_LEN + 4
+        ifp_set_mtu(&self.dp.ifs[index], mtu)
         pthread_mutex_unlock(&self.dp.lock)
 
     def set(self, str name, int value):
@@ -258,10 +296,14 @@ cdef class Dataplane:
         write(self.dp.wakefd, &one, 8)
 
     def flush(self):
-        """Drop every ARP entry and held packet (used at shutdown)."""
+        """Drop every ARP entry and held packet, and the jumbo clusters kept
+        for super-frames (used at shutdown)."""
+        cdef int i
         with nogil:
             pthread_mutex_lock(&self.dp.lock)
             arp_clear(self.dp)
+            for i in range(self.dp.nifs):
+                tap_free_spares(&self.dp.ifs[i])
             pthread_mutex_unlock(&self.dp.lock)
 
     def progress_age(self) -> float:
@@ -307,6 +349,7 @@ cdef class Dataplane:
     def stats(self) -> dict:
         cdef int i
         cdef dp_ifnet *ifp
+        from forwarder.netns import tun_flag_names
         with nogil:
             pthread_mutex_lock(&self.dp.lock)
         try:
@@ -320,6 +363,12 @@ cdef class Dataplane:
                     "tx_packets": ifp.tx_packets, "tx_bytes": ifp.tx_bytes,
                     "tx_errors": ifp.tx_errors,
                     "link": "up" if not ifp.lost_errno else f"lost ({os.strerror(ifp.lost_errno)})",
+                    "vnet_hdr": ifp.vnet_hdrlen != 0,
+                    "offloads": tun_flag_names(ifp.offloads),
+                    "offloads_refused": tun_flag_names(ifp.offloads_refused),
+                    "rx_gso": ifp.rx_gso, "rx_gso_segments": ifp.rx_gso_segs,
+                    "tx_gso": ifp.tx_gso, "tx_gso_segments": ifp.tx_gso_segs,
+                    "gso_software": ifp.gso_sw, "csum_software": ifp.csum_sw,
                 })
             drops = {name: self.dp.drops[i] for i, name in enumerate(DROP_REASONS)}
             icmp = {"echo_replies": self.dp.icmp_out[ICMP_ECHOREPLY],

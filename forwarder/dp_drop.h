@@ -20,6 +20,7 @@
   _(ETHERTYPE,                "frame neither IPv4 nor ARP")                                      \
   _(ARP_MALFORMED,            "ARP not Ethernet/IPv4, or shorter than 28 bytes")                 \
   _(ARP_NOT_ON_LINK,          "ARP for us from a sender outside the prefixes of its link")       \
+  _(VNET_HDR_INVALID,         "virtio-net header at odds with the frame (GSO type, checksum offsets)") \
   _(IP_TOO_SHORT,             "shorter than an IPv4 header")                                     \
   _(IP_BAD_VERSION,           "IP version not 4")                                                \
   _(IP_BAD_HEADER_LENGTH,     "IPv4 header length below 20 bytes or beyond the frame")           \

@@ -129,6 +129,71 @@ cdef packed struct ip_hdr:
     uint32_t ip_src             # network order
     uint32_t ip_dst             # network order
 
+# --- TCP (RFC 9293) and UDP (RFC 768): what segmentation rewrites ----------------
+cdef enum:
+    TCP_HDR_LEN = 20            # without options
+    TCP_MAX_HDR_LEN = 60
+    UDP_HDR_LEN = 8
+    TCP_OFF_SUM = 16            # where the checksum sits in each header
+    UDP_OFF_SUM = 6
+
+    TH_FIN = 0x01
+    TH_SYN = 0x02
+    TH_RST = 0x04
+    TH_PUSH = 0x08
+    TH_ACK = 0x10
+    TH_URG = 0x20
+    TH_ECE = 0x40
+    TH_CWR = 0x80
+
+cdef packed struct tcp_hdr:
+    uint16_t th_sport           # network order
+    uint16_t th_dport
+    uint32_t th_seq
+    uint32_t th_ack
+    uint8_t th_off              # data offset << 4 (32-bit words) | reserved
+    uint8_t th_flags            # TH_*
+    uint16_t th_win
+    uint16_t th_sum             # as stored (see in_cksum)
+    uint16_t th_urp
+
+cdef packed struct udp_hdr:
+    uint16_t uh_sport           # network order
+    uint16_t uh_dport
+    uint16_t uh_ulen            # header + data
+    uint16_t uh_sum             # as stored; 0 = none (IPv4 only)
+
+cdef inline int th_hlen(const tcp_hdr *th) noexcept nogil:
+    """TCP header length in bytes (data offset * 4)."""
+    return (th.th_off >> 4) << 2
+
+# --- virtio-net header (virtio 1.x 5.1.6; Linux <linux/virtio_net.h>) ---------
+#
+# What a TAP opened with IFF_VNET_HDR puts in front of every frame it hands
+# us and expects in front of every frame we write.  Unlike the protocol
+# headers its 16-bit fields are in the machine's own byte order (legacy
+# virtio on a little-endian host; TUNSETVNETLE is never set).  csum_start
+# counts from the start of the Ethernet frame.
+cdef enum:
+    VIRTIO_NET_HDR_LEN = 10
+    VIRTIO_NET_HDR_F_NEEDS_CSUM = 1     # checksum from csum_start to the end, stored at
+                                        # csum_start + csum_offset (which holds the pseudo-header sum)
+    VIRTIO_NET_HDR_F_DATA_VALID = 2     # the sender verified the checksums
+    VIRTIO_NET_HDR_GSO_NONE = 0
+    VIRTIO_NET_HDR_GSO_TCPV4 = 1
+    VIRTIO_NET_HDR_GSO_UDP = 3          # UFO, never asked for
+    VIRTIO_NET_HDR_GSO_TCPV6 = 4
+    VIRTIO_NET_HDR_GSO_UDP_L4 = 5       # USO (Linux 6.2; Debian 12's headers lack it)
+    VIRTIO_NET_HDR_GSO_ECN = 0x80       # the super-frame carries CWR: only the first segment keeps it
+
+cdef packed struct virtio_net_hdr:
+    uint8_t flags               # VIRTIO_NET_HDR_F_*
+    uint8_t gso_type            # VIRTIO_NET_HDR_GSO_*
+    uint16_t hdr_len            # Ethernet + IP + L4 headers (a hint; recomputed on output)
+    uint16_t gso_size           # payload bytes per segment (the MSS)
+    uint16_t csum_start
+    uint16_t csum_offset
+
 # --- ICMP (RFC 792, RFC 1191) -------------------------------------------------
 cdef enum:
     ICMP_ECHOREPLY = 0

@@ -4,6 +4,8 @@ all read at scrape time.
 
     forwarder_interface_{rx,tx}_{packets,bytes}_total{router,interface}
     forwarder_interface_{rx_nobuf,rx_errors,tx_errors}_total{router,interface}
+    forwarder_interface_{rx,tx}_gso{,_segments}_total{router,interface}   super-frames, their segments
+    forwarder_interface_{gso,csum}_software_total{router,interface}       offload work done here
     forwarder_drops_total{router,reason}        one series per drop reason (HELP says what each means)
     forwarder_icmp_total{router,kind}           unreachable, time_exceeded, echo_replies, ratelimited
     forwarder_forwarded_packets_total, forwarder_delivered_local_total,
@@ -47,6 +49,12 @@ INTERFACE_COUNTERS = (
     ("rx_nobuf", "frames dropped for want of a buffer"), ("rx_errors", "read errors"),
     ("tx_packets", "frames written"), ("tx_bytes", "bytes written"),
     ("tx_errors", "write errors"),
+    ("rx_gso", "super-frames (TSO/USO) read"),
+    ("rx_gso_segments", "segments the super-frames read carried"),
+    ("tx_gso", "super-frames written, segmentation left to the kernel"),
+    ("tx_gso_segments", "segments the super-frames written carried"),
+    ("gso_software", "super-frames cut into segments here: no TSO on the egress, or too big with DF clear"),
+    ("csum_software", "checksums completed here that the sender had left to offload"),
 )
 
 

@@ -139,18 +139,35 @@ class Router:
                  ", ".join(self.ifindex) or "no interfaces")
 
     def _attach(self, itf: Interface) -> None:
-        fd = netns.tap_open(itf.name)
+        fd = netns.tap_open(itf.name, extra_flags=netns.IFF_VNET_HDR if itf.offload else 0)
         self.fds[itf.name] = fd
+        accepted = self._offloads(itf, fd) if itf.offload else 0
         netns.link_set(itf.name, mtu=itf.mtu, up=True)
         idx = self.dp.add_interface(fd, itf.name, mac_bytes(itf.mac), itf.mtu,
-                                    [(str(a.ip), a.network.prefixlen) for a in itf.addresses])
+                                    [(str(a.ip), a.network.prefixlen) for a in itf.addresses],
+                                    vnet_hdr=itf.offload, offloads=accepted,
+                                    refused=netns.TUN_F_ALL & ~accepted if itf.offload else 0)
         self.ifindex[itf.name] = idx
         if itf.netns:
             netns.link_move(itf.name, itf.netns_path)
             netns.link_set(itf.name, itf.netns_path, up=True)
-        log.info("interface %s up: %s mtu %d mac %s%s", itf.name,
+        log.info("interface %s up: %s mtu %d mac %s offloads %s%s", itf.name,
                  ", ".join(map(str, itf.addresses)), itf.mtu, itf.mac,
+                 ", ".join(netns.tun_flag_names(accepted)) or "off",
                  f" (kernel side in {itf.netns})" if itf.netns else "")
+
+    @staticmethod
+    def _offloads(itf: Interface, fd: int) -> int:
+        """TUNSETOFFLOAD with every offload the dataplane handles; what the
+        kernel refuses is logged once and left off (the interface runs
+        without it: the kernel side then segments and checksums itself)."""
+        accepted = netns.tap_set_offload(fd, netns.TUN_F_ALL)
+        refused = netns.TUN_F_ALL & ~accepted
+        if refused:
+            log.warning("interface %s: the kernel refused offloads %s; running with %s",
+                        itf.name, ", ".join(netns.tun_flag_names(refused)),
+                        ", ".join(netns.tun_flag_names(accepted)) or "none")
+        return accepted
 
     def stop(self) -> None:
         """Stop forwarding, free every held packet, close the TAPs."""
@@ -387,8 +404,9 @@ class Router:
         if [i.name for i in new.interfaces] != [i.name for i in old.interfaces]:
             raise ValueError("interfaces cannot be added, removed or reordered by a reload; restart")
         for a, b in zip(old.interfaces, new.interfaces):
-            if a.netns != b.netns or a.mac != b.mac:
-                raise ValueError(f"interface {a.name}: netns and mac change only with a restart")
+            if a.netns != b.netns or a.mac != b.mac or a.offload != b.offload:
+                raise ValueError(f"interface {a.name}: netns, mac and offload change only "
+                                 f"with a restart")
         # Validate everything before changing anything.
         specs = self._route_specs(new)
         tree = _quiet.tree(new)

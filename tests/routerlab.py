@@ -30,20 +30,32 @@ from tests.topology import RouterLab
 __all__ = ["RunningRouter", "lab_config", "lab_doc", "router_mac", "start_router"]
 
 
+Offload = bool | dict[str, bool] | None
+
+
 def lab_doc(lab: RouterLab, sock: Path, sysctl: dict[str, int] | None = None,
             routes: Sequence[dict[str, str]] = (), metrics: str | None = None,
-            addresses: dict[str, Sequence[str]] | None = None) -> dict[str, Any]:
-    """The router's config for a lab, as a document (to change before writing it)."""
-    return lab.config_doc(sock, sysctl=sysctl or {}, routes=routes, metrics=metrics,
-                          addresses=addresses)
+            addresses: dict[str, Sequence[str]] | None = None,
+            offload: Offload = None) -> dict[str, Any]:
+    """The router's config for a lab, as a document (to change before writing it).
+    ``offload``: every interface's `offload` key, or some of them by name
+    (None: the default, on)."""
+    doc = lab.config_doc(sock, sysctl=sysctl or {}, routes=routes, metrics=metrics,
+                         addresses=addresses)
+    for itf in doc["interface"]:
+        value = offload.get(itf["name"]) if isinstance(offload, dict) else offload
+        if value is not None:
+            itf["offload"] = value
+    return doc
 
 
 def lab_config(lab: RouterLab, sock: Path, sysctl: dict[str, int] | None = None,
                routes: Sequence[dict[str, str]] = (), metrics: str | None = None,
-               extra: str = "", addresses: dict[str, Sequence[str]] | None = None) -> str:
+               extra: str = "", addresses: dict[str, Sequence[str]] | None = None,
+               offload: Offload = None) -> str:
     """The router's config for a lab; ``extra`` is TOML appended at the end;
     ``addresses`` adds addresses to interfaces by name (after the lab's own)."""
-    return to_toml(lab_doc(lab, sock, sysctl, routes, metrics, addresses)) + extra
+    return to_toml(lab_doc(lab, sock, sysctl, routes, metrics, addresses, offload)) + extra
 
 
 class RunningRouter(RouterProcess):
@@ -146,13 +158,13 @@ def start_router(lab: RouterLab, workdir: Path, *, sysctl: dict[str, int] | None
                  routes: Sequence[dict[str, str]] = (), metrics: str | None = None,
                  extra_config: str = "", extra_argv: Sequence[str] = (),
                  addresses: dict[str, Sequence[str]] | None = None,
-                 timeout: float = 20) -> RunningRouter:
+                 offload: Offload = None, timeout: float = 20) -> RunningRouter:
     """Run a router for ``lab`` (config and log in ``workdir``) and wait until
     it is healthy; then configure the hosts.  ``extra_config`` is appended
     to the generated config; ``extra_argv`` goes to `forwarder run` (``-o``);
     ``addresses`` adds router addresses to interfaces by name."""
     text = lab_config(lab, workdir / f"{lab.name}.sock", sysctl, routes, metrics, extra_config,
-                      addresses)
+                      addresses, offload)
     router = lab.start_router(workdir, text, argv=extra_argv, timeout=timeout, kind=RunningRouter)
     assert isinstance(router, RunningRouter)
     return router

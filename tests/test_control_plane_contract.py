@@ -197,7 +197,8 @@ def test_the_socket_is_0600_whatever_the_umask(tmp_path: Path) -> None:
 # The interface counters metrics.py's docstring promises, written out (not read
 # from metrics.INTERFACE_COUNTERS, which is what is under test).
 INTERFACE_SERIES = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "rx_nobuf",
-                    "rx_errors", "tx_errors")
+                    "rx_errors", "tx_errors", "rx_gso", "rx_gso_segments", "tx_gso",
+                    "tx_gso_segments", "gso_software", "csum_software")
 
 
 def test_metrics_export_each_counter_under_its_own_name() -> None:

@@ -6,27 +6,40 @@
 # plane's changes land between bursts.
 
 
+cdef inline void dp_rx_frame(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
+    m.m_pkthdr.rcvif = ifp.index
+    if ifp.vnet_hdrlen and not tap_input(dp, ifp, m):
+        ifp.rx_packets += 1
+        return
+    ifp.rx_packets += 1
+    ifp.rx_bytes += m.m_pkthdr.len
+    ether_input(dp, ifp, m)
+
+
 cdef void dp_rx_burst(dp_state *dp, dp_ifnet *ifp) noexcept nogil:
-    """Read up to DP_BURST frames, each straight into a Packet-zone cluster,
-    and run each through ether_input."""
+    """Read up to DP_BURST frames, each straight into a Packet-zone cluster
+    (and jumbo clusters for a super-frame: tap_read), and run each through
+    tap_input and ether_input."""
     cdef int k, err
     cdef mbuf *m
     for k in range(DP_BURST):
-        m = m_read_fd(ifp.fd, ifp.rx_size, 0, ifp.index, M_NOWAIT)
+        m = tap_read(ifp)
         if m == NULL:
             err = errno
             if err == EAGAIN:
                 return
+            if err == EMSGSIZE:         # longer than the buffers we had: cut short, dropped
+                ifp.rx_nobuf += 1
+                dp.drops[DROP_NO_BUFFER] += 1
+                continue
             if err == ENOBUFS:
                 # No buffer (a zone limit).  Free what is held for ARP and
                 # retry once; otherwise the frame must still leave the
                 # queue, or epoll keeps waking us for it.
                 if arp_reclaim(dp) > 0:
-                    m = m_read_fd(ifp.fd, ifp.rx_size, 0, ifp.index, M_NOWAIT)
+                    m = tap_read(ifp)
                     if m != NULL:
-                        ifp.rx_packets += 1
-                        ifp.rx_bytes += m.m_pkthdr.len
-                        ether_input(dp, ifp, m)
+                        dp_rx_frame(dp, ifp, m)
                         continue
                 if m_discard_fd(ifp.fd) < 0:
                     return
@@ -42,10 +55,7 @@ cdef void dp_rx_burst(dp_state *dp, dp_ifnet *ifp) noexcept nogil:
                 epoll_ctl(dp.epfd, EPOLL_CTL_DEL, ifp.fd, NULL)
                 ifp.lost_errno = err
             return
-        ifp.rx_packets += 1
-        ifp.rx_bytes += m.m_pkthdr.len
-        m.m_pkthdr.rcvif = ifp.index
-        ether_input(dp, ifp, m)
+        dp_rx_frame(dp, ifp, m)
 
 
 cdef void dp_timers(dp_state *dp) noexcept nogil:

@@ -29,8 +29,17 @@ cdef mbuf *dp_new_packet(int len) noexcept nogil:
 
 
 cdef void dp_transmit(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
-    """writev() the chain (a complete frame) to the TAP; m is consumed."""
+    """writev() the chain (a complete frame) to the TAP, behind its
+    virtio-net header when the TAP has one (tap_output_hdr); m is consumed."""
     cdef int len = m.m_pkthdr.len
+    cdef virtio_net_hdr vh
+    if ifp.vnet_hdrlen:
+        tap_output_hdr(ifp, &vh, m)
+        m = M_PREPEND(m, VIRTIO_NET_HDR_LEN, M_NOWAIT)     # in the leading space when there is room
+        if m == NULL:
+            dp.drops[DROP_NO_BUFFER] += 1
+            return
+        memcpy(mdata(m), &vh, VIRTIO_NET_HDR_LEN)
     if ifp.lost_errno or m_writev_fd(ifp.fd, m) < 0:
         ifp.tx_errors += 1
         dp.drops[DROP_TX_ERROR] += 1

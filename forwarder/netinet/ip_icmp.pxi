@@ -85,6 +85,8 @@ cdef void icmp_error(dp_state *dp, dp_ifnet *ifp, mbuf *m, int type, int code,
     if not icmp_ratecheck(dp):
         m_freem(m)
         return
+    if unlikely(m.m_pkthdr.csum_flags & CSUM_DELAY_DATA):
+        in_delayed_cksum(ifp, m)        # quote a well-formed packet, not a half-done checksum
     quote = m.m_pkthdr.len
     if quote > ICMP_ERR_MAXLEN - IP_HDR_LEN - ICMP_HDR_LEN:
         quote = ICMP_ERR_MAXLEN - IP_HDR_LEN - ICMP_HDR_LEN

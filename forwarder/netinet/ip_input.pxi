@@ -5,7 +5,7 @@
 # comes before anything in the packet changes (an ICMP error quotes the
 # header as received, and so does frag-needed, which is decided after it),
 # and the decrement is the one line before the packet leaves for
-# ip_fragment or ether_resolve.
+# ip_output_if.
 
 
 cdef void ip_input(dp_state *dp, dp_ifnet *ifp, mbuf *m, bint l2group) noexcept nogil:
@@ -34,6 +34,9 @@ cdef void ip_input(dp_state *dp, dp_ifnet *ifp, mbuf *m, bint l2group) noexcept 
         return
     if iplen < m.m_pkthdr.len:
         m_adj(m, iplen - m.m_pkthdr.len)        # Ethernet padding
+    if unlikely(m.m_pkthdr.csum_flags & (CSUM_DEV_PARTIAL | CSUM_DEV_GSO)):
+        if not ip_offload_input(dp, ifp, m, ip, hlen):
+            return
     src = ntohl(ip.ip_src)
     dst = ntohl(ip.ip_dst)
     if in_martian_src(src):
@@ -62,6 +65,7 @@ cdef void ip_local(dp_state *dp, dp_ifnet *ifp, mbuf *m, uint32_t dst) noexcept 
     """For us: ICMP goes to icmp_input (whole datagrams only: fragments are
     not reassembled); everything else is counted and dropped."""
     cdef ip_hdr *ip = <ip_hdr *>mdata(m)
+    # (ip_offload_input completed any ICMP checksum the sender left open.)
     if ip.ip_p != IPPROTO_ICMP or (ntohs(ip.ip_off) & (IP_MF | IP_OFFMASK)):
         dp_drop_m(dp, m, DROP_LOCAL_NOT_ECHO)
         return
@@ -71,7 +75,8 @@ cdef void ip_local(dp_state *dp, dp_ifnet *ifp, mbuf *m, uint32_t dst) noexcept 
 cdef void ip_forward(dp_state *dp, dp_ifnet *ifp, mbuf *m, const rt_nexthop *nh,
                      uint32_t dst) noexcept nogil:
     """route type -> TTL expiry -> directed broadcast -> MTU/DF -> TTL
-    decrement -> fragment or resolve."""
+    decrement -> ip_output_if (segment, fragment or checksum; resolve).
+    A super-frame is one packet here; its MTU rule is ip_too_big's."""
     cdef ip_hdr *ip = <ip_hdr *>mdata(m)
     cdef dp_ifnet *oifp
     cdef uint32_t nexthop
@@ -100,7 +105,7 @@ cdef void ip_forward(dp_state *dp, dp_ifnet *ifp, mbuf *m, const rt_nexthop *nh,
     if nh.gateway == 0 and ifp_is_subnet_bcast(oifp, dst):
         dp_drop_m(dp, m, DROP_IP_BROADCAST_DESTINATION)     # directed broadcast: not forwarded
         return
-    too_big = m.m_pkthdr.len > oifp.mtu
+    too_big = ip_too_big(m, oifp.mtu)
     if too_big and (ntohs(ip.ip_off) & IP_DF):
         dp.drops[DROP_NEEDFRAG_DF_SET] += 1
         icmp_error(dp, ifp, m, ICMP_UNREACH, ICMP_UNREACH_NEEDFRAG, oifp.mtu)
@@ -108,7 +113,4 @@ cdef void ip_forward(dp_state *dp, dp_ifnet *ifp, mbuf *m, const rt_nexthop *nh,
     # TTL decrement: the one place a forwarded packet's TTL changes.
     ip_dec_ttl(ip)
     dp.forwarded += 1
-    if too_big:
-        ip_fragment(dp, oifp, m, nexthop)
-    else:
-        ether_resolve(dp, oifp, m, nexthop)
+    ip_output_if(dp, oifp, m, nexthop, too_big)

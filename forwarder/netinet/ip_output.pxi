@@ -15,13 +15,10 @@ cdef void ip_output(dp_state *dp, mbuf *m) noexcept nogil:
         return
     oifp = &dp.ifs[nh.ifindex]
     nexthop = nh.gateway if nh.gateway != 0 else dst
-    if m.m_pkthdr.len > oifp.mtu:
-        if ntohs(ip.ip_off) & IP_DF:
-            dp_drop_m(dp, m, DROP_NEEDFRAG_DF_SET)
-            return
-        ip_fragment(dp, oifp, m, nexthop)
+    if m.m_pkthdr.len > oifp.mtu and ntohs(ip.ip_off) & IP_DF:
+        dp_drop_m(dp, m, DROP_NEEDFRAG_DF_SET)
         return
-    ether_resolve(dp, oifp, m, nexthop)
+    ip_output_if(dp, oifp, m, nexthop, m.m_pkthdr.len > oifp.mtu)
 
 
 cdef int ip_copied_options(const unsigned char *opts, int hlen, unsigned char *out) noexcept nogil:
@@ -56,7 +53,8 @@ cdef void ip_fragment(dp_state *dp, dp_ifnet *oifp, mbuf *m, uint32_t nexthop) n
     """Cut m into fragments that fit oifp's MTU.  Each fragment is a small
     header mbuf followed by m_copym() of the payload range: the data stays in
     the original clusters, shared by reference count.  All or nothing: when
-    buffers run out midway, no fragment is sent."""
+    buffers run out midway, no fragment is sent.  A checksum left to
+    offload is completed first: fragments carry no offload."""
     cdef ip_hdr *ip = <ip_hdr *>mdata(m)
     cdef unsigned char hdr2[IP_MAX_HDR_LEN]
     cdef int hlen = ip_hl(ip), hlen2, h, off = 0, len, maxlen
@@ -67,6 +65,8 @@ cdef void ip_fragment(dp_state *dp, dp_ifnet *oifp, mbuf *m, uint32_t nexthop) n
     cdef mbufq frags
     cdef mbuf *f
     cdef ip_hdr *fip
+    if unlikely(m.m_pkthdr.csum_flags & CSUM_DELAY_DATA):
+        in_delayed_cksum(oifp, m)
     mbufq_init(&frags, IP_MAXPACKET)
     hlen2 = ip_copied_options(<unsigned char *>ip, hlen, hdr2)
     while off < payload:
