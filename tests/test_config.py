@@ -98,6 +98,7 @@ netns = "/proc/1/ns/net"
 name = "tap1"
 addresses = ["10.2.0.1/24"]
 netns = "h2"
+offload = false
 
 [[route]]
 prefix = "default"
@@ -121,6 +122,7 @@ type = "unreachable"
     assert tap0.netns_path == "/proc/1/ns/net"
     assert tap1.netns_path == "/var/run/netns/h2"
     assert tap1.mtu == 1500 and tap1.mac_generated and tap1.mac == generate_mac("tap1", "edge-1")
+    assert tap0.offload and not tap1.offload
     r0, r1, r2 = cfg.routes
     assert r0.prefix == IPv4Network("0.0.0.0/0") and r0.via == IPv4Address("10.2.0.2")
     assert cfg.link_for(r0.via) == (tap1, IPv4Network("10.2.0.0/24"))
@@ -284,7 +286,7 @@ def test_interface_as_plain_table(tmp_path: Path) -> None:
 
 def test_interface_unknown_key(tmp_path: Path) -> None:
     expect(tmp_path, TWO_LINKS + 'speed = 10 #!\n', "interface[1].speed",
-           "unknown key (allowed: name, addresses, mtu, mac, netns)")
+           "unknown key (allowed: name, addresses, mtu, mac, netns, offload)")
 
 
 def test_interface_name_too_long(tmp_path: Path) -> None:
@@ -366,6 +368,12 @@ def test_duplicate_mac(tmp_path: Path) -> None:
     text = TWO_LINKS.replace('name = "tap0"', 'name = "tap0"\nmac = "02:00:00:00:00:01"')
     text = text.replace('name = "tap1"', 'name = "tap1"\nmac = "02:00:00:00:00:01" #!')
     expect(tmp_path, text, "interface[1].mac", "is also the MAC of interface[0]")
+
+
+@pytest.mark.parametrize("value", ['"no"', "0", "[]"])
+def test_bad_offload(tmp_path: Path, value: str) -> None:
+    expect(tmp_path, TWO_LINKS.replace('name = "tap1"', f'name = "tap1"\noffload = {value} #!'),
+           "interface[1].offload", "must be a boolean (true or false)")
 
 
 @pytest.mark.parametrize("netns,message", [("proc/1/ns/net", "must be absolute"),

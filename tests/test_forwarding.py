@@ -2,6 +2,11 @@
 
 h1 (10.1.0.2) --tap1-- router --tap3 (MTU 1280)-- h3 (10.3.0.2)
                          |--tap2-- h2 (10.2.0.2)
+
+Every test runs twice: with the TAPs' offloads on (the default: virtio-net
+header, partial checksums and TSO super-frames from the hosts' kernels) and
+with `offload = false` on every interface (one frame per MTU, checksums
+complete), the way the router ran before offloads.
 """
 from __future__ import annotations
 
@@ -33,9 +38,11 @@ def lab(topology):  # noqa: F811
     return make_lab(topology, mtus=(1500, 1500, 1280))
 
 
-@pytest.fixture(scope="module")
-def router(lab, tmp_path_factory):
-    r = start_router(lab, tmp_path_factory.mktemp("router"), routes=ROUTES)
+@pytest.fixture(scope="module", params=[True, False], ids=["offload", "no-offload"])
+def router(lab, tmp_path_factory, request):
+    r = start_router(lab, tmp_path_factory.mktemp("router"), routes=ROUTES,
+                     offload=request.param)
+    assert all(i["vnet_hdr"] == request.param for i in r.stats()["interfaces"])
     yield r
     code, out = r.stop()
     assert code == 0, out

@@ -269,6 +269,23 @@ def test_tap_stays_in_router_namespace_without_host() -> None:
         assert nn.link_info("fwl0", router) is None
 
 
+def test_tap_offloads_are_probed_down_to_what_the_kernel_accepts() -> None:
+    """TUNSETOFFLOAD refuses a whole request for one bit it does not know, or
+    for TSO without CSUM; tap_set_offload asks for less until it is
+    accepted.  Bit 0x8000 is unknown to every kernel (Linux 6.18 stops at
+    the UDP tunnel bits, 0x100): the request falls back to checksum only."""
+    with nn.Topology() as topo:
+        router = topo.netns("r")
+        fd = nn.tap_open("fwo0", router, extra_flags=nn.IFF_VNET_HDR)
+        try:
+            assert nn.tap_set_offload(fd) == nn.TUN_F_ALL
+            assert nn.tap_set_offload(fd, nn.TUN_F_CSUM | nn.TUN_F_TSO4 | 0x8000) == nn.TUN_F_CSUM
+            assert nn.tap_set_offload(fd, nn.TUN_F_TSO4) == 0
+            assert nn.tun_flag_names(nn.TUN_F_CSUM | nn.TUN_F_USO6) == ["csum", "uso6"]
+        finally:
+            os.close(fd)
+
+
 def test_tap_open_rejects_bad_names() -> None:
     with pytest.raises(ValueError):
         nn.tap_open("x" * 16, "unused")
