@@ -50,13 +50,13 @@ from forwarder import netns as nn
 from forwarder.lab.path import resolve_path
 from forwarder.lab.report import fmt_rate
 from forwarder.lab.run import run_load
-from forwarder.lab.spec import LoadSpec
+from forwarder.lab.spec import BENCH_SETUPS, LoadSpec
 from forwarder.lab.topology import make_lab
 
 log = logging.getLogger(__name__)
 
 BENCH_SCHEMA = "forwarder.bench/1"
-SETUPS = ("router", "kernel", "copy", "offload")
+SETUPS = BENCH_SETUPS
 TITLES = {"router": "router (a)", "kernel": "kernel veth (b)", "copy": "C copy loop (c)",
           "offload": "C copy loop, offloads (d)"}
 BASELINES = ("kernel", "copy", "offload")     # the router's figures as ratios to these

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from forwarder.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from forwarder.lab import EXTRA, INSTALL_HINT, missing
 from forwarder.lab.signals import Terminated, cleanup_signals
-from forwarder.lab.spec import MAX_DURATION, PROTOCOLS, LoadgenError, LoadSpec
+from forwarder.lab.spec import BENCH_SETUPS, MAX_DURATION, PROTOCOLS, LoadgenError, LoadSpec
 
 EXIT_INTERRUPTED = 130         # 128 + SIGINT; the others are `forwarder`'s own
 Command = Callable[[argparse.Namespace], int]
@@ -235,7 +235,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     only = tuple(x for x in (args.only.split(",") if args.only else bench.SETUPS) if x)
     bad = [x for x in only if x not in bench.SETUPS]
     if bad:
-        print(f"forwarder bench: --only: unknown {bad} (router, kernel, copy)", file=sys.stderr)
+        print(f"forwarder bench: --only: unknown {bad} ({', '.join(bench.SETUPS)})",
+              file=sys.stderr)
         return EXIT_USAGE
     if args.quick:
         p = bench.Params(reps=args.reps or 3, duration=args.duration or 0.4, iperf_seconds=1,
@@ -272,17 +273,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def add_bench(sub: Any) -> None:
     p = _parser(sub, "bench", "side-by-side benchmark",
-                "The same load through (a) this router, (b) Linux kernel forwarding and (c) a "
-                "C read()/write() loop between two TAPs: 64-byte and IMIX pps, iperf3 Gbit/s, "
-                "latency at half load, CPU per packet, peak RSS; the router's figures also as "
-                "ratios to (b) and (c).  Numbers and method: benchmarks/README.md.")
+                "The same load through (a) this router, (b) Linux kernel forwarding, (c) a "
+                "C read()/write() loop between two TAPs and (d) the same loop on TAPs with "
+                "offloads (virtio-net header, TSO): 64-byte and IMIX pps, iperf3 Gbit/s with "
+                "1 and 4 streams, latency at half load, CPU per packet, peak RSS; the router's "
+                "figures also as ratios to (b), (c) and (d).  Numbers and method: "
+                "benchmarks/README.md.")
     p.add_argument("--quick", action="store_true",
                    help="short runs (0.4 s loads, 8 MB iperf3): for tests, not for numbers")
     p.add_argument("--reps", type=int, default=None, help="runs per figure (default 3)")
     p.add_argument("--duration", type=float, default=None, metavar="S",
                    help="seconds per load run (default 2)")
     p.add_argument("--iperf-seconds", type=float, default=3.0, metavar="S")
-    p.add_argument("--only", metavar="LIST", help="some of router,kernel,copy")
+    p.add_argument("--only", metavar="LIST", help="some of " + ",".join(BENCH_SETUPS))
     p.add_argument("--json", metavar="FILE", help="write everything as JSON")
     p.set_defaults(func=cmd_bench)
 
