@@ -36,7 +36,7 @@ from scapy.packet import Packet
 from forwarder import netns as nn
 from tests.routerlab import RunningRouter, lab_doc, router_mac
 from tests.topology import RouterLab, make_lab, requires_netns, topology  # noqa: F401
-from tests.wire import Sniffer, host_mac
+from tests.wire import Sniffer, host_mac, udp_socket
 from forwarder.lab.tomlwrite import to_toml
 
 pytestmark = requires_netns
@@ -46,6 +46,9 @@ PACKET_VNET_HDR = 15
 ETH_P_IP = 0x0800
 VNET_NEEDS_CSUM = 1
 GSO_TCPV4 = 1
+GSO_ECN = 0x80                  # the super-frame carries CWR
+SOL_UDP = 17
+UDP_SEGMENT = 103               # <linux/udp.h>: the socket sends UDP super-frames (USO)
 NARROW = 1280                   # the router's MTU on tap3
 MSS = 1400                      # segments of the crafted super-frames: 1440-byte datagrams
 
@@ -135,8 +138,8 @@ def vnet_hdr(flags: int, gso_type: int = 0, hdr_len: int = 0, gso_size: int = 0,
     return struct.pack("=BBHHHH", flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
 
 
-def tcp_super_frame(lab: RouterLab, dst: str, *, df: bool, sport: int,
-                    nseg: int = 5) -> tuple[bytes, IP]:
+def tcp_super_frame(lab: RouterLab, dst: str, *, df: bool, sport: int, nseg: int = 5,
+                    cwr: bool = False) -> tuple[bytes, IP]:
     """A TCP super-frame from h1 as the kernel's TSO would hand it to a
     device: virtio-net header (GSO_TCPV4, gso_size MSS, NEEDS_CSUM at the
     TCP checksum) + frame whose TCP checksum holds the pseudo-header sum.
@@ -144,12 +147,14 @@ def tcp_super_frame(lab: RouterLab, dst: str, *, df: bool, sport: int,
     src = str(lab.host("h1").address.ip)
     payload = bytes((i * 7 + i // 251) & 0xff for i in range(MSS * nseg))
     full = IP(bytes(IP(src=src, dst=dst, id=0x4242, ttl=64, flags="DF" if df else 0)
-                    / TCP(sport=sport, dport=9, seq=1000, ack=1, flags="PA", window=512)
+                    / TCP(sport=sport, dport=9, seq=1000, ack=1, flags="PAC" if cwr else "PA",
+                          window=512)
                     / payload))
     wire = full.copy()
     wire[TCP].chksum = pseudo_sum(src, dst, 6, len(full[TCP]))
     frame = bytes(Ether(dst=router_mac(1), src=host_mac(lab, "h1")) / wire)
-    return vnet_hdr(VNET_NEEDS_CSUM, GSO_TCPV4, 14 + 20 + 20, MSS, 14 + 20, 16) + frame, full
+    gso = GSO_TCPV4 | (GSO_ECN if cwr else 0)
+    return vnet_hdr(VNET_NEEDS_CSUM, gso, 14 + 20 + 20, MSS, 14 + 20, 16) + frame, full
 
 
 def vnet_send(lab: RouterLab, frame: bytes) -> None:
@@ -177,7 +182,8 @@ def checksums_valid(ip: IP) -> bool:
 
 def check_segments(segs: list[Packet], full: IP) -> None:
     """The segments of ``full`` (MSS payload bytes each), as TCP cuts them:
-    lengths, sequence numbers, data, flags and checksums."""
+    lengths, sequence numbers, data, flags (PSH on the last, CWR on the
+    first only) and checksums."""
     data = bytes(full[TCP].payload)
     segs = sorted((IP(bytes(p[IP])) for p in segs), key=lambda p: p[TCP].seq)
     assert len(segs) == len(data) // MSS, [p.summary() for p in segs]
@@ -186,7 +192,10 @@ def check_segments(segs: list[Packet], full: IP) -> None:
         assert s.ttl == full.ttl - 1
         assert s[TCP].seq == full[TCP].seq + i * MSS
         assert bytes(s[TCP].payload) == data[i * MSS:(i + 1) * MSS]
-        assert str(s[TCP].flags) == ("PA" if i == len(segs) - 1 else "A"), (i, s[TCP].flags)
+        want = "PA" if i == len(segs) - 1 else "A"
+        if "C" in str(full[TCP].flags) and i == 0:
+            want += "C"
+        assert str(s[TCP].flags) == want, (i, s[TCP].flags)
         assert checksums_valid(s), s.show(dump=True)
 
 
@@ -262,11 +271,40 @@ def test_tcp_to_an_interface_without_offloads(lab: RouterLab, router: RunningRou
     assert not b4["vnet_hdr"] and b4["offloads"] == []
 
 
+def test_udp_segmentation_offload_whole_and_in_software(lab: RouterLab, router: RunningRouter) -> None:
+    """A UDP socket on h1 with UDP_SEGMENT hands its kernel 7000 bytes to
+    send as five 1400-byte datagrams; with USO on tap1 the router gets them
+    as one UDP super-frame.  To h2 it goes on whole (h2's kernel cuts it);
+    to h4, which has no offloads, the router cuts it into five datagrams,
+    each with its own UDP length and checksum.  Both receivers read the five
+    datagrams, in order and intact."""
+    data = bytes((i * 13) & 0xff for i in range(5 * MSS))
+    a = {n: itf(router, n) for n in ("tap1", "tap2", "tap4")}
+    for dst, port in (("h2", 43010), ("h4", 43011)):
+        rx = udp_socket(lab.host(dst).netns)
+        tx = udp_socket(lab.host("h1").netns)
+        try:
+            rx.bind((str(lab.host(dst).address.ip), port))
+            rx.settimeout(2)
+            tx.setsockopt(SOL_UDP, UDP_SEGMENT, MSS)
+            tx.sendto(data, (str(lab.host(dst).address.ip), port))
+            got = [rx.recv(65536) for _ in range(5)]
+        finally:
+            rx.close()
+            tx.close()
+        assert got == [data[i * MSS:(i + 1) * MSS] for i in range(5)], dst
+    b = {n: itf(router, n) for n in ("tap1", "tap2", "tap4")}
+    assert b["tap1"]["rx_gso"] - a["tap1"]["rx_gso"] == 2
+    assert b["tap1"]["rx_gso_segments"] - a["tap1"]["rx_gso_segments"] == 10
+    assert b["tap2"]["tx_gso"] - a["tap2"]["tx_gso"] == 1
+    assert b["tap4"]["gso_software"] - a["tap4"]["gso_software"] == 1
+
+
 # --- crafted super-frames: each software leg, segment by segment -----------------------------
 
 def test_super_frame_to_an_interface_without_offloads_arrives_as_valid_segments(
         lab: RouterLab, router: RunningRouter) -> None:
-    frame, full = tcp_super_frame(lab, "10.4.0.2", df=True, sport=43001)
+    frame, full = tcp_super_frame(lab, "10.4.0.2", df=True, sport=43001, cwr=True)
     a4 = itf(router, "tap4")
     with Sniffer(lab.host("h4").netns, "tap4") as s4:
         vnet_send(lab, frame)
@@ -329,6 +367,30 @@ def test_partial_checksum_to_an_interface_without_offloads_is_completed(
     assert len(got) == 1
     assert got[0][UDP].chksum == full[UDP].chksum and checksums_valid(got[0][IP])
     assert itf(router, "tap4")["csum_software"] - a4["csum_software"] == 1
+
+
+def test_partial_checksum_is_completed_before_fragmenting(
+        lab: RouterLab, router: RunningRouter) -> None:
+    """A 1400-byte UDP datagram with its checksum left open (DF clear) must
+    be cut for the 1280 hop: the checksum is completed first, since
+    fragments carry no offload; h3 reassembles a datagram that checks."""
+    src, dst = "10.1.0.2", "10.3.0.2"
+    full = IP(bytes(IP(src=src, dst=dst, ttl=64, id=0x5151) / UDP(sport=43005, dport=9)
+                    / (b"f" * 1372)))
+    wire = full.copy()
+    wire[UDP].chksum = pseudo_sum(src, dst, 17, len(full[UDP]))
+    frame = vnet_hdr(VNET_NEEDS_CSUM, csum_start=34, csum_offset=6) + bytes(
+        Ether(dst=router_mac(1), src=host_mac(lab, "h1")) / wire)
+    before = snmp(lab, "h3")
+    with Sniffer(lab.host("h3").netns, "tap3") as s3:
+        vnet_send(lab, frame)
+        frags = s3.collect(lambda p: IP in p and p[IP].id == 0x5151, timeout=3, want=2)
+    assert len(frags) == 2
+    (whole,) = defragment([p[IP] for p in frags])
+    assert whole[UDP].chksum == full[UDP].chksum and checksums_valid(IP(bytes(whole)))
+    router.wait_for(lambda: snmp(lab, "h3")["Ip"]["ReasmOKs"] > before["Ip"]["ReasmOKs"],
+                    what="h3 reassembled the datagram")
+    assert snmp(lab, "h3")["Udp"]["InCsumErrors"] == before["Udp"]["InCsumErrors"]
 
 
 # --- headers no kernel would pass: an in-process Dataplane on a socketpair ---------------------

@@ -127,10 +127,13 @@ cdef mbuf *tap_read_chain(dp_ifnet *ifp) noexcept nogil:
 
 cdef mbuf *tap_read(dp_ifnet *ifp) noexcept nogil:
     """One frame from the TAP, virtio-net header still in front; NULL with
-    errno (EAGAIN: nothing to read)."""
+    errno (EAGAIN: nothing to read).  A TAP without the header reads its
+    frames VIRTIO_NET_HDR_LEN bytes into the cluster, so that every packet
+    keeps room to leave by a TAP that has one without a new mbuf."""
     if ifp.rx_spares:
         return tap_read_chain(ifp)
-    return m_read_fd(ifp.fd, ifp.rx_size, 0, ifp.index, M_NOWAIT)
+    return m_read_fd(ifp.fd, ifp.rx_size, VIRTIO_NET_HDR_LEN - ifp.vnet_hdrlen, ifp.index,
+                     M_NOWAIT)
 
 
 cdef bint tap_input(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
