@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -20,13 +21,15 @@ import tempfile
 import threading
 from pathlib import Path
 
-from forwarder.lab import bench
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from forwarder.lab import bench  # noqa: E402
 
 log = logging.getLogger("perf_tcp")
 
 
 def perf_report(data: Path, sort: str, top: int) -> str:
-    cp = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children",
+    cp = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children", "-g", "none",
                          "--sort", sort, "--percent-limit", "0.5"],
                         capture_output=True, text=True, timeout=300)
     rows = [ln for ln in cp.stdout.splitlines() if ln.strip() and not ln.startswith("#")]
