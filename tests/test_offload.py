@@ -50,7 +50,8 @@ GSO_ECN = 0x80                  # the super-frame carries CWR
 SOL_UDP = 17
 UDP_SEGMENT = 103               # <linux/udp.h>: the socket sends UDP super-frames (USO)
 NARROW = 1280                   # the router's MTU on tap3
-MSS = 1400                      # segments of the crafted super-frames: 1440-byte datagrams
+MSS = 1401                      # segments of the crafted super-frames: 1441-byte datagrams (odd:
+                                # cluster boundaries then fall at odd offsets of a segment)
 
 
 @pytest.fixture(scope="module")
@@ -272,8 +273,8 @@ def test_tcp_to_an_interface_without_offloads(lab: RouterLab, router: RunningRou
 
 
 def test_udp_segmentation_offload_whole_and_in_software(lab: RouterLab, router: RunningRouter) -> None:
-    """A UDP socket on h1 with UDP_SEGMENT hands its kernel 7000 bytes to
-    send as five 1400-byte datagrams; with USO on tap1 the router gets them
+    """A UDP socket on h1 with UDP_SEGMENT hands its kernel 5 x 1401 bytes to
+    send as five 1401-byte datagrams; with USO on tap1 the router gets them
     as one UDP super-frame.  To h2 it goes on whole (h2's kernel cuts it);
     to h4, which has no offloads, the router cuts it into five datagrams,
     each with its own UDP length and checksum.  Both receivers read the five
@@ -316,7 +317,7 @@ def test_super_frame_to_an_interface_without_offloads_arrives_as_valid_segments(
 
 def test_super_frame_with_df_clear_is_segmented_then_fragmented(
         lab: RouterLab, router: RunningRouter) -> None:
-    """1440-byte segments do not fit the 1280 hop and DF is clear: cut into
+    """1441-byte segments do not fit the 1280 hop and DF is clear: cut into
     segments, each segment into two fragments; h3's sniffer reassembles
     them and finds the five segments TCP would have sent."""
     frame, full = tcp_super_frame(lab, "10.3.0.2", df=False, sport=43002)
