@@ -196,14 +196,16 @@ def checksums_valid(ip: IP) -> bool:
 
 def check_segments(segs: list[Packet], full: IP) -> None:
     """The segments of ``full`` (MSS payload bytes each), as TCP cuts them:
-    lengths, sequence numbers, data, flags (PSH on the last, CWR on the
-    first only) and checksums."""
+    lengths, IP IDs one apart (as Linux numbers TSO segments), sequence
+    numbers, data, flags (PSH on the last, CWR on the first only) and
+    checksums."""
     data = bytes(full[TCP].payload)
     segs = sorted((IP(bytes(p[IP])) for p in segs), key=lambda p: p[TCP].seq)
     assert len(segs) == len(data) // MSS, [p.summary() for p in segs]
     for i, s in enumerate(segs):
         assert s.len == 40 + MSS
         assert s.ttl == full.ttl - 1
+        assert s.id == (full.id + i) & 0xffff
         assert s[TCP].seq == full[TCP].seq + i * MSS
         assert bytes(s[TCP].payload) == data[i * MSS:(i + 1) * MSS]
         want = "PA" if i == len(segs) - 1 else "A"
