@@ -152,6 +152,10 @@ cdef struct dp_state:
     int forwarding
     int ttl
     int icmplim                 # ICMP errors per second, 0 = unlimited
+    int forwarding6             # net.inet6.ip6.forwarding
+    int hlim                    # net.inet6.ip6.hlim
+    int icmp6_errppslimit       # ICMPv6 errors per second, 0 = unlimited
+    double icmp6_tokens
     int arp_max_age             # seconds
     int arp_maxhold
     int arp_max_tries

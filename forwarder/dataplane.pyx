@@ -265,6 +265,13 @@ cdef class Dataplane:
             elif name == "net.inet.icmp.icmplim":
                 self.dp.icmplim = value
                 self.dp.icmp_tokens = value
+            elif name == "net.inet6.ip6.forwarding":
+                self.dp.forwarding6 = value
+            elif name == "net.inet6.ip6.hlim":
+                self.dp.hlim = value
+            elif name == "net.inet6.icmp6.errppslimit":
+                self.dp.icmp6_errppslimit = value
+                self.dp.icmp6_tokens = value
             elif name == "net.link.ether.inet.max_age":
                 self.dp.arp_max_age = value
             elif name == "net.link.ether.inet.maxhold":

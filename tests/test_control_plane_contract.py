@@ -113,6 +113,8 @@ def test_every_tunable_accepts_exactly_its_documented_range() -> None:
         "kern.ipc.nmbjumbop": (0, sysctl.INT_MAX), "kern.ipc.nmbjumbo9": (0, sysctl.INT_MAX),
         "kern.ipc.nmbjumbo16": (0, sysctl.INT_MAX), "net.inet.ip.forwarding": (0, 1),
         "net.inet.ip.ttl": (1, 255), "net.inet.icmp.icmplim": (0, 100000),
+        "net.inet6.ip6.forwarding": (0, 1), "net.inet6.ip6.hlim": (1, 255),
+        "net.inet6.icmp6.errppslimit": (0, 100000),
         "net.link.ether.inet.max_age": (1, 86400 * 365),
         "net.link.ether.inet.maxhold": (1, 10000), "net.link.ether.inet.maxtries": (1, 100),
         "net.link.ether.inet.max_per_if": (1, 3072),
