@@ -5,8 +5,14 @@ The contract (see configs/router.toml for a commented example)::
     [router]            name (required), socket, log_level
     [sysctl]            FreeBSD tunable names, dotted or quoted keys
     [metrics]           listen = "127.0.0.1:9477"   (optional)
-    [[interface]]       name, addresses, mtu, mac, netns, offload
-    [[route]]           prefix + exactly one of via / interface / type
+    [[interface]]       name, addresses (IPv4 and/or IPv6), mtu, mac, netns, offload, ra
+    [[route]]           prefix (IPv4 or IPv6) + exactly one of via / interface / type
+
+IPv6: an interface's IPv6 addresses are :attr:`Interface.addresses6` (its IPv4
+ones stay :attr:`Interface.addresses`); every interface also has a link-local
+address, :attr:`Interface.link_local`, derived from its MAC (never configured).
+A route's gateway may be link-local when it names its interface,
+``via = "fe80::1%tap1"`` (:attr:`Route.via_interface`).
 
 :func:`load_config` returns a :class:`Config` or raises :class:`ConfigError`
 listing every problem found, each as ``file:line: key: what is wrong``.
@@ -19,7 +25,8 @@ import logging
 import re
 import tomllib
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import (IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface,
+                       IPv6Network)
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -39,6 +46,10 @@ ROUTE_TYPES = ("blackhole", "unreachable", "prohibit")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$")
+LINK_LOCAL = IPv6Network("fe80::/10")     # RFC 4291 2.5.6; interfaces use fe80::/64
+MULTICAST6 = IPv6Network("ff00::/8")
+IPV4_MAPPED = IPv6Network("::ffff:0:0/96")
+SLAAC_PREFIXLEN = 64                      # RFC 4862 5.5.3 with RFC 4291's 64-bit IDs
 
 # --- errors --------------------------------------------------------------------
 
@@ -90,6 +101,7 @@ class RouterConfig:
 
 @dataclass(frozen=True)
 class Interface:
+    """One [[interface]]: at least one address of either family."""
     name: str
     addresses: tuple[IPv4Interface, ...]
     mtu: int = MTU_DEFAULT
@@ -97,10 +109,22 @@ class Interface:
     mac_generated: bool = False   # True when derived from the names
     netns: str | None = None      # where the TAP's kernel side goes: a name or a path
     offload: bool = True          # virtio-net header: checksum offload and super-frames (TSO/USO)
+    addresses6: tuple[IPv6Interface, ...] = ()   # global/ULA ones; never link-local
+    ra: bool = False              # send Router Advertisements (needs a /64 in addresses6)
 
     @property
     def networks(self) -> tuple[IPv4Network, ...]:
         return tuple(a.network for a in self.addresses)
+
+    @property
+    def networks6(self) -> tuple[IPv6Network, ...]:
+        return tuple(a.network for a in self.addresses6)
+
+    @property
+    def link_local(self) -> IPv6Interface:
+        """fe80::/64 with the modified EUI-64 interface ID of :attr:`mac`
+        (RFC 4291 2.5.1 and appendix A)."""
+        return link_local_of(self.mac)
 
     @property
     def netns_path(self) -> str | None:
@@ -112,10 +136,12 @@ class Interface:
 
 @dataclass(frozen=True)
 class Route:
-    prefix: IPv4Network
-    via: IPv4Address | None = None
+    """One [[route]]; ``prefix`` and ``via`` are of one family."""
+    prefix: IPv4Network | IPv6Network
+    via: IPv4Address | IPv6Address | None = None   # without a %scope
     interface: str | None = None
     type: str = "unicast"         # unicast | blackhole | unreachable | prohibit
+    via_interface: str | None = None   # the link of a link-local gateway (fe80::1%tap1)
 
 
 @dataclass(frozen=True)
@@ -147,8 +173,30 @@ class Config:
         """Every configured address with the interface it is on."""
         return [(addr, itf) for itf in self.interfaces for addr in itf.addresses]
 
-    def link_for(self, address: IPv4Address) -> tuple[Interface, IPv4Network] | None:
-        """The interface and connected prefix that hold ``address`` (a gateway)."""
+    def addresses6(self) -> list[tuple[IPv6Interface, Interface]]:
+        """Every configured IPv6 address with the interface it is on (the
+        link-local ones aside: see :attr:`Interface.link_local`)."""
+        return [(addr, itf) for itf in self.interfaces for addr in itf.addresses6]
+
+    @property
+    def connected6(self) -> dict[IPv6Network, Interface]:
+        """Every connected IPv6 prefix with the interface it is on."""
+        return {addr.network: itf for addr, itf in self.addresses6()}
+
+    def link_for(self, address: IPv4Address | IPv6Address
+                 ) -> tuple[Interface, IPv4Network | IPv6Network] | None:
+        """The interface and connected prefix that hold ``address`` (a gateway).
+        A link-local IPv6 address is found by its %scope (fe80::1%tap1)."""
+        if isinstance(address, IPv6Address):
+            if address in LINK_LOCAL:
+                for itf in self.interfaces:
+                    if itf.name == address.scope_id:
+                        return itf, itf.link_local.network
+                return None
+            for addr6, itf in self.addresses6():
+                if address in addr6.network:
+                    return itf, addr6.network
+            return None
         for addr, itf in self.connected():
             if address in addr.network:
                 return itf, addr.network
@@ -160,6 +208,16 @@ class Config:
 
 
 # --- helpers -------------------------------------------------------------------
+
+
+def link_local_of(mac: str) -> IPv6Interface:
+    """fe80::/64 with the modified EUI-64 interface ID of ``mac``: the U/L bit
+    (0x02 of the first octet) flipped, ff:fe inserted after the third octet."""
+    if not _MAC_RE.match(mac):
+        raise ValueError(f"{mac!r} is not a MAC address (xx:xx:xx:xx:xx:xx)")
+    octets = [int(x, 16) for x in mac.replace("-", ":").split(":")]
+    iid = bytes([octets[0] ^ 0x02, *octets[1:3], 0xff, 0xfe, *octets[3:6]])
+    return IPv6Interface((int.from_bytes(b"\xfe\x80" + bytes(6) + iid, "big"), 64))
 
 
 def generate_mac(ifname: str, router: str = "") -> str:
@@ -396,9 +454,11 @@ class _Reader:
         seen_names: dict[str, int] = {}
         seen_macs: dict[str, int] = {}
         connected: list[tuple[IPv4Network, IPv4Interface, int]] = []
+        connected6: list[tuple[IPv6Network, IPv6Interface, int]] = []
         for i, table in enumerate(self.array_of_tables("interface")):
             path: tuple[str | int, ...] = ("interface", i)
-            self.unknown_keys(table, ("name", "addresses", "mtu", "mac", "netns", "offload"), path)
+            self.unknown_keys(table, ("name", "addresses", "mtu", "mac", "netns", "offload",
+                                      "ra"), path)
             name = self.string(table, "name", path, required=True)
             if name is not None:
                 if not 1 <= len(name) < IFNAMSIZ:
@@ -412,7 +472,11 @@ class _Reader:
                                                  f"(also interface[{seen_names[name]}])")
                 else:
                     seen_names[name] = i
-            addresses = self.read_addresses(table, path, connected)
+            before = len(self.problems)
+            addresses, addresses6 = self.read_addresses(table, path, connected, connected6)
+            ra = self.boolean(table, "ra", path, False)
+            if ra and len(self.problems) == before:   # not when an address was refused
+                self.check_ra(addresses6, path + ("ra",))
             mtu = self.integer(table, "mtu", path, MTU_MIN, MTU_MAX, MTU_DEFAULT)
             mac = self.string(table, "mac", path)
             generated = False
@@ -430,43 +494,65 @@ class _Reader:
             offload = self.boolean(table, "offload", path, True)
             interfaces.append(Interface(name=name or "", addresses=tuple(addresses), mtu=mtu,
                                         mac=mac, mac_generated=generated, netns=netns,
-                                        offload=offload))
+                                        offload=offload, addresses6=tuple(addresses6), ra=ra))
         return interfaces
 
     def read_addresses(self, table: Mapping[str, Any], path: tuple[str | int, ...],
-                       connected: list[tuple[IPv4Network, IPv4Interface, int]]
-                       ) -> list[IPv4Interface]:
+                       connected: list[tuple[IPv4Network, IPv4Interface, int]],
+                       connected6: list[tuple[IPv6Network, IPv6Interface, int]],
+                       ) -> tuple[list[IPv4Interface], list[IPv6Interface]]:
+        """An interface's addresses, IPv4 and IPv6 apart; ``connected`` and
+        ``connected6`` collect every interface's prefixes (they must be disjoint)."""
         if "addresses" not in table:
             self.error(path, "missing required key 'addresses' "
                              "(a list like [\"10.1.0.1/24\"])", key=_path_text(path + ("addresses",)))
-            return []
+            return [], []
         raw = table["addresses"]
         if isinstance(raw, str):
             raw = [raw]
         if not isinstance(raw, list) or not raw:
             self.error(path + ("addresses",),
-                       "must be a non-empty list of IPv4 addresses with prefix length "
-                       "(e.g. [\"10.1.0.1/24\"])")
-            return []
-        if len(raw) > MAX_ADDRESSES:
+                       "must be a non-empty list of IPv4 or IPv6 addresses with prefix length "
+                       "(e.g. [\"10.1.0.1/24\", \"2001:db8:1::1/64\"])")
+            return [], []
+        n6 = sum(1 for text in raw if _looks_ipv6(text))
+        n4 = len(raw) - n6
+        if n4 > MAX_ADDRESSES:
             self.error(path + ("addresses",),
-                       f"{len(raw)} addresses: an interface holds at most {MAX_ADDRESSES}")
-            return []
+                       f"{n4} addresses: an interface holds at most {MAX_ADDRESSES}" if not n6
+                       else f"{n4} IPv4 addresses: an interface holds at most {MAX_ADDRESSES} "
+                            "of each family")
+            return [], []
+        if n6 > MAX_ADDRESSES:
+            self.error(path + ("addresses",),
+                       f"{n6} IPv6 addresses: an interface holds at most {MAX_ADDRESSES} "
+                       "of each family")
+            return [], []
         out: list[IPv4Interface] = []
+        out6: list[IPv6Interface] = []
         for j, text in enumerate(raw):
             apath = path + ("addresses", j)
-            addr = self.parse_address(text, apath)
-            if addr is None:
+            if _looks_ipv6(text):
+                addr6 = self.parse_address6(text, apath)
+                if addr6 is not None and self.disjoint(addr6, connected6, apath):
+                    connected6.append((addr6.network, addr6, int(path[1])))
+                    out6.append(addr6)
                 continue
-            for net, other, k in connected:
-                if addr.network.overlaps(net):
-                    self.error(apath, f"{addr} overlaps {other} on interface[{k}] "
-                                      "(connected prefixes must be disjoint)")
-                    break
-            else:
+            addr = self.parse_address(text, apath)
+            if addr is not None and self.disjoint(addr, connected, apath):
                 connected.append((addr.network, addr, int(path[1])))
                 out.append(addr)
-        return out
+        return out, out6
+
+    def disjoint(self, addr: IPv4Interface | IPv6Interface,
+                 connected: list[tuple[Any, Any, int]], path: tuple[str | int, ...]) -> bool:
+        """``addr``'s prefix overlaps none of ``connected`` (else say which)."""
+        for net, other, k in connected:
+            if addr.network.overlaps(net):
+                self.error(path, f"{addr} overlaps {other} on interface[{k}] "
+                                 "(connected prefixes must be disjoint)")
+                return False
+        return True
 
     def parse_address(self, text: object, path: tuple[str | int, ...]) -> IPv4Interface | None:
         if not isinstance(text, str) or "/" not in text:
@@ -488,6 +574,57 @@ class _Reader:
             self.error(path, f"{text} is the {kind} address of {net}; use a host address")
             return None
         return addr
+
+    def parse_address6(self, text: str, path: tuple[str | int, ...]) -> IPv6Interface | None:
+        """An IPv6 interface address: global or unique local unicast, /1../128,
+        not the subnet-router anycast address of its prefix."""
+        if "/" not in text:
+            self.error(path, f"{text!r}: expected an IPv6 address with prefix length "
+                             "(e.g. \"2001:db8:1::1/64\")")
+            return None
+        if "%" in text:
+            self.error(path, f"{text!r}: an interface address takes no %zone "
+                             "(e.g. \"2001:db8:1::1/64\")")
+            return None
+        try:
+            addr = IPv6Interface(text)
+        except (ipaddress.AddressValueError, ipaddress.NetmaskValueError, ValueError) as e:
+            self.error(path, f"{text!r} is not an IPv6 address/prefix ({e}; prefix length "
+                             "1..128)")
+            return None
+        ip, net = addr.ip, addr.network
+        if net.prefixlen == 0:
+            self.error(path, f"{text}: prefix length 0; an interface prefix has length 1..128")
+            return None
+        kind = ("the unspecified address" if ip.is_unspecified else
+                "the loopback address" if ip.is_loopback else
+                "multicast (ff00::/8)" if ip in MULTICAST6 else
+                "IPv4-mapped (::ffff:0:0/96); write the IPv4 address as such"
+                if ip in IPV4_MAPPED else None)
+        if kind:
+            self.error(path, f"{text}: not a unicast host address: {kind}")
+            return None
+        if ip in LINK_LOCAL:
+            self.error(path, f"{text}: link-local addresses (fe80::/10) are not configured: "
+                             "every interface has one, derived from its MAC (modified EUI-64)")
+            return None
+        if net.prefixlen < 127 and ip == net.network_address:
+            self.error(path, f"{text} is the subnet-router anycast address of {net} "
+                             "(RFC 4291 2.6.1: the all-zero host part is reserved for the "
+                             "routers on that link); use a host address")
+            return None
+        return addr
+
+    def check_ra(self, addresses6: list[IPv6Interface], path: tuple[str | int, ...]) -> None:
+        """Router Advertisements announce a prefix hosts autoconfigure in (SLAAC):
+        the link needs an IPv6 prefix of length 64."""
+        if any(a.network.prefixlen == SLAAC_PREFIXLEN for a in addresses6):
+            return
+        has = (f"it has {', '.join(map(str, addresses6))}" if addresses6
+               else "it has no IPv6 address")
+        self.error(path, f"ra = true needs an IPv6 prefix of length {SLAAC_PREFIXLEN} on this "
+                         f"interface (SLAAC forms addresses only in a /{SLAAC_PREFIXLEN}); "
+                         f"{has}")
 
     def check_mac(self, mac: str, path: tuple[str | int, ...]) -> str | None:
         if not _MAC_RE.match(mac):
@@ -515,10 +652,11 @@ class _Reader:
 
     def read_routes(self, interfaces: list[Interface]) -> list[Route]:
         routes: list[Route] = []
-        seen: dict[IPv4Network, int] = {}
+        seen: dict[IPv4Network | IPv6Network, int] = {}
         names = {itf.name for itf in interfaces}
         own = {a.ip for itf in interfaces for a in itf.addresses}
-        connected = {a.network: itf.name for itf in interfaces for a in itf.addresses}
+        connected: dict[IPv4Network | IPv6Network, str] = {
+            a.network: itf.name for itf in interfaces for a in (*itf.addresses, *itf.addresses6)}
         for i, table in enumerate(self.array_of_tables("route")):
             path: tuple[str | int, ...] = ("route", i)
             self.unknown_keys(table, ("prefix", "via", "interface", "type"), path)
@@ -534,8 +672,11 @@ class _Reader:
             if value is None:
                 continue
             route: Route | None = None
-            if target == "via":
-                route = self.read_via(value, prefix, path + ("via",), own, list(connected))
+            if target == "via" and (_looks_ipv6(value) or isinstance(prefix, IPv6Network)):
+                route = self.read_via6(value, prefix, path + ("via",), interfaces)
+            elif target == "via":
+                route = self.read_via(value, prefix, path + ("via",), own,
+                                      [n for n in connected if isinstance(n, IPv4Network)])
             elif target == "interface":
                 if value not in names:
                     known = ", ".join(sorted(names)) or "none configured"
@@ -562,12 +703,14 @@ class _Reader:
         return routes
 
     def read_prefix(self, table: Mapping[str, Any], path: tuple[str | int, ...]
-                    ) -> IPv4Network | None:
+                    ) -> IPv4Network | IPv6Network | None:
         text = self.string(table, "prefix", path, required=True)
         if text is None:
             return None
         if text == "default":
             return IPv4Network("0.0.0.0/0")
+        if _looks_ipv6(text):
+            return self.read_prefix6(text, path + ("prefix",))
         try:
             return IPv4Network(text)
         except ValueError as e:
@@ -581,6 +724,30 @@ class _Reader:
                                            f"or \"default\"){hint}")
             return None
 
+    def read_prefix6(self, text: str, path: tuple[str | int, ...]) -> IPv6Network | None:
+        """An IPv6 route destination: a network, host bits clear ("::/0": default)."""
+        example = '(a network like 2001:db8:50::/48 or "::/0")'
+        if "%" in text:
+            self.error(path, f"{text!r}: a prefix takes no %zone {example}")
+            return None
+        try:
+            net = IPv6Network(text)
+        except ValueError as e:
+            hint = ""
+            try:
+                hint = f"; did you mean {IPv6Network(text, strict=False)}?"
+            except ValueError:
+                pass
+            reason = "host bits set" if "host bits" in str(e) else str(e)
+            self.error(path, f"{text!r}: {reason} {example}{hint}")
+            return None
+        for scope, what in ((LINK_LOCAL, "link-local"), (MULTICAST6, "multicast")):
+            if net.subnet_of(scope):
+                self.error(path, f"{net} is {what} ({scope}): such destinations are "
+                                 "never routed")
+                return None
+        return net
+
     def read_via(self, text: str, prefix: IPv4Network | None, path: tuple[str | int, ...],
                  own: set[IPv4Address], nets: list[IPv4Network]) -> Route | None:
         try:
@@ -592,6 +759,68 @@ class _Reader:
             self.error(path, f"{via} is one of the router's own addresses")
             return None
         match = [n for n in nets if via in n]
+        if not match:
+            self.error(path, f"{via} is not on any connected prefix")
+            return None
+        problem = unusable_gateway(via, match[0])
+        if problem:
+            self.error(path, problem)
+            return None
+        return None if prefix is None else Route(prefix=prefix, via=via)
+
+    def read_via6(self, text: str, prefix: IPv4Network | IPv6Network | None,
+                  path: tuple[str | int, ...], interfaces: list[Interface]) -> Route | None:
+        """An IPv6 gateway: on a connected IPv6 prefix, or link-local with its
+        interface (``fe80::1%tap1``).  ``prefix`` None: it was refused already."""
+        try:
+            scoped = ipaddress.ip_address(text)
+        except ValueError:
+            if isinstance(prefix, IPv4Network):
+                self.error(path, f"{text!r} is not an IPv4 address")
+            else:
+                self.error(path, f"{text!r} is not an IPv6 address (e.g. \"2001:db8:2::2\", "
+                                 "or \"fe80::1%tap1\" for a link-local gateway)")
+            return None
+        if isinstance(scoped, IPv4Address):
+            self.error(path, f"{scoped}: an IPv6 prefix needs an IPv6 gateway")
+            return None
+        if isinstance(prefix, IPv4Network):
+            self.error(path, f"{scoped}: an IPv4 prefix needs an IPv4 gateway")
+            return None
+        scope = scoped.scope_id
+        via = IPv6Address(scoped.packed)            # the address without its %scope
+        kind = ("the unspecified address" if via.is_unspecified else
+                "the loopback address" if via.is_loopback else
+                "multicast" if via in MULTICAST6 else
+                "IPv4-mapped" if via in IPV4_MAPPED else None)
+        if kind:
+            self.error(path, f"{scoped} is {kind}: a gateway is a neighbour's unicast address")
+            return None
+        names = [itf.name for itf in interfaces]
+        if via in LINK_LOCAL:
+            if scope is None:
+                self.error(path, f"{via}: a link-local gateway needs its interface, "
+                                 f"e.g. fe80::1%tap1 (interfaces: "
+                                 f"{', '.join(names) or 'none configured'})")
+                return None
+            itf = next((i for i in interfaces if i.name == scope), None)
+            if itf is None:
+                known = ", ".join(sorted(names)) or "none configured"
+                self.error(path, f"{text!r}: {scope!r} is not a configured interface ({known})")
+                return None
+            if via == itf.link_local.ip:
+                self.error(path, f"{via} is one of the router's own addresses "
+                                 f"(the link-local address of {scope})")
+                return None
+            return None if prefix is None else Route(prefix=prefix, via=via, via_interface=scope)
+        if scope is not None:
+            self.error(path, f"{text!r}: only a link-local gateway names its interface; "
+                             f"write {via} (found on its connected prefix)")
+            return None
+        if any(via == a.ip for itf in interfaces for a in itf.addresses6):
+            self.error(path, f"{via} is one of the router's own addresses")
+            return None
+        match = [a.network for itf in interfaces for a in itf.addresses6 if via in a.network]
         if not match:
             self.error(path, f"{via} is not on any connected prefix")
             return None
@@ -638,12 +867,23 @@ class _Reader:
                            line=self.locator.line_of_flat(("sysctl",), name))
 
 
-def unusable_gateway(via: IPv4Address, net: IPv4Network) -> str | None:
+def unusable_gateway(via: IPv4Address | IPv6Address, net: IPv4Network | IPv6Network
+                     ) -> str | None:
     """Why ``via`` cannot be a neighbour on the connected prefix ``net``, or
-    None: no host owns a network or broadcast address (except on /31, /32)."""
+    None: no host owns a network or broadcast address (except on /31, /32),
+    nor an IPv6 subnet-router anycast address (except on /127, /128)."""
+    if isinstance(net, IPv6Network):
+        if net.prefixlen < 127 and via == net.network_address:
+            return f"{via} is the subnet-router anycast address of {net} (RFC 4291 2.6.1)"
+        return None
     if net.prefixlen < 31 and via in (net.network_address, net.broadcast_address):
         return f"{via} is the network or broadcast address of {net}"
     return None
+
+
+def _looks_ipv6(text: object) -> bool:
+    """Text meant as IPv6 (it has a colon): checked, and reported, as IPv6."""
+    return isinstance(text, str) and ":" in text
 
 
 def _strip_name(message: str, name: str) -> str:

@@ -23,6 +23,10 @@ boot ``-o`` overrides given at start:
 
 A config that does not parse or validate changes nothing: the reason is
 logged, the failure counted (``stats``: reloads.failed) and returned.
+
+IPv6 in the config (addresses, ``ra``, IPv6 routes) is accepted but not
+forwarded yet: this build installs IPv4 only and says so in one warning at
+start (and at a reload that changes the IPv6 part); see :func:`ipv6_pending`.
 """
 from __future__ import annotations
 
@@ -34,7 +38,8 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
 from forwarder import mbufs, netns
-from forwarder.config import Config, ConfigError, Interface, load_config, unusable_gateway
+from forwarder.config import (Config, ConfigError, Interface, Route, load_config,
+                              unusable_gateway)
 from forwarder.dataplane import MAX_STALL, Dataplane
 from forwarder.route import RouteTable
 from forwarder.sysctl import DATAPLANE_TUNABLES, REGISTRY, SysctlError, SysctlTree
@@ -128,6 +133,9 @@ class Router:
         except BaseException:
             self._close_taps()
             raise
+        pending = ipv6_pending(self.config)     # IPv6 pending: the next step forwards it
+        if pending:
+            log.warning("%s", pending)
         self.sysctl.add_hook(self._on_sysctl)
         self._thread = threading.Thread(target=self.dp.run, name="dataplane", daemon=True)
         self._thread.start()
@@ -152,7 +160,7 @@ class Router:
             netns.link_move(itf.name, itf.netns_path)
             netns.link_set(itf.name, itf.netns_path, up=True)
         log.info("interface %s up: %s mtu %d mac %s offloads %s%s", itf.name,
-                 ", ".join(map(str, itf.addresses)), itf.mtu, itf.mac,
+                 ", ".join(map(str, itf.addresses)) or "no IPv4 address", itf.mtu, itf.mac,
                  ", ".join(netns.tun_flag_names(accepted)) or "off",
                  f" (kernel side in {itf.netns})" if itf.netns else "")
 
@@ -217,6 +225,8 @@ class Router:
             for a in itf.addresses:
                 specs[f"{a.ip}/32"] = {"type": "local"}
         for r in config.routes:
+            if r.prefix.version != 4:           # IPv6 pending: see ipv6_pending()
+                continue
             specs[str(r.prefix)] = self._nexthop(config, r.type, r.via, r.interface)
         return specs
 
@@ -462,6 +472,9 @@ class Router:
                 changes.append(f"route ~{prefix}")
         self.config_routes = specs
         self.runtime_routes.clear()
+        pending = ipv6_pending(new)             # IPv6 pending: the next step forwards it
+        if pending and pending != ipv6_pending(old):
+            log.warning("reload: %s", pending)
         if new.metrics != old.metrics:
             log.warning("reload: [metrics] changes take effect at the next restart")
         if self.manage_log_level and new.router.log_level != old.router.log_level:
@@ -482,6 +495,38 @@ class Router:
 
     def healthy(self, within: float = 2.0) -> bool:
         return self.running and self.dp.progress_age() <= within
+
+
+# --- IPv6 pending ------------------------------------------------------------------
+# The config accepts IPv6 (forwarder/config.py); this build forwards IPv4 only:
+# _route_specs skips IPv6 routes, the dataplane gets IPv4 addresses only.  The
+# next step (IPv6 forwarding) replaces this function and those skips.
+
+def _route_text(r: Route) -> str:
+    if r.via is not None:
+        return f"route {r.prefix} via {r.via}" + (f"%{r.via_interface}" if r.via_interface else "")
+    if r.interface is not None:
+        return f"route {r.prefix} interface {r.interface}"
+    return f"route {r.prefix} {r.type}"
+
+
+def ipv6_pending(config: Config) -> str | None:
+    """The IPv6 part of ``config`` this build accepts but does not forward, as
+    one line to log, or None when there is none."""
+    parts = []
+    for itf in config.interfaces:
+        what = []
+        if itf.addresses6:
+            what.append(f"IPv6 addresses {', '.join(map(str, itf.addresses6))}")
+        if itf.ra:
+            what.append("ra = true")
+        if what:
+            parts.append(f"interface {itf.name}: {', '.join(what)}")
+    parts += [_route_text(r) for r in config.routes if r.prefix.version == 6]
+    if not parts:
+        return None
+    return ("IPv6 configuration accepted but not forwarded (IPv6 forwarding is not in this "
+            f"build yet; IPv4 is forwarded as configured): {'; '.join(parts)}")
 
 
 def _network(prefix: str) -> IPv4Network:

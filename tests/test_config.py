@@ -4,12 +4,13 @@ Each bad config marks the line the error must point at with ``#!``.
 """
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import (IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface,
+                       IPv6Network)
 from pathlib import Path
 
 import pytest
 
-from forwarder.config import (ConfigError, Interface, generate_mac, load_config,
+from forwarder.config import (ConfigError, Interface, Route, generate_mac, load_config,
                               parse_config)
 from forwarder.tomlpos import Locator
 
@@ -286,7 +287,7 @@ def test_interface_as_plain_table(tmp_path: Path) -> None:
 
 def test_interface_unknown_key(tmp_path: Path) -> None:
     expect(tmp_path, TWO_LINKS + 'speed = 10 #!\n', "interface[1].speed",
-           "unknown key (allowed: name, addresses, mtu, mac, netns, offload)")
+           "unknown key (allowed: name, addresses, mtu, mac, netns, offload, ra)")
 
 
 def test_interface_name_too_long(tmp_path: Path) -> None:
@@ -484,6 +485,282 @@ via = "10.9.0.1"
     lines = [p.line for p in err.problems]
     assert lines == [5, 10, 14, None]
     assert len(str(err).splitlines()) == 4
+
+
+# --- IPv6 -----------------------------------------------------------------------------
+
+DUAL = ROUTER + '''
+[[interface]]
+name = "tap0"
+addresses = ["10.1.0.1/24", "2001:db8:1::1/64"]
+mac = "52:54:00:12:34:56"
+ra = true
+
+[[interface]]
+name = "tap1"
+addresses = ["2001:db8:2::1/64"]
+'''
+
+
+def test_example_config_documents_dual_stack() -> None:
+    """The commented "#6 " example in configs/router.toml is a valid config."""
+    text = (REPO / "configs" / "router.toml").read_text()
+    cfg = parse_config(text.replace("\n#6 ", "\n").replace("\n#6\n", "\n\n"))
+    tap4, tap5 = cfg.interface("tap4"), cfg.interface("tap5")
+    assert tap4.addresses == (IPv4Interface("10.4.0.1/24"),) and tap4.ra
+    assert tap5.addresses == () and tap5.addresses6 == (IPv6Interface("2001:db8:5::1/64"),)
+    assert Route(IPv6Network("::/0"), via=IPv6Address("fe80::1"), via_interface="tap5") \
+        in cfg.routes
+    assert cfg.interface("tap2").link_local == IPv6Interface("fe80::ff:fe00:201/64")
+
+
+def test_dual_stack_model() -> None:
+    cfg = parse_config(DUAL + '''
+[[route]]
+prefix = "2001:db8:50::/48"
+via = "2001:db8:2::2"
+
+[[route]]
+prefix = "::/0"
+via = "fe80::1%tap1"
+
+[[route]]
+prefix = "default"
+via = "10.1.0.2"
+
+[[route]]
+prefix = "2001:db8:60::/48"
+interface = "tap0"
+
+[[route]]
+prefix = "2001:db8:70::/48"
+type = "prohibit"
+''')
+    tap0, tap1 = cfg.interfaces
+    assert tap0.addresses == (IPv4Interface("10.1.0.1/24"),)          # IPv4 only, as before
+    assert tap0.addresses6 == (IPv6Interface("2001:db8:1::1/64"),) and tap0.ra
+    assert tap1.addresses == () and not tap1.ra                       # IPv6-only is fine
+    assert tap0.networks6 == (IPv6Network("2001:db8:1::/64"),)
+    assert tap0.link_local == IPv6Interface("fe80::5054:ff:fe12:3456/64")
+    assert cfg.connected6 == {IPv6Network("2001:db8:1::/64"): tap0,
+                              IPv6Network("2001:db8:2::/64"): tap1}
+    assert cfg.addresses6() == [(IPv6Interface("2001:db8:1::1/64"), tap0),
+                                (IPv6Interface("2001:db8:2::1/64"), tap1)]
+    assert cfg.connected() == [(IPv4Interface("10.1.0.1/24"), tap0)]
+    r0, r1, r2, r3, r4 = cfg.routes
+    assert r0 == Route(IPv6Network("2001:db8:50::/48"), via=IPv6Address("2001:db8:2::2"))
+    assert cfg.link_for(r0.via) == (tap1, IPv6Network("2001:db8:2::/64"))
+    # the gateway's %scope is kept apart: via is the bare address
+    assert r1 == Route(IPv6Network("::/0"), via=IPv6Address("fe80::1"), via_interface="tap1")
+    assert r1.via is not None and r1.via.scope_id is None
+    assert cfg.link_for(IPv6Address("fe80::1%tap1")) == (tap1, IPv6Network("fe80::/64"))
+    assert cfg.link_for(IPv6Address("fe80::1")) is None
+    assert r2.prefix == IPv4Network("0.0.0.0/0") and r2.via_interface is None   # "default": IPv4
+    assert cfg.link_for(r2.via) == (tap0, IPv4Network("10.1.0.0/24"))
+    assert r3 == Route(IPv6Network("2001:db8:60::/48"), interface="tap0")
+    assert r4 == Route(IPv6Network("2001:db8:70::/48"), type="prohibit")
+
+
+def test_ipv6_defaults_for_an_ipv4_config() -> None:
+    tap0 = parse_config(TWO_LINKS).interfaces[0]
+    assert tap0.addresses6 == () and tap0.ra is False
+
+
+@pytest.mark.parametrize("mac,link_local", [
+    ("52:54:00:12:34:56", "fe80::5054:ff:fe12:3456"),   # U/L bit set by the flip
+    ("02:00:00:00:02:01", "fe80::ff:fe00:201"),         # and cleared
+    ("00:1B:44:11:3A:B7", "fe80::21b:44ff:fe11:3ab7"),  # RFC 4291 appendix A's rule
+])
+def test_link_local_is_the_modified_eui64_of_the_mac(mac: str, link_local: str) -> None:
+    cfg = parse_config(ROUTER + f'[[interface]]\nname = "t"\naddresses = ["10.1.0.1/24"]\n'
+                                f'mac = "{mac}"\n')
+    assert cfg.interfaces[0].link_local == IPv6Interface(f"{link_local}/64")
+
+
+def test_a_generated_mac_has_a_link_local_too() -> None:
+    itf = parse_config(TWO_LINKS).interfaces[0]
+    mac = bytes.fromhex(itf.mac.replace(":", ""))
+    iid = bytes([mac[0] ^ 0x02]) + mac[1:3] + b"\xff\xfe" + mac[3:]
+    assert itf.link_local == IPv6Interface((IPv6Address(b"\xfe\x80" + bytes(6) + iid), 64))
+    with pytest.raises(ValueError, match="not a MAC address"):
+        Interface(name="x", addresses=()).link_local
+
+
+@pytest.mark.parametrize("address,message", [
+    ("2001:db8:1::1", "'2001:db8:1::1': expected an IPv6 address with prefix length "
+                      "(e.g. \"2001:db8:1::1/64\")"),
+    ("2001:db8:1::1/129", "'2001:db8:1::1/129' is not an IPv6 address/prefix"),
+    ("2001:db8:1::1/0", "prefix length 0; an interface prefix has length 1..128"),
+    ("2001:db8:1::zz/64", "is not an IPv6 address/prefix"),
+    ("2001:db8:1::1%tap0/64", "an interface address takes no %zone"),
+    ("::/64", "not a unicast host address: the unspecified address"),
+    ("::1/128", "not a unicast host address: the loopback address"),
+    ("ff02::1/64", "not a unicast host address: multicast (ff00::/8)"),
+    ("::ffff:10.9.0.1/120", "not a unicast host address: IPv4-mapped (::ffff:0:0/96)"),
+    ("fe80::1/64", "fe80::1/64: link-local addresses (fe80::/10) are not configured: every "
+                   "interface has one, derived from its MAC"),
+    ("febf::1/64", "link-local addresses (fe80::/10)"),
+    ("2001:db8:1::/64", "2001:db8:1::/64 is the subnet-router anycast address of "
+                        "2001:db8:1::/64 (RFC 4291 2.6.1: the all-zero host part is reserved "
+                        "for the routers on that link); use a host address"),
+    ("2001:db8:1::/126", "subnet-router anycast"),
+])
+def test_bad_ipv6_addresses(tmp_path: Path, address: str, message: str) -> None:
+    text = ROUTER + '[[interface]]\nname = "tap0"\naddresses = [\n  "10.1.0.1/24",\n' \
+                    f'  "{address}", #!\n]\n'
+    expect(tmp_path, text, "interface[0].addresses[1]", message)
+
+
+@pytest.mark.parametrize("address", ["2001:db8:1::/127", "2001:db8:1::1/128", "fd00::1/8",
+                                     "2001:db8:1::1/1"])
+def test_ipv6_edge_addresses_are_fine(address: str) -> None:
+    cfg = parse_config(ROUTER + f'[[interface]]\nname = "t"\naddresses = ["{address}"]\n')
+    assert cfg.interfaces[0].addresses6 == (IPv6Interface(address),)
+
+
+def test_overlapping_ipv6_prefixes(tmp_path: Path) -> None:
+    text = DUAL + '\n[[interface]]\nname = "tap2"\naddresses = [\n  "10.3.0.1/24",\n' \
+                  '  "2001:db8::1/32", #!\n]\n'
+    expect(tmp_path, text, "interface[2].addresses[1]",
+           "2001:db8::1/32 overlaps 2001:db8:1::1/64 on interface[0] "
+           "(connected prefixes must be disjoint)")
+    text = ROUTER + '[[interface]]\nname = "tap0"\naddresses = ["2001:db8:1::1/64", ' \
+                    '"2001:db8:1::2/64"] #!\n'
+    expect(tmp_path, text, "interface[0].addresses[1]", "overlaps 2001:db8:1::1/64")
+    # the families never overlap each other: ::a01:1/120 is not 10.1.0.1/24
+    parse_config(ROUTER + '[[interface]]\nname = "t"\naddresses = ["10.1.0.1/24", "::a01:1/120"]\n')
+
+
+def test_at_most_max_addresses_of_each_family(tmp_path: Path) -> None:
+    v4 = [f'"10.1.{k}.1/24"' for k in range(9)]
+    v6 = [f'"2001:db8:{k}::1/64"' for k in range(9)]
+
+    def text(addresses: list[str]) -> str:
+        return ROUTER + f'[[interface]]\nname = "t"\naddresses = [{", ".join(addresses)}] #!\n'
+    itf = parse_config(text(v4[:8] + v6[:8])).interfaces[0]
+    assert len(itf.addresses) == len(itf.addresses6) == 8
+    expect(tmp_path, text(v4[:1] + v6), "interface[0].addresses",
+           "9 IPv6 addresses: an interface holds at most 8 of each family")
+    expect(tmp_path, text(v4 + v6[:1]), "interface[0].addresses",
+           "9 IPv4 addresses: an interface holds at most 8 of each family")
+    expect(tmp_path, text(v4), "interface[0].addresses",
+           "9 addresses: an interface holds at most 8")
+
+
+def test_ra_needs_a_slash_64(tmp_path: Path) -> None:
+    def link(addresses: str, ra: str = "true") -> str:
+        return ROUTER + f'[[interface]]\nname = "tap0"\naddresses = {addresses}\nra = {ra} #!\n'
+    expect(tmp_path, link('["10.1.0.1/24"]'), "interface[0].ra",
+           "ra = true needs an IPv6 prefix of length 64 on this interface (SLAAC forms "
+           "addresses only in a /64); it has no IPv6 address")
+    expect(tmp_path, link('["2001:db8:1::1/56", "2001:db8:2::1/80"]'), "interface[0].ra",
+           "it has 2001:db8:1::1/56, 2001:db8:2::1/80")
+    expect(tmp_path, link('["2001:db8:1::1/64"]', '"yes"'), "interface[0].ra",
+           "must be a boolean (true or false), not string")
+    assert parse_config(link('["2001:db8:1::1/56", "2001:db8:2::1/64"]')).interfaces[0].ra
+    assert not parse_config(link('["10.1.0.1/24"]', "false")).interfaces[0].ra
+    # a refused /64 is reported once, not again as a missing /64
+    err = error_of(tmp_path, link('["fe80::1/64"]'))
+    assert [p.key for p in err.problems] == ["interface[0].addresses[0]"]
+
+
+def route6(body: str) -> str:
+    return DUAL + '\n[[route]]\nprefix = "2001:db8:50::/48"\nvia = "2001:db8:2::2"\n\n' + body
+
+
+@pytest.mark.parametrize("prefix,via,message", [
+    ("2001:db8:60::/48", "10.1.0.2", "10.1.0.2: an IPv6 prefix needs an IPv6 gateway"),
+    ("::/0", "10.1.0.2", "an IPv6 prefix needs an IPv6 gateway"),
+    ("10.60.0.0/16", "2001:db8:1::2", "2001:db8:1::2: an IPv4 prefix needs an IPv4 gateway"),
+    ("default", "fe80::1%tap0", "an IPv4 prefix needs an IPv4 gateway"),
+    ("10.60.0.0/16", "fe80::zz", "'fe80::zz' is not an IPv4 address"),
+    ("2001:db8:60::/48", "gateway", "'gateway' is not an IPv6 address (e.g. \"2001:db8:2::2\", "
+                                    "or \"fe80::1%tap1\" for a link-local gateway)"),
+    ("2001:db8:60::/48", "2001:db8:9::1", "2001:db8:9::1 is not on any connected prefix"),
+    ("2001:db8:60::/48", "2001:db8:2::1", "2001:db8:2::1 is one of the router's own addresses"),
+    ("2001:db8:60::/48", "2001:db8:2::", "2001:db8:2:: is the subnet-router anycast address "
+                                         "of 2001:db8:2::/64"),
+    ("2001:db8:60::/48", "fe80::1", "fe80::1: a link-local gateway needs its interface, "
+                                    "e.g. fe80::1%tap1 (interfaces: tap0, tap1)"),
+    ("2001:db8:60::/48", "fe80::1%eth9", "'fe80::1%eth9': 'eth9' is not a configured "
+                                         "interface (tap0, tap1)"),
+    ("2001:db8:60::/48", "fe80::5054:ff:fe12:3456%tap0",
+     "fe80::5054:ff:fe12:3456 is one of the router's own addresses (the link-local address "
+     "of tap0)"),
+    ("2001:db8:60::/48", "2001:db8:2::2%tap1", "only a link-local gateway names its interface; "
+                                               "write 2001:db8:2::2"),
+    ("2001:db8:60::/48", "ff02::2", "ff02::2 is multicast: a gateway is a neighbour's "
+                                    "unicast address"),
+    ("2001:db8:60::/48", "::", ":: is the unspecified address"),
+    ("2001:db8:60::/48", "::1", "::1 is the loopback address"),
+])
+def test_bad_ipv6_gateways(tmp_path: Path, prefix: str, via: str, message: str) -> None:
+    expect(tmp_path, route6(f'[[route]]\nprefix = "{prefix}"\nvia = "{via}" #!\n'),
+           "route[1].via", message)
+
+
+def test_a_link_local_gateway_needs_no_ipv6_prefix_on_its_link() -> None:
+    cfg = parse_config(TWO_LINKS + '[[route]]\nprefix = "::/0"\nvia = "fe80::1%tap1"\n')
+    assert cfg.routes[0].via_interface == "tap1"
+
+
+@pytest.mark.parametrize("prefix,message", [
+    ("2001:db8:60::1/48", "'2001:db8:60::1/48': host bits set (a network like 2001:db8:50::/48 "
+                          "or \"::/0\"); did you mean 2001:db8:60::/48?"),
+    ("2001:db8:60::/129", "'2001:db8:60::/129': '129' is not a valid netmask"),
+    ("2001:db8:zz::/48", "'2001:db8:zz::/48'"),
+    ("fe80::%tap0/64", "a prefix takes no %zone"),
+    ("fe80::/64", "fe80::/64 is link-local (fe80::/10): such destinations are never routed"),
+    ("ff00::/8", "ff00::/8 is multicast (ff00::/8): such destinations are never routed"),
+    ("2001:db8:50::/48", "2001:db8:50::/48 is also route[0]"),
+    ("2001:db8:1::/64", "2001:db8:1::/64 is the connected prefix of tap0"),
+    ("2001:db8:2::/64", "2001:db8:2::/64 is the connected prefix of tap1"),
+])
+def test_bad_ipv6_route_prefixes(tmp_path: Path, prefix: str, message: str) -> None:
+    expect(tmp_path, route6(f'[[route]]\nprefix = "{prefix}" #!\ntype = "blackhole"\n'),
+           "route[1].prefix", message)
+
+
+def test_duplicates_are_per_family(tmp_path: Path) -> None:
+    cfg = parse_config(route6('[[route]]\nprefix = "::/0"\ntype = "unreachable"\n'
+                              '[[route]]\nprefix = "default"\ntype = "unreachable"\n'))
+    assert [str(r.prefix) for r in cfg.routes] == ["2001:db8:50::/48", "::/0", "0.0.0.0/0"]
+    expect(tmp_path, route6('[[route]]\nprefix = "::/0"\ntype = "unreachable"\n'
+                            '[[route]]\nprefix = "::/0" #!\ninterface = "tap0"\n'),
+           "route[2].prefix", "::/0 is also route[1]")
+
+
+def test_ipv6_interface_routes_and_types(tmp_path: Path) -> None:
+    expect(tmp_path, route6('[[route]]\nprefix = "2001:db8:60::/48"\ninterface = "eth9" #!\n'),
+           "route[1].interface", "'eth9' is not a configured interface (tap0, tap1)")
+    expect(tmp_path, route6('[[route]]\nprefix = "2001:db8:60::/48"\ntype = "drop" #!\n'),
+           "route[1].type", "'drop' is not a route type (blackhole, unreachable, prohibit)")
+
+
+def test_ipv6_problems_are_all_reported_in_file_order(tmp_path: Path) -> None:
+    text = ROUTER + '''
+[[interface]]
+name = "tap0"
+addresses = ["10.1.0.1/24", "fe80::1/64"]
+ra = true
+
+[[interface]]
+name = "tap1"
+addresses = ["2001:db8:2::1/64", "2001:db8:2::/48"]
+ra = true
+
+[[route]]
+prefix = "2001:db8:50::/48"
+via = "10.1.0.2"
+
+[[route]]
+prefix = "::/0"
+via = "fe80::1"
+'''
+    err = error_of(tmp_path, text)
+    assert [(p.line, p.key) for p in err.problems] == [
+        (6, "interface[0].addresses[1]"), (11, "interface[1].addresses[1]"),
+        (16, "route[0].via"), (20, "route[1].via")]
 
 
 # --- the locator ------------------------------------------------------------------------
