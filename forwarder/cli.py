@@ -5,6 +5,7 @@
   forwarder netstat -m | vmstat -z | stats         [--json]
   forwarder route [list | add PREFIX (via GW | dev IF | TYPE) | del PREFIX]
   forwarder arp -a | -d IP [-i IF]
+  forwarder ndp -a
   forwarder health | reload
   forwarder debug stall SECONDS | debug resume
   forwarder lab | loadgen | bench                 the lab (pip install 'mbuma-forwarder[lab]')
@@ -244,6 +245,10 @@ def format_stats(s: dict) -> str:
     a = s["arp"]
     lines.append(f"arp: {a['received']} received, {a['requests_sent']} requests sent, {a['replies_sent']} replies sent, "
                  f"{a['entries']} entries")
+    n = s["nd6"]
+    lines.append(f"nd6: {n['received']} received, {n['solicitations_sent']} solicitations sent, "
+                 f"{n['advertisements_sent']} advertisements sent, {n['entries']} entries; "
+                 f"icmp6: {s['icmp6']['echo_replies']} echo replies")
     reasons = s.get("drop_reasons")
     if reasons:             # stats -v: every reason, with what it means
         lines.append("drops:")
@@ -327,6 +332,21 @@ def cmd_arp(args: argparse.Namespace) -> int:
         print(f"{args.delete} ({n} entr{'y' if n == 1 else 'ies'}) deleted")
         return EXIT_OK
     return emit(args, call(args, "arp.list"), format_arp)
+
+
+def format_ndp(entries: list[dict]) -> str:
+    """ndp(8) -a's columns: neighbour, link-layer address, interface, expiry, state."""
+    lines = [f"{'Neighbor':<40}{'Linklayer Address':<20}{'Netif':<10}{'Expire':<10}S"]
+    for e in entries:
+        exp = f"{e['expires_in']:.0f}s" if e["expires_in"] is not None else "-"
+        state = "R" if e["state"] == "reachable" else f"I ({e['held']} held)"
+        lines.append(f"{e['ip']:<40}{e['mac'] or '(incomplete)':<20}{e['interface']:<10}"
+                     f"{exp:<10}{state}")
+    return "\n".join(lines)
+
+
+def cmd_ndp(args: argparse.Namespace) -> int:
+    return emit(args, call(args, "ndp.list"), format_ndp)
 
 
 def cmd_health(args: argparse.Namespace) -> int:
@@ -424,6 +444,8 @@ def build_parser(extras: bool = True) -> argparse.ArgumentParser:
     a.add_argument("-a", "--all", action="store_true", help="list entries (default)")
     a.add_argument("-d", "--delete", metavar="IP", help="delete the entry for IP")
     a.add_argument("-i", "--interface", help="with -d: only on this interface")
+    n = sub.add_parser("ndp", parents=[which, js], help="the IPv6 neighbour cache")
+    n.add_argument("-a", "--all", action="store_true", help="list entries (default)")
     sub.add_parser("health", parents=[which, js],
                    help="exit 0 if the dataplane made progress in the last 2 s, else 1")
     sub.add_parser("reload", parents=[which], help="re-read the config file (as SIGHUP)")
@@ -439,7 +461,8 @@ def build_parser(extras: bool = True) -> argparse.ArgumentParser:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "sysctl": cmd_sysctl, "netstat": cmd_netstat, "vmstat": cmd_vmstat,
-    "stats": cmd_stats, "route": cmd_route, "arp": cmd_arp, "health": cmd_health,
+    "stats": cmd_stats, "route": cmd_route, "arp": cmd_arp, "ndp": cmd_ndp,
+    "health": cmd_health,
     "reload": cmd_reload, "debug": cmd_debug,
 }
 

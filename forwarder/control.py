@@ -19,6 +19,7 @@ Commands (``args`` in brackets):
                                   describe: also {reason: description} as drop_reasons
     route.list | route.add [prefix, via | interface | type] | route.del [prefix]
     arp.list | arp.del [ip, interface]
+    ndp.list                      the IPv6 neighbour cache
     reload                        re-read the config file -> [change, ...]
     debug.stall [seconds] | debug.resume
                                   stop the forwarding loop for a while (a debug and
@@ -136,6 +137,7 @@ def handlers(router: "Router") -> dict[str, Callable[..., Any]]:
         "route.add": route_add,
         "route.del": router.route_delete,
         "arp.list": router.dp.arp_entries,
+        "ndp.list": router.dp.nd6_entries,
         "arp.del": arp_delete,
         "reload": lambda: router.reload(),
         "debug.stall": lambda seconds: router.stall(seconds),

@@ -13,6 +13,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from allocator_pyx.mbuf cimport mbuf, mbufq
 from allocator_pyx.includes cimport pthread_mutex_t
 from forwarder.inet cimport ICMP_MAXTYPE
+from forwarder.inet6 cimport in6_addr
 from forwarder.route cimport rtable
 
 cdef enum:
@@ -24,6 +25,8 @@ cdef enum:
     DP_BURST = 32               # frames read from one TAP per wake-up
     DP_ARP_SIZE = 4096          # ARP hash slots (power of two)
     DP_ARP_MAX = 3072           # entries at most (load factor 3/4)
+    DP_ND6_SIZE = 4096          # neighbour cache slots (power of two)
+    DP_ND6_MAX = 3072
     DP_EPOLL_MAX = 64
     DP_TIMER_NS = 100000000     # ARP and ICMP timers: every 100 ms
     DP_LINKHDR = 32             # leading space reserved in mbufs we build: virtio-net + Ethernet
@@ -72,6 +75,15 @@ cdef extern from "dp_drop.h":
         DROP_ARP_HOLD_RECLAIMED
         DROP_ARP_TABLE_FULL
         DROP_ARP_INTERFACE_FULL
+        DROP_IP6_TOO_SHORT
+        DROP_IP6_BAD_VERSION
+        DROP_IP6_BAD_LENGTH
+        DROP_IP6_MARTIAN_SOURCE
+        DROP_IP6_NOT_FORWARDED
+        DROP_ND_MALFORMED
+        DROP_ND_NOT_ON_LINK
+        DROP_ND6_HOLD_OVERFLOW
+        DROP_ND6_TIMEOUT
         DROP_LOCAL_NOT_ECHO
         DROP_ICMP_MALFORMED
         DROP_TX_ERROR
@@ -90,6 +102,11 @@ cdef struct dp_ifnet:
     int naddrs
     uint32_t addr[DP_MAX_ADDRS]     # HOST order
     uint32_t mask[DP_MAX_ADDRS]
+    int naddrs6
+    in6_addr addr6[DP_MAX_ADDRS]    # configured IPv6 addresses ...
+    int plen6[DP_MAX_ADDRS]         # ... and their prefix lengths
+    in6_addr lladdr6                # the link-local address (modified EUI-64 of mac)
+    int nnd6                        # neighbour cache entries on this interface
     uint64_t rx_packets
     uint64_t rx_bytes
     uint64_t rx_errors          # read() errors
@@ -128,6 +145,21 @@ cdef struct dp_arp:
     int64_t last_req_ns
     mbufq hold                  # packets waiting for the answer, oldest first
 
+cdef enum:
+    ND6_FREE = 0
+    ND6_INCOMPLETE = 1
+    ND6_REACHABLE = 2
+
+cdef struct dp_nd6:
+    in6_addr ip
+    int ifindex
+    int state
+    uint8_t mac[6]
+    int tries                   # solicitations sent while incomplete
+    int64_t expire_ns
+    int64_t last_req_ns
+    mbufq hold
+
 cdef struct dp_state:
     pthread_mutex_t lock
     dp_ifnet ifs[DP_MAX_IFS]
@@ -135,6 +167,12 @@ cdef struct dp_state:
     rtable *rt
     dp_arp arp[DP_ARP_SIZE]
     int narp
+    dp_nd6 nd6[DP_ND6_SIZE]
+    int nnd6
+    uint64_t nd6_in             # well-formed NS/NA handled
+    uint64_t nd6_solicits       # NS sent
+    uint64_t nd6_adverts        # NA sent
+    uint64_t icmp6_echo_replies
     uint64_t drops[DROP_MAX]
     # ICMP
     uint64_t icmp_out[ICMP_MAXTYPE + 1]     # errors and replies sent, by type

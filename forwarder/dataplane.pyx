@@ -11,6 +11,8 @@ counted drop (dp_drop_m, reasons in dp_drop.h) or an ICMP error:
    -> ether_input    classify: ARP / IPv4 / other; our MAC or broadcast    net/if_ethersubr.pxi
       -> arp_input   answer on-link requests for our addresses, learn,     netinet/if_ether.pxi
                      flush holds
+      -> ip6_input   IPv6 header checks, martians; for us: ND and echo    netinet6/ip6_input.pxi
+         -> icmp6_input -> nd6_ns_input / nd6_na_input / echo reply   netinet6/icmp6.pxi, nd6.pxi
       -> ip_input    header checks (RFC 1812 5.2.2), trim, martians        netinet/ip_input.pxi
          -> ip_offload_input  offload record checked against the packet  netinet/ip_offload.pxi
          -> ip_local -> icmp_input   echo requests to our addresses        netinet/ip_icmp.pxi
@@ -65,6 +67,7 @@ from allocator_pyx.mbuf cimport (CSUM_DELAY_DATA, CSUM_DELAY_DATA_IPV6, CSUM_DEV
 from allocator_pyx.uma cimport M_NOWAIT, uma_thread_flush
 from forwarder.inet cimport (ARP_HDR_LEN, ARPHRD_ETHER, ARPOP_REPLY, ARPOP_REQUEST,
                              ETHER_ADDR_LEN, ETHER_HDR_LEN, ETHERTYPE_ARP, ETHERTYPE_IP,
+                             ETHERTYPE_IPV6,
                              ICMP_ECHO, ICMP_ECHOREPLY, ICMP_ERR_MAXLEN, ICMP_HDR_LEN,
                              ICMP_TIMXCEED, ICMP_TIMXCEED_INTRANS, ICMP_UNREACH,
                              ICMP_UNREACH_FILTER_PROHIB, ICMP_UNREACH_HOST,
@@ -82,6 +85,16 @@ from forwarder.inet cimport (ARP_HDR_LEN, ARPHRD_ETHER, ARPOP_REPLY, ARPOP_REQUE
                              in_martian_src, in_multicast, ip_dec_ttl, ip_hdr, ip_hl,
                              ip_set_cksum, ip_ttl_expired, ip_v, ntohl, ntohs, st16, tcp_hdr,
                              th_hlen, udp_hdr, virtio_net_hdr)
+from forwarder.inet6 cimport (ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST, ICMP6_HDR_LEN,
+                              IP6_HDR_LEN, IP6_HLIM_ND, IP6_VERSION, IPPROTO_ICMPV6,
+                              ND_NA_FLAG_OVERRIDE, ND_NA_FLAG_ROUTER, ND_NA_FLAG_SOLICITED,
+                              ND_NA_LEN, ND_NEIGHBOR_ADVERT, ND_NEIGHBOR_SOLICIT, ND_NS_LEN,
+                              ND_OPT_LLADDR_LEN, ND_OPT_SOURCE_LINKADDR,
+                              ND_OPT_TARGET_LINKADDR, ether_mcast6, icmp6_hdr, in6_addr,
+                              in6_is_linklocal, in6_is_loopback, in6_is_multicast,
+                              in6_is_solicited_node, in6_is_unspecified, in6_is_v4mapped,
+                              in6_prefix_match, in6_pseudo, in6_solicited_node, ip6_hdr, ip6_v,
+                              nd_neighbor_solicit)
 from forwarder.route cimport (NH_BLACKHOLE, NH_FORWARD, NH_LOCAL, NH_PROHIBIT,
                               NH_UNREACHABLE, RouteTable, rt_lookup_nh, rt_nexthop)
 
@@ -98,6 +111,10 @@ include "netinet/ip_input.pxi"
 include "netinet/ip_offload.pxi"
 include "netinet/ip_output.pxi"
 include "netinet/ip_icmp.pxi"
+include "netinet6/in6.pxi"
+include "netinet6/nd6.pxi"
+include "netinet6/ip6_input.pxi"
+include "netinet6/icmp6.pxi"
 include "net/dp_loop.pxi"
 
 
@@ -111,6 +128,16 @@ import os
 def _ip2int(s) -> int:
     import ipaddress
     return int(ipaddress.IPv4Address(s))
+
+
+def _ip6bytes(s) -> bytes:
+    import ipaddress
+    return ipaddress.IPv6Address(s).packed
+
+
+def _ip6str(b) -> str:
+    import ipaddress
+    return str(ipaddress.IPv6Address(bytes(b)))
 
 
 def _int2ip(v) -> str:
@@ -170,6 +197,7 @@ cdef class Dataplane:
         if self.dp != NULL:
             if not self.running:
                 arp_clear(self.dp)
+                nd6_clear(self.dp)
                 for i in range(self.dp.nifs):
                     tap_free_spares(&self.dp.ifs[i])
                 close(self.dp.epfd)
@@ -178,11 +206,12 @@ cdef class Dataplane:
                 free(self.dp)
             self.dp = NULL
 
-    def add_interface(self, int fd, str name, bytes mac, int mtu, addrs, *,
+    def add_interface(self, int fd, str name, bytes mac, int mtu, addrs, *, addrs6=(),
                       bint vnet_hdr=False, unsigned int offloads=0,
                       unsigned int refused=0) -> int:
         """Attach an open, non-blocking TAP fd.  addrs: [(address, prefixlen)]
-        as strings/ints.  vnet_hdr: the TAP was opened with IFF_VNET_HDR;
+        as strings/ints; addrs6 the same for IPv6 (the link-local address
+        is derived from mac).  vnet_hdr: the TAP was opened with IFF_VNET_HDR;
         offloads: the TUN_F_* bits TUNSETOFFLOAD accepted (refused: those it
         did not, for the stats).  Returns the interface index used by
         routes."""
@@ -213,6 +242,8 @@ cdef class Dataplane:
                     ifp.rx_spares = DP_RX_SPARES
             ifp_set_mtu(ifp, mtu)
             self._set_addrs(ifp, addrs)
+            self._set_addrs6(ifp, addrs6)
+            in6_eui64_linklocal(ifp.lladdr6.s6, ifp.mac)
             ev.events = EPOLLIN
             ev.data.u32 = <uint32_t>idx
             if epoll_ctl(self.dp.epfd, EPOLL_CTL_ADD, fd, &ev) != 0:
@@ -232,6 +263,30 @@ cdef class Dataplane:
             ifp.mask[i] = (0xffffffff << (32 - plen)) & 0xffffffff if plen else 0
             i += 1
         ifp.naddrs = i
+
+    cdef _set_addrs6(self, dp_ifnet *ifp, addrs6):
+        cdef int i = 0
+        cdef bytes packed
+        if len(addrs6) > DP_MAX_ADDRS:
+            raise ValueError(f"at most {DP_MAX_ADDRS} IPv6 addresses per interface")
+        for a, plen in addrs6:
+            if not 0 <= plen <= 128:
+                raise ValueError(f"IPv6 prefix length {plen} out of range (0..128)")
+            packed = _ip6bytes(a)
+            memcpy(ifp.addr6[i].s6, <const char *>packed, 16)
+            ifp.plen6[i] = plen
+            i += 1
+        ifp.naddrs6 = i
+
+    def set_addresses6(self, int index, addrs6):
+        if not 0 <= index < self.dp.nifs:
+            raise IndexError(index)
+        with nogil:
+            pthread_mutex_lock(&self.dp.lock)
+        try:
+            self._set_addrs6(&self.dp.ifs[index], addrs6)
+        finally:
+            pthread_mutex_unlock(&self.dp.lock)
 
     def set_addresses(self, int index, addrs):
         if not 0 <= index < self.dp.nifs:
@@ -309,6 +364,7 @@ cdef class Dataplane:
         with nogil:
             pthread_mutex_lock(&self.dp.lock)
             arp_clear(self.dp)
+            nd6_clear(self.dp)
             for i in range(self.dp.nifs):
                 tap_free_spares(&self.dp.ifs[i])
             pthread_mutex_unlock(&self.dp.lock)
@@ -376,6 +432,7 @@ cdef class Dataplane:
                     "rx_gso": ifp.rx_gso, "rx_gso_segments": ifp.rx_gso_segs,
                     "tx_gso": ifp.tx_gso, "tx_gso_segments": ifp.tx_gso_segs,
                     "gso_software": ifp.gso_sw, "csum_software": ifp.csum_sw,
+                    "link_local": _ip6str(ifp.lladdr6.s6[:16]),
                 })
             drops = {name: self.dp.drops[i] for i, name in enumerate(DROP_REASONS)}
             icmp = {"echo_replies": self.dp.icmp_out[ICMP_ECHOREPLY],
@@ -387,6 +444,9 @@ cdef class Dataplane:
                 "interfaces": ifs, "drops": drops, "icmp": icmp,
                 "forwarded": self.dp.forwarded, "delivered_local": self.dp.delivered_local,
                 "fragments_created": self.dp.frags_created,
+                "nd6": {"received": self.dp.nd6_in, "solicitations_sent": self.dp.nd6_solicits,
+                        "advertisements_sent": self.dp.nd6_adverts, "entries": self.dp.nnd6},
+                "icmp6": {"echo_replies": self.dp.icmp6_echo_replies},
                 "arp": {"received": self.dp.arp_in,
                         "requests_sent": self.dp.arp_requests, "replies_sent": self.dp.arp_replies,
                         "entries": self.dp.narp},
@@ -418,6 +478,31 @@ cdef class Dataplane:
         finally:
             pthread_mutex_unlock(&self.dp.lock)
         return sorted(out, key=lambda d: (d["interface"], _ip2int(d["ip"])))
+
+    def nd6_entries(self) -> list:
+        """The IPv6 neighbour cache, as arp_entries (`forwarder ndp -a`)."""
+        cdef int i
+        cdef dp_nd6 *e
+        out = []
+        with nogil:
+            pthread_mutex_lock(&self.dp.lock)
+        try:
+            now = self.dp.now_ns if self.dp.now_ns else now_ns()
+            for i in range(DP_ND6_SIZE):
+                e = &self.dp.nd6[i]
+                if e.state == ND6_FREE:
+                    continue
+                out.append({
+                    "ip": _ip6str(e.ip.s6[:16]),
+                    "interface": self.dp.ifs[e.ifindex].name.decode(),
+                    "mac": ":".join(f"{b:02x}" for b in e.mac[:6]) if e.state == ND6_REACHABLE else None,
+                    "state": "reachable" if e.state == ND6_REACHABLE else "incomplete",
+                    "expires_in": max(0.0, (e.expire_ns - now) / 1e9) if e.state == ND6_REACHABLE else None,
+                    "held": mbufq_len(&e.hold),
+                })
+        finally:
+            pthread_mutex_unlock(&self.dp.lock)
+        return sorted(out, key=lambda d: (d["interface"], _ip6bytes(d["ip"])))
 
     def arp_delete(self, ip, interface=None) -> int:
         """Forget the entries for ip (on one interface, or all); the number

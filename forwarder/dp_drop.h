@@ -17,7 +17,7 @@
 #define foreach_dp_drop                                                                          \
   _(RUNT,                     "frame shorter than an Ethernet header")                           \
   _(NOT_OUR_MAC,              "unicast frame for another station's MAC address")                 \
-  _(ETHERTYPE,                "frame neither IPv4 nor ARP")                                      \
+  _(ETHERTYPE,                "frame neither IPv4, IPv6 nor ARP")                                \
   _(ARP_MALFORMED,            "ARP not Ethernet/IPv4, or shorter than 28 bytes")                 \
   _(ARP_NOT_ON_LINK,          "ARP for us from a sender outside the prefixes of its link")       \
   _(VNET_HDR_INVALID,         "virtio-net header at odds with the frame (GSO type, checksum offsets)") \
@@ -43,6 +43,15 @@
   _(ARP_HOLD_RECLAIMED,       "held for an unresolved neighbour, freed when buffers ran out")    \
   _(ARP_TABLE_FULL,           "no room in the ARP table for a new neighbour")                    \
   _(ARP_INTERFACE_FULL,       "the interface has its maximum of ARP entries")                    \
+  _(IP6_TOO_SHORT,            "shorter than an IPv6 header")                                     \
+  _(IP6_BAD_VERSION,          "IP version not 6 under the IPv6 EtherType")                       \
+  _(IP6_BAD_LENGTH,           "IPv6 payload length beyond the frame, or 0 (jumbogram)")          \
+  _(IP6_MARTIAN_SOURCE,       "IPv6 source multicast, loopback or IPv4-mapped (RFC 4291)")       \
+  _(IP6_NOT_FORWARDED,        "IPv6 to forward: this build answers for its own addresses only")  \
+  _(ND_MALFORMED,             "Neighbor Discovery with hop limit not 255, code not 0, bad options") \
+  _(ND_NOT_ON_LINK,           "Neighbor Discovery from or for an address not on the link")       \
+  _(ND6_HOLD_OVERFLOW,        "more held for an unresolved IPv6 neighbour than maxhold (oldest)") \
+  _(ND6_TIMEOUT,              "the IPv6 next hop never answered Neighbor Solicitations")         \
   _(LOCAL_NOT_ECHO,           "to the router and not an ICMP echo request")                      \
   _(ICMP_MALFORMED,           "echo request with a bad ICMP checksum")                           \
   _(TX_ERROR,                 "writing the frame to the TAP failed")                             \

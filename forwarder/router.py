@@ -153,6 +153,8 @@ class Router:
         netns.link_set(itf.name, mtu=itf.mtu, up=True)
         idx = self.dp.add_interface(fd, itf.name, mac_bytes(itf.mac), itf.mtu,
                                     [(str(a.ip), a.network.prefixlen) for a in itf.addresses],
+                                    addrs6=[(str(a.ip), a.network.prefixlen)
+                                            for a in itf.addresses6],
                                     vnet_hdr=itf.offload, offloads=accepted,
                                     refused=netns.TUN_F_ALL & ~accepted if itf.offload else 0)
         self.ifindex[itf.name] = idx
@@ -160,7 +162,8 @@ class Router:
             netns.link_move(itf.name, itf.netns_path)
             netns.link_set(itf.name, itf.netns_path, up=True)
         log.info("interface %s up: %s mtu %d mac %s offloads %s%s", itf.name,
-                 ", ".join(map(str, itf.addresses)) or "no IPv4 address", itf.mtu, itf.mac,
+                 ", ".join([*map(str, itf.addresses), *map(str, itf.addresses6),
+                            str(itf.link_local)]), itf.mtu, itf.mac,
                  ", ".join(netns.tun_flag_names(accepted)) or "off",
                  f" (kernel side in {itf.netns})" if itf.netns else "")
 
@@ -459,6 +462,10 @@ class Router:
                 self.dp.set_addresses(self.ifindex[b.name],
                                       [(str(x.ip), x.network.prefixlen) for x in b.addresses])
                 changes.append(f"{b.name} addresses")
+            if a.addresses6 != b.addresses6:
+                self.dp.set_addresses6(self.ifindex[b.name],
+                                       [(str(x.ip), x.network.prefixlen) for x in b.addresses6])
+                changes.append(f"{b.name} IPv6 addresses")
         current = {r["prefix"] for r in self.routes.routes()}
         for prefix in sorted(current - set(specs), key=lambda p: -IPv4Network(p).prefixlen):
             self.routes.delete(prefix)
@@ -498,8 +505,9 @@ class Router:
 
 
 # --- IPv6 pending ------------------------------------------------------------------
-# The config accepts IPv6 (forwarder/config.py); this build forwards IPv4 only:
-# _route_specs skips IPv6 routes, the dataplane gets IPv4 addresses only.  The
+# The config accepts IPv6 (forwarder/config.py); this build answers Neighbor
+# Discovery and ping on the router's IPv6 addresses but forwards IPv4 only:
+# _route_specs skips IPv6 routes and nothing sends Router Advertisements.  The
 # next step (IPv6 forwarding) replaces this function and those skips.
 
 def _route_text(r: Route) -> str:
@@ -511,22 +519,16 @@ def _route_text(r: Route) -> str:
 
 
 def ipv6_pending(config: Config) -> str | None:
-    """The IPv6 part of ``config`` this build accepts but does not forward, as
-    one line to log, or None when there is none."""
-    parts = []
-    for itf in config.interfaces:
-        what = []
-        if itf.addresses6:
-            what.append(f"IPv6 addresses {', '.join(map(str, itf.addresses6))}")
-        if itf.ra:
-            what.append("ra = true")
-        if what:
-            parts.append(f"interface {itf.name}: {', '.join(what)}")
+    """The IPv6 part of ``config`` this build accepts but does not act on (IPv6
+    routes, Router Advertisements), as one line to log, or None when there is
+    none.  IPv6 addresses are served: ND and echo."""
+    parts = [f"interface {itf.name}: ra = true" for itf in config.interfaces if itf.ra]
     parts += [_route_text(r) for r in config.routes if r.prefix.version == 6]
     if not parts:
         return None
-    return ("IPv6 configuration accepted but not forwarded (IPv6 forwarding is not in this "
-            f"build yet; IPv4 is forwarded as configured): {'; '.join(parts)}")
+    return ("IPv6 configuration accepted but not forwarded (this build answers Neighbor "
+            "Discovery and ping on its IPv6 addresses, and forwards IPv4 as configured; IPv6 "
+            f"forwarding and router advertisements are not in it yet): {'; '.join(parts)}")
 
 
 def _network(prefix: str) -> IPv4Network:

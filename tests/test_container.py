@@ -499,10 +499,11 @@ def test_dockerignore_sends_sources_only(tmp_path: Path) -> None:
         assert must in files, must
     sources = {p.relative_to(ROOT).as_posix()
                for pkg in ("allocator_pyx", "forwarder", "forwarder/lab", "forwarder/net",
-                           "forwarder/netinet")
+                           "forwarder/netinet", "forwarder/netinet6")
                for ext in ("*.py", "*.pyx", "*.pxd", "*.pxi", "*.h")
                for p in (ROOT / pkg).glob(ext)}
     assert "forwarder/dp_drop.h" in sources and "forwarder/netinet/ip_input.pxi" in sources
+    assert "forwarder/netinet6/nd6.pxi" in sources
     assert sources <= files, sources - files
     for f in files:
         assert not f.endswith((".so", ".pyc")), f

@@ -23,7 +23,7 @@ cdef void ether_output(dp_state *dp, dp_ifnet *ifp, mbuf *m, const uint8_t *dst,
 
 
 cdef void ether_input(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
-    """Classify: ARP, IPv4 or other; drop unicast for other stations."""
+    """Classify: ARP, IPv4, IPv6 or other; drop unicast for other stations."""
     cdef ether_header *eh = <ether_header *>mdata(m)
     cdef uint16_t type
     cdef bint group
@@ -40,5 +40,8 @@ cdef void ether_input(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
     elif type == ETHERTYPE_IP:
         m_adj(m, ETHER_HDR_LEN)
         ip_input(dp, ifp, m, group)
+    elif type == ETHERTYPE_IPV6:
+        m_adj(m, ETHER_HDR_LEN)
+        ip6_input(dp, ifp, m, group)
     else:
         dp_drop_m(dp, m, DROP_ETHERTYPE)

@@ -222,7 +222,8 @@ cdef void arp_timer(dp_state *dp) noexcept nogil:
 
 cdef int arp_reclaim(dp_state *dp) noexcept nogil:
     """Buffers ran out: free every packet held for an unresolved neighbour
-    (FreeBSD drains protocol queues the same way under memory pressure).
+    (FreeBSD drains protocol queues the same way under memory pressure),
+    IPv6 neighbours' too.
     At most every 100 ms, so a flood does not turn it into a table walk per
     frame.  Returns the packets freed."""
     cdef int i, k, n = 0
@@ -234,7 +235,7 @@ cdef int arp_reclaim(dp_state *dp) noexcept nogil:
             k = mbufq_drain(&dp.arp[i].hold)
             dp.drops[DROP_ARP_HOLD_RECLAIMED] += k
             n += k
-    return n
+    return n + nd6_reclaim(dp)
 
 
 cdef void arp_clear(dp_state *dp) noexcept nogil:

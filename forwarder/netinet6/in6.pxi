@@ -1,0 +1,76 @@
+# in6.pxi -- an interface's IPv6 addresses (FreeBSD's netinet6/in6.c): which
+# are ours, which neighbours are on link, which source to answer from.
+# Every interface has its link-local address (modified EUI-64 of its MAC)
+# besides the configured ones.
+
+
+cdef inline bint ifp6_has_addr(dp_ifnet *ifp, const uint8_t *a) noexcept nogil:
+    cdef int i
+    if memcmp(a, ifp.lladdr6.s6, 16) == 0:
+        return True
+    for i in range(ifp.naddrs6):
+        if memcmp(a, ifp.addr6[i].s6, 16) == 0:
+            return True
+    return False
+
+
+cdef inline bint ifp6_in_group(dp_ifnet *ifp, const uint8_t *a) noexcept nogil:
+    """a is a multicast group the interface listens to: all-nodes ff02::1,
+    or the solicited-node group of one of its addresses."""
+    cdef uint8_t g[16]
+    cdef int i
+    if a[0] != 0xff or a[1] != 0x02:
+        return False
+    if in6_is_solicited_node(a):
+        in6_solicited_node(g, ifp.lladdr6.s6)
+        if memcmp(a, g, 16) == 0:
+            return True
+        for i in range(ifp.naddrs6):
+            in6_solicited_node(g, ifp.addr6[i].s6)
+            if memcmp(a, g, 16) == 0:
+                return True
+        return False
+    for i in range(15):
+        if a[i] != (0xff if i == 0 else 0x02 if i == 1 else 0):
+            return False
+    return a[15] == 1
+
+
+cdef inline bint ifp6_on_link(dp_ifnet *ifp, const uint8_t *a) noexcept nogil:
+    """a is a neighbour on ifp's link: link-local, or in a connected prefix."""
+    cdef int i
+    if in6_is_linklocal(a):
+        return True
+    for i in range(ifp.naddrs6):
+        if in6_prefix_match(a, ifp.addr6[i].s6, ifp.plen6[i]):
+            return True
+    return False
+
+
+cdef inline const uint8_t *ifp6_src_for(dp_ifnet *ifp, const uint8_t *peer) noexcept nogil:
+    """The address to speak to peer from: link-local to a link-local peer,
+    else the address whose prefix holds it, else the first configured one
+    (RFC 6724's rules 2 and 8, the ones that matter on a router's link)."""
+    cdef int i
+    if in6_is_linklocal(peer) or ifp.naddrs6 == 0:
+        return ifp.lladdr6.s6
+    for i in range(ifp.naddrs6):
+        if in6_prefix_match(peer, ifp.addr6[i].s6, ifp.plen6[i]):
+            return ifp.addr6[i].s6
+    return ifp.addr6[0].s6
+
+
+cdef inline void in6_eui64_linklocal(uint8_t *out, const uint8_t *mac) noexcept nogil:
+    """fe80::/64 with the modified EUI-64 interface identifier of mac
+    (RFC 4291 2.5.1 and appendix A: ff:fe in the middle, U/L bit flipped)."""
+    memset(out, 0, 16)
+    out[0] = 0xfe
+    out[1] = 0x80
+    out[8] = mac[0] ^ 0x02
+    out[9] = mac[1]
+    out[10] = mac[2]
+    out[11] = 0xff
+    out[12] = 0xfe
+    out[13] = mac[3]
+    out[14] = mac[4]
+    out[15] = mac[5]

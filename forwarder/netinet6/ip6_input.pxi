@@ -1,0 +1,73 @@
+# ip6_input.pxi -- IPv6 in (RFC 8200; FreeBSD's netinet6/ip6_input.c): the
+# header checks, and delivery of what is addressed to the router.
+#
+# This build answers for the router's own addresses (Neighbor Discovery,
+# echo); packets to forward are counted as ip6_not_forwarded until the
+# IPv6 route table is wired in.
+
+
+cdef inline void ip6_fill(ip6_hdr *ip6, const uint8_t *src, const uint8_t *dst, int plen,
+                          int nxt, int hlim) noexcept nogil:
+    ip6.ip6_flow = htonl(<uint32_t>IP6_VERSION << 28)
+    ip6.ip6_plen = htons(<uint16_t>plen)
+    ip6.ip6_nxt = <uint8_t>nxt
+    ip6.ip6_hlim = <uint8_t>hlim
+    memcpy(ip6.ip6_src, src, 16)
+    memcpy(ip6.ip6_dst, dst, 16)
+
+
+cdef bint dp_has_addr6(dp_state *dp, dp_ifnet *ifp, const uint8_t *a) noexcept nogil:
+    """a is the router's: any interface's configured address, or the
+    receiving interface's link-local one (link-locals are per link)."""
+    cdef int i, k
+    if memcmp(a, ifp.lladdr6.s6, 16) == 0:
+        return True
+    for i in range(dp.nifs):
+        for k in range(dp.ifs[i].naddrs6):
+            if memcmp(a, dp.ifs[i].addr6[k].s6, 16) == 0:
+                return True
+    return False
+
+
+cdef void ip6_input(dp_state *dp, dp_ifnet *ifp, mbuf *m, bint l2group) noexcept nogil:
+    """Header checks (no switch turns them off), trim, martians, then local
+    delivery."""
+    cdef ip6_hdr *ip6 = <ip6_hdr *>mdata(m)
+    cdef int plen
+    if m.m_pkthdr.len < IP6_HDR_LEN or m.m_len < IP6_HDR_LEN:
+        dp_drop_m(dp, m, DROP_IP6_TOO_SHORT)
+        return
+    if ip6_v(ip6) != IP6_VERSION:
+        dp_drop_m(dp, m, DROP_IP6_BAD_VERSION)
+        return
+    plen = ntohs(ip6.ip6_plen)
+    if IP6_HDR_LEN + plen > m.m_pkthdr.len or plen == 0:
+        # (a zero length announces a jumbogram, RFC 2675: not on these links)
+        dp_drop_m(dp, m, DROP_IP6_BAD_LENGTH)
+        return
+    if IP6_HDR_LEN + plen < m.m_pkthdr.len:
+        m_adj(m, IP6_HDR_LEN + plen - m.m_pkthdr.len)      # Ethernet padding
+    if in6_is_multicast(ip6.ip6_src) or in6_is_loopback(ip6.ip6_src) or in6_is_v4mapped(ip6.ip6_src):
+        dp_drop_m(dp, m, DROP_IP6_MARTIAN_SOURCE)
+        return
+    if in6_is_multicast(ip6.ip6_dst):
+        if ifp6_in_group(ifp, ip6.ip6_dst):
+            ip6_local(dp, ifp, m)
+        else:
+            dp_drop_m(dp, m, DROP_IP_BROADCAST_DESTINATION)    # not forwarded, and not ours
+        return
+    if dp_has_addr6(dp, ifp, ip6.ip6_dst):
+        ip6_local(dp, ifp, m)
+        return
+    dp_drop_m(dp, m, DROP_IP6_NOT_FORWARDED)
+
+
+cdef void ip6_local(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
+    """For us (whatever the hop limit, RFC 8200 3): ICMPv6 goes to
+    icmp6_input; everything else is counted and dropped.  (A
+    hop-by-hop header in front of ICMPv6, as MLD has, is not parsed.)"""
+    cdef ip6_hdr *ip6 = <ip6_hdr *>mdata(m)
+    if ip6.ip6_nxt != IPPROTO_ICMPV6:
+        dp_drop_m(dp, m, DROP_LOCAL_NOT_ECHO)
+        return
+    icmp6_input(dp, ifp, m)
