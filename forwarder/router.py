@@ -35,13 +35,14 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 
 from forwarder import mbufs, netns
 from forwarder.config import (Config, ConfigError, Interface, Route, load_config,
                               unusable_gateway)
 from forwarder.dataplane import MAX_STALL, Dataplane
 from forwarder.route import RouteTable
+from forwarder.route6 import Route6Table
 from forwarder.sysctl import DATAPLANE_TUNABLES, REGISTRY, SysctlError, SysctlTree
 
 log = logging.getLogger("forwarder.router")
@@ -94,6 +95,7 @@ class Router:
     config: Config
     sysctl: SysctlTree = field(init=False)
     routes: RouteTable = field(init=False)
+    routes6: Route6Table = field(init=False)    # IPv6 routes (the dataplane will read it)
     dp: Dataplane = field(init=False)
     ifindex: dict[str, int] = field(default_factory=dict)
     fds: dict[str, int] = field(default_factory=dict)
@@ -116,6 +118,7 @@ class Router:
     def __post_init__(self) -> None:
         self.sysctl = self.config.sysctl_tree()
         self.routes = RouteTable()
+        self.routes6 = Route6Table()
         self.dp = Dataplane(self.routes)
 
     # --- start / stop ---------------------------------------------------------
@@ -127,7 +130,7 @@ class Router:
                 self._attach(itf)
             self.config_routes = self._route_specs(self.config)
             for prefix, nh in self.config_routes.items():
-                self.routes.add(prefix, nh)
+                self._table(prefix).add(prefix, nh)
             for name in DATAPLANE_TUNABLES:
                 self.dp.set(name, self.sysctl.get(name))
         except BaseException:
@@ -216,26 +219,36 @@ class Router:
 
     # --- routes ---------------------------------------------------------------
 
+    def _table(self, prefix: str) -> RouteTable | Route6Table:
+        """The route table of prefix's family."""
+        return self.routes6 if ":" in prefix else self.routes
+
     def _route_specs(self, config: Config) -> dict[str, dict]:
-        """Connected prefixes, our own addresses (/32, local) and the static
-        routes of a config, as RouteTable next-hop specs."""
+        """Connected prefixes, our own addresses (/32 and /128, local) and the
+        static routes of a config, both families, as next-hop specs.  The
+        link-local prefix fe80::/64 is on every link and in no table: the
+        dataplane keeps link-local traffic on its link."""
         specs: dict[str, dict] = {}
         for itf in config.interfaces:
             idx = self.ifindex[itf.name]
-            for a in itf.addresses:
+            for a in (*itf.addresses, *itf.addresses6):
                 specs[str(a.network)] = {"type": "forward", "ifindex": idx}
         for itf in config.interfaces:
-            for a in itf.addresses:
-                specs[f"{a.ip}/32"] = {"type": "local"}
+            for a in (*itf.addresses, *itf.addresses6):
+                specs[f"{a.ip}/{a.max_prefixlen}"] = {"type": "local"}
         for r in config.routes:
-            if r.prefix.version != 4:           # IPv6 pending: see ipv6_pending()
-                continue
-            specs[str(r.prefix)] = self._nexthop(config, r.type, r.via, r.interface)
+            specs[str(r.prefix)] = self._nexthop(config, r.type, r.via, r.interface,
+                                                 r.via_interface)
         return specs
 
-    def _nexthop(self, config: Config, type_: str, via, interface: str | None) -> dict:
+    def _nexthop(self, config: Config, type_: str, via, interface: str | None,
+                 via_interface: str | None = None) -> dict:
         if type_ in ("blackhole", "unreachable", "prohibit"):
             return {"type": type_}
+        if via is not None and via_interface is not None:     # an IPv6 link-local gateway
+            if via_interface not in self.ifindex:
+                raise ValueError(f"no interface {via_interface!r}")
+            return {"type": "forward", "via": str(via), "ifindex": self.ifindex[via_interface]}
         if via is not None:
             link = config.link_for(via)
             if link is None:
@@ -250,7 +263,8 @@ class Router:
         return {"type": "forward", "ifindex": self.ifindex[interface]}
 
     def _own_addresses(self) -> set[str]:
-        return {str(a.ip) for itf in self.config.interfaces for a in itf.addresses}
+        return {str(a.ip) for itf in self.config.interfaces
+                for a in (*itf.addresses, *itf.addresses6)}
 
     def route_add(self, prefix: str, via: str | None = None, interface: str | None = None,
                   type_: str = "unicast") -> dict:
@@ -261,37 +275,38 @@ class Router:
                              "unreachable or prohibit")
         if type_ == "unicast" and (via is None) == (interface is None):
             raise ValueError("a unicast route needs exactly one of via or interface")
-        if net.prefixlen == 32 and str(net.network_address) in self._own_addresses():
+        if net.prefixlen == net.max_prefixlen and str(net.network_address) in self._own_addresses():
             raise ValueError(f"{net} is one of the router's addresses")
-        gw = None
+        gw: IPv4Address | IPv6Address | None = None
+        scope = None
         if via is not None and type_ == "unicast":
-            try:
-                gw = IPv4Address(via)
-            except ValueError:
-                raise ValueError(f"gateway {via!r} is not an IPv4 address") from None
+            gw, scope = _gateway(via, net)
             if str(gw) in self._own_addresses():
                 raise ValueError(f"gateway {gw} is one of the router's own addresses")
-        nh = self._nexthop(self.config, type_, gw, interface)
+        nh = self._nexthop(self.config, type_, gw, interface, scope)
+        table = self._table(str(net))
         with self._lock:
             limit = self.sysctl.get("net.route.max_routes")
-            if str(net) not in self.routes and len(self.routes) >= limit:
-                raise ValueError(f"route table full: {len(self.routes)} routes, "
-                                 f"net.route.max_routes is {limit}")
-            self.routes.add(str(net), nh)
+            if str(net) not in table and len(self.routes) + len(self.routes6) >= limit:
+                raise ValueError(f"route table full: {len(self.routes) + len(self.routes6)} "
+                                 f"routes, net.route.max_routes is {limit}")
+            table.add(str(net), nh)
             self.runtime_routes[str(net)] = nh
             # Overrides a config route: a reload puts the config's back.
             self.config_routes.pop(str(net), None)
         log.info("route add %s %s", net, nh)
-        return self.routes.get(str(net))
+        return table.get(str(net))
 
     def route_delete(self, prefix: str) -> None:
-        net = str(_network(prefix))
+        n = _network(prefix)
+        net = str(n)
+        table = self._table(net)
         with self._lock:
-            if self.routes.get(net) is None:
+            if table.get(net) is None:
                 raise KeyError(f"no route for {net}")
-            if net in {f"{a}/32" for a in self._own_addresses()}:
+            if n.prefixlen == n.max_prefixlen and str(n.network_address) in self._own_addresses():
                 raise ValueError(f"{net} is one of the router's addresses")
-            self.routes.delete(net)
+            table.delete(net)
             self.runtime_routes.pop(net, None)
             self.config_routes.pop(net, None)
         log.info("route delete %s", net)
@@ -299,7 +314,7 @@ class Router:
     def route_list(self) -> list[dict]:
         names = {v: k for k, v in self.ifindex.items()}
         out = []
-        for r in self.routes.routes():
+        for r in [*self.routes.routes(), *self.routes6.list()]:
             r = dict(r)
             r["interface"] = names.get(r.pop("ifindex"), None)
             r.pop("index", None)
@@ -466,16 +481,16 @@ class Router:
                 self.dp.set_addresses6(self.ifindex[b.name],
                                        [(str(x.ip), x.network.prefixlen) for x in b.addresses6])
                 changes.append(f"{b.name} IPv6 addresses")
-        current = {r["prefix"] for r in self.routes.routes()}
-        for prefix in sorted(current - set(specs), key=lambda p: -IPv4Network(p).prefixlen):
-            self.routes.delete(prefix)
+        current = {r["prefix"] for r in [*self.routes.routes(), *self.routes6.list()]}
+        for prefix in sorted(current - set(specs), key=lambda p: -ip_network(p).prefixlen):
+            self._table(prefix).delete(prefix)
             changes.append(f"route -{prefix}")
         for prefix, nh in specs.items():
             if prefix not in current:
-                self.routes.add(prefix, nh)
+                self._table(prefix).add(prefix, nh)
                 changes.append(f"route +{prefix}")
             elif self.config_routes.get(prefix) != nh:
-                self.routes.add(prefix, nh)
+                self._table(prefix).add(prefix, nh)
                 changes.append(f"route ~{prefix}")
         self.config_routes = specs
         self.runtime_routes.clear()
@@ -506,9 +521,9 @@ class Router:
 
 # --- IPv6 pending ------------------------------------------------------------------
 # The config accepts IPv6 (forwarder/config.py); this build answers Neighbor
-# Discovery and ping on the router's IPv6 addresses but forwards IPv4 only:
-# _route_specs skips IPv6 routes and nothing sends Router Advertisements.  The
-# next step (IPv6 forwarding) replaces this function and those skips.
+# Discovery and ping on the router's IPv6 addresses and keeps IPv6 routes in
+# routes6 (`forwarder route` shows them), but forwards IPv4 only, and nothing
+# sends Router Advertisements.  The next step (IPv6 forwarding) removes this.
 
 def _route_text(r: Route) -> str:
     if r.via is not None:
@@ -527,16 +542,41 @@ def ipv6_pending(config: Config) -> str | None:
     if not parts:
         return None
     return ("IPv6 configuration accepted but not forwarded (this build answers Neighbor "
-            "Discovery and ping on its IPv6 addresses, and forwards IPv4 as configured; IPv6 "
-            f"forwarding and router advertisements are not in it yet): {'; '.join(parts)}")
+            "Discovery and ping on its IPv6 addresses, keeps IPv6 routes in its table and "
+            "forwards IPv4 as configured; IPv6 forwarding and router advertisements are not "
+            f"in it yet): {'; '.join(parts)}")
 
 
-def _network(prefix: str) -> IPv4Network:
+def _network(prefix: str) -> IPv4Network | IPv6Network:
     """A route's destination, strictly (no host bits), with a message naming it."""
     try:
+        if ":" in prefix:
+            return IPv6Network(prefix, strict=True)
         return IPv4Network(prefix, strict=True)
     except ValueError as e:
-        raise ValueError(f"{prefix!r} is not an IPv4 prefix like 10.0.0.0/8 ({e})") from None
+        raise ValueError(f"{prefix!r} is not a prefix like 10.0.0.0/8 or 2001:db8::/32 "
+                         f"({e})") from None
+
+
+def _gateway(via: str, net: IPv4Network | IPv6Network
+             ) -> tuple[IPv4Address | IPv6Address, str | None]:
+    """A runtime route's gateway, of net's family; an IPv6 link-local one
+    names its interface (fe80::1%tap1).  Returns (address, interface or None)."""
+    if net.version == 4:
+        try:
+            return IPv4Address(via), None
+        except ValueError:
+            raise ValueError(f"gateway {via!r} is not an IPv4 address (the prefix is IPv4)") from None
+    addr, _, scope = via.partition("%")
+    try:
+        gw = IPv6Address(addr)
+    except ValueError:
+        raise ValueError(f"gateway {via!r} is not an IPv6 address (the prefix is IPv6)") from None
+    if gw.is_link_local and not scope:
+        raise ValueError(f"a link-local gateway needs its interface, e.g. {gw}%tap1")
+    if scope and not gw.is_link_local:
+        raise ValueError(f"gateway {via!r}: only a link-local gateway takes %interface")
+    return gw, scope or None
 
 
 def _limits_order(wanted: dict[str, int], tree: SysctlTree) -> dict[str, int]:

@@ -181,7 +181,7 @@ def test_sysctl_refusals_exit_non_zero_and_change_nothing(router, argv, code, me
 @pytest.mark.parametrize("argv,code,message", [
     (["route", "del", "10.66.0.0/16"], 1, r"no route for 10.66.0.0/16"),
     (["route", "del", "10.1.0.1/32"], 1, r"one of the router's addresses"),
-    (["route", "del", "banana"], 1, r"'banana' is not an IPv4 prefix"),
+    (["route", "del", "banana"], 1, r"'banana' is not a prefix like 10.0.0.0/8 or 2001:db8::/32"),
     (["route", "add", "10.66.0.0/16", "via", "10.9.9.9"], 1, r"not on any connected prefix"),
     (["route", "add", "10.66.0.0/16", "via", "banana"], 1, r"not an IPv4 address"),
     (["route", "add", "10.66.0.0/16", "via", "10.2.0.1"], 1, r"router's own addresses"),

@@ -521,23 +521,43 @@ def test_a_dual_stack_config_starts_forwards_ipv4_and_names_the_ipv6_it_skips(tm
         doc["interface"][2]["addresses"] = ["2001:db8:3::1/64"]
         r = lab6.start_router(tmp_path, to_toml(doc), kind=RunningRouter)
         warning = ("WARNING IPv6 configuration accepted but not forwarded (this build answers "
-                   "Neighbor Discovery and ping on its IPv6 addresses, and forwards IPv4 as "
-                   "configured; IPv6 forwarding and router advertisements are not in it yet): "
+                   "Neighbor Discovery and ping on its IPv6 addresses, keeps IPv6 routes in its "
+                   "table and forwards IPv4 as configured; IPv6 forwarding and router "
+                   "advertisements are not in it yet): "
                    "interface tap1: ra = true; "
                    "route 2001:db8:50::/48 via 2001:db8:2::2; "
                    "route ::/0 via fe80::1%tap1")
         r.wait_log(re.escape(warning) + "$")
         assert r.log_text().count("IPv6 configuration accepted") == 1
         r.wait_log(r"INFO interface tap3 up: 2001:db8:3::1/64, fe80::[0-9a-f:]+/64 mtu 1500")
+        v6 = {"2001:db8:1::/64", "2001:db8:2::/64", "2001:db8:3::/64", "2001:db8:1::1/128",
+              "2001:db8:2::1/128", "2001:db8:3::1/128", "2001:db8:50::/48", "::/0"}
         assert prefixes(r) == {"10.1.0.0/24", "10.2.0.0/24", "10.1.0.1/32", "10.2.0.1/32",
-                               "10.20.0.0/16"}
+                               "10.20.0.0/16"} | v6
+        routes = {x["prefix"]: x for x in r.call("route.list")}
+        assert (routes["2001:db8:50::/48"]["via"], routes["2001:db8:50::/48"]["interface"]) == \
+            ("2001:db8:2::2", "tap2")
+        assert (routes["::/0"]["via"], routes["::/0"]["interface"]) == ("fe80::1", "tap1")
+        assert routes["2001:db8:3::1/128"]["type"] == "local"
+        # IPv6 routes at runtime, as IPv4 ones
+        r.cli("route", "add", "2001:db8:70::/48", "via", "fe80::2%tap2")
+        r.cli("route", "add", "2001:db8:71::/48", "blackhole")
+        cp = r.cli("route", "add", "2001:db8:72::/48", "via", "10.2.0.2", check=False)
+        assert cp.returncode == 1 and "not an IPv6 address (the prefix is IPv6)" in cp.stderr
+        cp = r.cli("route", "add", "2001:db8:72::/48", "via", "fe80::2", check=False)
+        assert cp.returncode == 1 and "needs its interface, e.g. fe80::2%tap1" in cp.stderr
+        assert {"2001:db8:70::/48", "2001:db8:71::/48"} <= prefixes(r)
+        r.cli("route", "del", "2001:db8:71::/48")
+        assert "2001:db8:71::/48" not in prefixes(r)
         assert lab6.ping("h1", "10.2.0.2", count=1, wait=2).returncode == 0
 
         mark = len(r.log_text())
         doc["interface"][0]["ra"] = False
         doc["route"] = doc["route"][:2] + [{"prefix": "2001:db8:60::/48", "type": "blackhole"}]
         r.config.write_text(to_toml(doc))
-        assert r.cli("reload").stdout == "reloaded: no changes\n"
+        out = r.cli("reload").stdout
+        assert out.startswith("reloaded: ") and "route -::/0" in out and \
+            "route +2001:db8:60::/48" in out and "route -2001:db8:70::/48" in out, out
         r.wait_log(r"WARNING reload: IPv6 configuration accepted .*: route 2001:db8:50::/48 "
                    r"via 2001:db8:2::2; route 2001:db8:60::/48 blackhole$", since=mark)
         assert lab6.ping("h1", "10.2.0.2", count=1, wait=2).returncode == 0
