@@ -15,6 +15,7 @@ from allocator_pyx.includes cimport pthread_mutex_t
 from forwarder.inet cimport ICMP_MAXTYPE
 from forwarder.inet6 cimport in6_addr
 from forwarder.route cimport rtable
+from forwarder.route6 cimport rt6table
 
 cdef enum:
     DP_MAX_IFS = 64             # net.link.max_interfaces is bounded by this
@@ -79,7 +80,9 @@ cdef extern from "dp_drop.h":
         DROP_IP6_BAD_VERSION
         DROP_IP6_BAD_LENGTH
         DROP_IP6_MARTIAN_SOURCE
-        DROP_IP6_NOT_FORWARDED
+        DROP_IP6_MARTIAN_DESTINATION
+        DROP_IP6_BEYOND_SCOPE
+        DROP_IP6_TOO_BIG
         DROP_ND_MALFORMED
         DROP_ND_NOT_ON_LINK
         DROP_ND6_HOLD_OVERFLOW
@@ -165,6 +168,7 @@ cdef struct dp_state:
     dp_ifnet ifs[DP_MAX_IFS]
     int nifs
     rtable *rt
+    rt6table *rt6               # forwarder.route6's table; NULL: no IPv6 routes
     dp_arp arp[DP_ARP_SIZE]
     int narp
     dp_nd6 nd6[DP_ND6_SIZE]
@@ -173,6 +177,8 @@ cdef struct dp_state:
     uint64_t nd6_solicits       # NS sent
     uint64_t nd6_adverts        # NA sent
     uint64_t icmp6_echo_replies
+    uint64_t icmp6_errors[5]    # ICMPv6 errors sent, by type (1..4)
+    uint64_t icmp6_ratelimited
     uint64_t drops[DROP_MAX]
     # ICMP
     uint64_t icmp_out[ICMP_MAXTYPE + 1]     # errors and replies sent, by type

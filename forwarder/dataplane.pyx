@@ -13,6 +13,8 @@ counted drop (dp_drop_m, reasons in dp_drop.h) or an ICMP error:
                      flush holds
       -> ip6_input   IPv6 header checks, martians; for us: ND and echo    netinet6/ip6_input.pxi
          -> icmp6_input -> nd6_ns_input / nd6_na_input / echo reply   netinet6/icmp6.pxi, nd6.pxi
+         -> ip6_forward  route -> hop limit -> scope -> MTU (packet     netinet6/ip6_forward.pxi
+                         too big) -> hop limit decrement -> ip6_output_if -> nd6_resolve
       -> ip_input    header checks (RFC 1812 5.2.2), trim, martians        netinet/ip_input.pxi
          -> ip_offload_input  offload record checked against the packet  netinet/ip_offload.pxi
          -> ip_local -> icmp_input   echo requests to our addresses        netinet/ip_icmp.pxi
@@ -79,13 +81,18 @@ from forwarder.inet cimport (ARP_HDR_LEN, ARPHRD_ETHER, ARPOP_REPLY, ARPOP_REQUE
                              UDP_OFF_SUM, VIRTIO_NET_HDR_F_DATA_VALID,
                              VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN,
                              VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
+                             VIRTIO_NET_HDR_GSO_TCPV6,
                              VIRTIO_NET_HDR_GSO_UDP_L4, VIRTIO_NET_HDR_LEN, ether_arp,
                              ether_header, htonl, htons, icmp_err_hdr, icmp_hdr, icmp_is_error,
                              in_cksum, in_cksum_add, in_cksum_finish, in_lbcast, in_martian_dst,
                              in_martian_src, in_multicast, ip_dec_ttl, ip_hdr, ip_hl,
                              ip_set_cksum, ip_ttl_expired, ip_v, ntohl, ntohs, st16, tcp_hdr,
                              th_hlen, udp_hdr, virtio_net_hdr)
-from forwarder.inet6 cimport (ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST, ICMP6_HDR_LEN,
+from forwarder.inet6 cimport (ICMP6_DST_UNREACH, ICMP6_DST_UNREACH_ADMIN,
+                              ICMP6_DST_UNREACH_BEYONDSCOPE, ICMP6_DST_UNREACH_NOROUTE,
+                              ICMP6_ERR_MAXLEN, ICMP6_PACKET_TOO_BIG, ICMP6_PARAM_PROB,
+                              ICMP6_TIME_EXCEED_TRANSIT, ICMP6_TIME_EXCEEDED,
+                              ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST, ICMP6_HDR_LEN,
                               IP6_HDR_LEN, IP6_HLIM_ND, IP6_VERSION, IPPROTO_ICMPV6,
                               ND_NA_FLAG_OVERRIDE, ND_NA_FLAG_ROUTER, ND_NA_FLAG_SOLICITED,
                               ND_NA_LEN, ND_NEIGHBOR_ADVERT, ND_NEIGHBOR_SOLICIT, ND_NS_LEN,
@@ -97,6 +104,7 @@ from forwarder.inet6 cimport (ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST, ICMP6_HDR_LE
                               nd_neighbor_solicit)
 from forwarder.route cimport (NH_BLACKHOLE, NH_FORWARD, NH_LOCAL, NH_PROHIBIT,
                               NH_UNREACHABLE, RouteTable, rt_lookup_nh, rt_nexthop)
+from forwarder.route6 cimport Route6Table, rt6_lookup_nh, rt6_nexthop
 
 cdef uint8_t ETHER_BCAST[6]
 memset(ETHER_BCAST, 0xff, 6)
@@ -115,6 +123,7 @@ include "netinet6/in6.pxi"
 include "netinet6/nd6.pxi"
 include "netinet6/ip6_input.pxi"
 include "netinet6/icmp6.pxi"
+include "netinet6/ip6_forward.pxi"
 include "net/dp_loop.pxi"
 
 
@@ -170,16 +179,19 @@ cdef class Dataplane:
     thread of its own); every other method may be called meanwhile."""
     cdef dp_state *dp
     cdef RouteTable routes
+    cdef Route6Table routes6
     cdef bint running
     cdef volatile int stalling       # debug: stall() holds dp.lock while set
 
-    def __cinit__(self, RouteTable routes not None):
+    def __cinit__(self, RouteTable routes not None, Route6Table routes6=None):
         cdef epoll_event ev
         self.dp = <dp_state *>calloc(1, sizeof(dp_state))
         if self.dp == NULL:
             raise MemoryError()
         self.routes = routes
         self.dp.rt = routes.t
+        self.routes6 = routes6          # kept alive as long as the dataplane reads it
+        self.dp.rt6 = routes6.t if routes6 is not None else NULL
         pthread_mutex_init(&self.dp.lock, NULL)
         from forwarder import sysctl      # (sysctl imports this module's limits)
         for name in sysctl.DATAPLANE_TUNABLES:
@@ -446,7 +458,12 @@ cdef class Dataplane:
                 "fragments_created": self.dp.frags_created,
                 "nd6": {"received": self.dp.nd6_in, "solicitations_sent": self.dp.nd6_solicits,
                         "advertisements_sent": self.dp.nd6_adverts, "entries": self.dp.nnd6},
-                "icmp6": {"echo_replies": self.dp.icmp6_echo_replies},
+                "icmp6": {"echo_replies": self.dp.icmp6_echo_replies,
+                          "unreachable": self.dp.icmp6_errors[ICMP6_DST_UNREACH],
+                          "packet_too_big": self.dp.icmp6_errors[ICMP6_PACKET_TOO_BIG],
+                          "time_exceeded": self.dp.icmp6_errors[ICMP6_TIME_EXCEEDED],
+                          "parameter_problem": self.dp.icmp6_errors[ICMP6_PARAM_PROB],
+                          "ratelimited": self.dp.icmp6_ratelimited},
                 "arp": {"received": self.dp.arp_in,
                         "requests_sent": self.dp.arp_requests, "replies_sent": self.dp.arp_replies,
                         "entries": self.dp.narp},

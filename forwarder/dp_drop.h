@@ -30,12 +30,12 @@
   _(MARTIAN_DESTINATION,      "destination 0/8, 127/8 or class E (RFC 1812 5.3.7)")              \
   _(LINK_BROADCAST,           "link-layer broadcast or multicast, not forwarded (RFC 1812 5.3.4)") \
   _(IP_BROADCAST_DESTINATION, "multicast or directed-broadcast destination, not forwarded")      \
-  _(FORWARDING_DISABLED,      "to forward, with net.inet.ip.forwarding = 0")                     \
+  _(FORWARDING_DISABLED,      "to forward, with net.inet.ip.forwarding (or ip6.forwarding) = 0") \
   _(NO_ROUTE,                 "no route to the destination (ICMP net unreachable)")              \
   _(BLACKHOLE,                "blackhole route: dropped without an answer")                      \
   _(UNREACHABLE_ROUTE,        "unreachable route (ICMP host unreachable)")                       \
   _(PROHIBITED_ROUTE,         "prohibit route (ICMP administratively prohibited)")               \
-  _(TTL_EXCEEDED,             "TTL would reach 0 (ICMP time exceeded)")                          \
+  _(TTL_EXCEEDED,             "TTL or hop limit would reach 0 (ICMP time exceeded)")             \
   _(NEEDFRAG_DF_SET,          "larger than the next link's MTU with DF set (ICMP frag needed)")  \
   _(NO_BUFFER,                "no mbuf or cluster: a zone limit or out of memory")               \
   _(ARP_TIMEOUT,              "the next hop never answered ARP (ICMP host unreachable)")         \
@@ -47,7 +47,9 @@
   _(IP6_BAD_VERSION,          "IP version not 6 under the IPv6 EtherType")                       \
   _(IP6_BAD_LENGTH,           "IPv6 payload length beyond the frame, or 0 (jumbogram)")          \
   _(IP6_MARTIAN_SOURCE,       "IPv6 source multicast, loopback or IPv4-mapped (RFC 4291)")       \
-  _(IP6_NOT_FORWARDED,        "IPv6 to forward: this build answers for its own addresses only")  \
+  _(IP6_MARTIAN_DESTINATION,  "IPv6 destination unspecified, loopback or IPv4-mapped")           \
+  _(IP6_BEYOND_SCOPE,         "a link-local source or destination would leave its link")         \
+  _(IP6_TOO_BIG,              "larger than the next link's MTU (ICMPv6 packet too big)")         \
   _(ND_MALFORMED,             "Neighbor Discovery with hop limit not 255, code not 0, bad options") \
   _(ND_NOT_ON_LINK,           "Neighbor Discovery from or for an address not on the link")       \
   _(ND6_HOLD_OVERFLOW,        "more held for an unresolved IPv6 neighbour than maxhold (oldest)") \

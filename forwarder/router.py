@@ -119,7 +119,7 @@ class Router:
         self.sysctl = self.config.sysctl_tree()
         self.routes = RouteTable()
         self.routes6 = Route6Table()
-        self.dp = Dataplane(self.routes)
+        self.dp = Dataplane(self.routes, self.routes6)
 
     # --- start / stop ---------------------------------------------------------
 
@@ -136,7 +136,7 @@ class Router:
         except BaseException:
             self._close_taps()
             raise
-        pending = ipv6_pending(self.config)     # IPv6 pending: the next step forwards it
+        pending = ipv6_pending(self.config)     # IPv6 pending: Router Advertisements
         if pending:
             log.warning("%s", pending)
         self.sysctl.add_hook(self._on_sysctl)
@@ -494,7 +494,7 @@ class Router:
                 changes.append(f"route ~{prefix}")
         self.config_routes = specs
         self.runtime_routes.clear()
-        pending = ipv6_pending(new)             # IPv6 pending: the next step forwards it
+        pending = ipv6_pending(new)             # IPv6 pending: Router Advertisements
         if pending and pending != ipv6_pending(old):
             log.warning("reload: %s", pending)
         if new.metrics != old.metrics:
@@ -520,31 +520,17 @@ class Router:
 
 
 # --- IPv6 pending ------------------------------------------------------------------
-# The config accepts IPv6 (forwarder/config.py); this build answers Neighbor
-# Discovery and ping on the router's IPv6 addresses and keeps IPv6 routes in
-# routes6 (`forwarder route` shows them), but forwards IPv4 only, and nothing
-# sends Router Advertisements.  The next step (IPv6 forwarding) removes this.
-
-def _route_text(r: Route) -> str:
-    if r.via is not None:
-        return f"route {r.prefix} via {r.via}" + (f"%{r.via_interface}" if r.via_interface else "")
-    if r.interface is not None:
-        return f"route {r.prefix} interface {r.interface}"
-    return f"route {r.prefix} {r.type}"
-
+# The config accepts `ra = true` (forwarder/config.py); this build does not send
+# Router Advertisements yet.  The step that sends them removes this.
 
 def ipv6_pending(config: Config) -> str | None:
-    """The IPv6 part of ``config`` this build accepts but does not act on (IPv6
-    routes, Router Advertisements), as one line to log, or None when there is
-    none.  IPv6 addresses are served: ND and echo."""
-    parts = [f"interface {itf.name}: ra = true" for itf in config.interfaces if itf.ra]
-    parts += [_route_text(r) for r in config.routes if r.prefix.version == 6]
+    """What of ``config`` this build accepts but does not act on (``ra = true``:
+    Router Advertisements), as one line to log, or None."""
+    parts = [itf.name for itf in config.interfaces if itf.ra]
     if not parts:
         return None
-    return ("IPv6 configuration accepted but not forwarded (this build answers Neighbor "
-            "Discovery and ping on its IPv6 addresses, keeps IPv6 routes in its table and "
-            "forwards IPv4 as configured; IPv6 forwarding and router advertisements are not "
-            f"in it yet): {'; '.join(parts)}")
+    return ("ra = true on " + ", ".join(parts) + ": this build does not send Router "
+            "Advertisements yet (hosts there need a static address and route)")
 
 
 def _network(prefix: str) -> IPv4Network | IPv6Network:

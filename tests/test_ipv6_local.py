@@ -9,8 +9,7 @@ router answers Neighbor Solicitations for its addresses, learns the
 senders, answers pings to its global and link-local addresses, resolves
 neighbours it must answer with its own solicitations (held replies, three
 tries), and counts everything it refuses under a drop reason of its own.
-IPv6 forwarding is not in this build: what would be forwarded is counted as
-ip6_not_forwarded.
+Forwarding is tests/test_ipv6_forwarding.py's.
 """
 from __future__ import annotations
 
@@ -26,34 +25,23 @@ from scapy.packet import Raw
 from forwarder import netns as nn
 from tests.routerlab import RunningRouter, router_mac, start_router
 from tests.topology import RouterLab, lab, requires_netns, topology  # noqa: F401
-from tests.wire import Sniffer, host_mac
+from tests.wire import Sniffer, host_ipv6, host_mac
 
 pytestmark = requires_netns
 
 R1, H1 = "2001:db8:1::1", "2001:db8:1::2"
 R2, H2 = "2001:db8:2::1", "2001:db8:2::2"
-IFA_F_NODAD = 0x02
 # Multicast a host may still send on its own (MLD reports on joining a
 # group): dropped as not forwarded and not ours, whatever a test does.
 BACKGROUND = {"ip_broadcast_destination"}
-
-
-def enable_ipv6(lab: RouterLab, host: str, address: str) -> None:
-    """IPv6 on the host's link, without DAD or router solicitations, and ``address``/64."""
-    h = lab.host(host)
-    for key, value in (("accept_dad", 0), ("router_solicitations", 0), ("disable_ipv6", 0)):
-        nn._write_proc(h.netns, f"/proc/sys/net/ipv6/conf/{h.ifname}/{key}", value)
-    with nn.iproute(h.netns) as ipr:
-        idx = ipr.link_lookup(ifname=h.ifname)[0]
-        ipr.addr("add", index=idx, address=address, prefixlen=64, flags=IFA_F_NODAD)
 
 
 @pytest.fixture(scope="module")
 def router(lab: RouterLab, tmp_path_factory) -> Iterator[RunningRouter]:
     r = start_router(lab, tmp_path_factory.mktemp("ipv6"),
                      addresses={"tap1": [f"{R1}/64"], "tap2": [f"{R2}/64"]})
-    enable_ipv6(lab, "h1", H1)
-    enable_ipv6(lab, "h2", H2)
+    host_ipv6(lab, "h1", H1)
+    host_ipv6(lab, "h2", H2)
     yield r
     code, out = r.stop()
     assert code == 0, out
@@ -200,8 +188,8 @@ def test_ip6_header_checks(lab: RouterLab, router: RunningRouter) -> None:
     probe(lab, router, [bytes(eth / Raw(bytes(longer)))], "ip6_bad_length", 1)
     probe(lab, router, [to_router(lab, IPv6(src="ff02::1", dst=R1) / ICMPv6EchoRequest())],
           "ip6_martian_source", 1)
-    probe(lab, router, [to_router(lab, IPv6(src=H1, dst=H2) / ICMPv6EchoRequest())],
-          "ip6_not_forwarded", 1)
+    probe(lab, router, [to_router(lab, IPv6(src=H1, dst="::1") / ICMPv6EchoRequest())],
+          "ip6_martian_destination", 1)
 
 
 def test_icmp6_checksum_is_checked(lab: RouterLab, router: RunningRouter) -> None:

@@ -71,5 +71,5 @@ cdef void in_delayed_cksum(dp_ifnet *ifp, mbuf *m) noexcept nogil:
     packet is about to be cut into fragments).  Counted on ifp."""
     cdef int start = m.m_pkthdr.l3hlen
     in_cksum_store(m, start, start + <int>m.m_pkthdr.csum_data)
-    m.m_pkthdr.csum_flags &= ~CSUM_DELAY_DATA
+    m.m_pkthdr.csum_flags &= ~(CSUM_DELAY_DATA | CSUM_DELAY_DATA_IPV6)
     ifp.csum_sw += 1

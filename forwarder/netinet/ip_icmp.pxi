@@ -49,14 +49,17 @@ cdef bint icmp_ratecheck(dp_state *dp) noexcept nogil:
 
 
 cdef void icmp_refill(dp_state *dp) noexcept nogil:
-    cdef double add
-    if dp.icmplim <= 0:
-        return
-    add = (dp.now_ns - dp.icmp_refill_ns) * 1e-9 * dp.icmplim
+    """Both token buckets: ICMP's (icmplim) and ICMPv6's (errppslimit)."""
+    cdef double dt = (dp.now_ns - dp.icmp_refill_ns) * 1e-9
     dp.icmp_refill_ns = dp.now_ns
-    dp.icmp_tokens += add
-    if dp.icmp_tokens > dp.icmplim:
-        dp.icmp_tokens = dp.icmplim
+    if dp.icmplim > 0:
+        dp.icmp_tokens += dt * dp.icmplim
+        if dp.icmp_tokens > dp.icmplim:
+            dp.icmp_tokens = dp.icmplim
+    if dp.icmp6_errppslimit > 0:
+        dp.icmp6_tokens += dt * dp.icmp6_errppslimit
+        if dp.icmp6_tokens > dp.icmp6_errppslimit:
+            dp.icmp6_tokens = dp.icmp6_errppslimit
 
 
 cdef void icmp_error(dp_state *dp, dp_ifnet *ifp, mbuf *m, int type, int code,

@@ -35,7 +35,8 @@ cdef void ip_input(dp_state *dp, dp_ifnet *ifp, mbuf *m, bint l2group) noexcept 
     if iplen < m.m_pkthdr.len:
         m_adj(m, iplen - m.m_pkthdr.len)        # Ethernet padding
     if unlikely(m.m_pkthdr.csum_flags & (CSUM_DEV_PARTIAL | CSUM_DEV_GSO)):
-        if not ip_offload_input(dp, ifp, m, ip, hlen):
+        if not ip_offload_input(dp, ifp, m, hlen, ip.ip_p,
+                                (ntohs(ip.ip_off) & (IP_MF | IP_OFFMASK)) != 0, False):
             return
     src = ntohl(ip.ip_src)
     dst = ntohl(ip.ip_dst)

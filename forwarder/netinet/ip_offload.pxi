@@ -19,17 +19,21 @@
 #                      (m_copym: shared by reference count, never copied)
 
 
-cdef bint ip_offload_input(dp_state *dp, dp_ifnet *ifp, mbuf *m, ip_hdr *ip,
-                           int hlen) noexcept nogil:
-    """Interpret the device's offload record of an IPv4 packet (Ethernet
-    header stripped, trimmed to ip_len).  False when m was dropped: a header
-    that does not match the packet is never passed on (the kernel that
-    receives it would refuse or misparse it)."""
+cdef bint ip_offload_input(dp_state *dp, dp_ifnet *ifp, mbuf *m, int hlen, int proto,
+                           bint frag, bint v6) noexcept nogil:
+    """Interpret the device's offload record of an IP packet (Ethernet
+    header stripped, trimmed to its length; hlen: its IPv4 header, or the
+    40 bytes of IPv6; proto: what follows; v6: an IPv6 packet, whose TCP/UDP
+    header must follow the fixed header directly).  False when m was
+    dropped: a header that does not match the packet is never passed on
+    (the kernel that receives it would refuse or misparse it)."""
     cdef uint32_t f = m.m_pkthdr.csum_flags
     cdef int start = <int>m.m_pkthdr.csum_start - ETHER_HDR_LEN    # in the IP packet
     cdef int field = start + <int>m.m_pkthdr.csum_offset
     cdef int gso, thl = 0
-    cdef bint frag = (ntohs(ip.ip_off) & (IP_MF | IP_OFFMASK)) != 0
+    cdef uint32_t csum_tcp = CSUM_IP6_TCP if v6 else CSUM_IP_TCP
+    cdef uint32_t csum_udp = CSUM_IP6_UDP if v6 else CSUM_IP_UDP
+    cdef int gso_tcp = VIRTIO_NET_HDR_GSO_TCPV6 if v6 else VIRTIO_NET_HDR_GSO_TCPV4
     cdef bint l4 = False
     m.m_pkthdr.csum_flags = f & (CSUM_L4_CALC | CSUM_L4_VALID)
     if f & CSUM_DEV_PARTIAL:
@@ -39,22 +43,22 @@ cdef bint ip_offload_input(dp_state *dp, dp_ifnet *ifp, mbuf *m, ip_hdr *ip,
         # The common case, and the only one a super-frame may be: the TCP or
         # UDP checksum of an unfragmented datagram, right behind the header.
         if start == hlen and not frag and m.m_len >= hlen + UDP_HDR_LEN:
-            if (ip.ip_p == IPPROTO_TCP and m.m_pkthdr.csum_offset == TCP_OFF_SUM
+            if (proto == IPPROTO_TCP and m.m_pkthdr.csum_offset == TCP_OFF_SUM
                     and m.m_len >= hlen + TCP_HDR_LEN):
                 thl = th_hlen(<tcp_hdr *>(mdata(m) + hlen))
                 l4 = TCP_HDR_LEN <= thl and hlen + thl <= m.m_len
-                m.m_pkthdr.csum_flags |= CSUM_IP_TCP
-            elif ip.ip_p == IPPROTO_UDP and m.m_pkthdr.csum_offset == UDP_OFF_SUM:
+                m.m_pkthdr.csum_flags |= csum_tcp
+            elif proto == IPPROTO_UDP and m.m_pkthdr.csum_offset == UDP_OFF_SUM:
                 thl = UDP_HDR_LEN
                 l4 = True
-                m.m_pkthdr.csum_flags |= CSUM_IP_UDP
+                m.m_pkthdr.csum_flags |= csum_udp
         if not l4:
             if f & CSUM_DEV_GSO:
                 dp_drop_m(dp, m, DROP_VNET_HDR_INVALID)
                 return False
             # Anywhere else (an ICMP message, a tunnel's inner header): done
             # now, as the device asked, and forwarded as an ordinary packet.
-            m.m_pkthdr.csum_flags &= ~CSUM_DELAY_DATA
+            m.m_pkthdr.csum_flags &= ~(CSUM_DELAY_DATA | CSUM_DELAY_DATA_IPV6)
             in_cksum_store(m, start, field)
             ifp.csum_sw += 1
             return True
@@ -67,10 +71,10 @@ cdef bint ip_offload_input(dp_state *dp, dp_ifnet *ifp, mbuf *m, ip_hdr *ip,
         if not (f & CSUM_DEV_PARTIAL) or m.m_pkthdr.tso_segsz == 0:
             dp_drop_m(dp, m, DROP_VNET_HDR_INVALID)
             return False
-        if gso == VIRTIO_NET_HDR_GSO_TCPV4 and (m.m_pkthdr.csum_flags & CSUM_IP_TCP):
-            m.m_pkthdr.csum_flags |= CSUM_IP_TSO
-        elif gso == VIRTIO_NET_HDR_GSO_UDP_L4 and (m.m_pkthdr.csum_flags & CSUM_IP_UDP):
-            m.m_pkthdr.csum_flags |= CSUM_IP_USO
+        if gso == gso_tcp and (m.m_pkthdr.csum_flags & csum_tcp):
+            m.m_pkthdr.csum_flags |= CSUM_IP6_TSO if v6 else CSUM_IP_TSO
+        elif gso == VIRTIO_NET_HDR_GSO_UDP_L4 and (m.m_pkthdr.csum_flags & csum_udp):
+            m.m_pkthdr.csum_flags |= CSUM_IP6_USO if v6 else CSUM_IP_USO
         else:
             dp_drop_m(dp, m, DROP_VNET_HDR_INVALID)
             return False
@@ -93,15 +97,19 @@ cdef inline bint ip_too_big(mbuf *m, int mtu) noexcept nogil:
 cdef int ip_gso_segment(mbuf *m, mbufq *segs) noexcept nogil:
     """Cut the super-frame m (kept: the caller frees it) into segments of
     tso_segsz payload bytes on segs, each with a full checksum: IPv4
-    ip_len, ip_id (+1 per segment), header checksum; TCP th_seq advanced,
-    FIN and PSH only on the last, CWR only on the first; UDP uh_ulen.  The
-    number of segments, or -1 when buffers ran out (segs drained)."""
+    ip_len, ip_id (+1 per segment), header checksum, or IPv6 ip6_plen; TCP
+    th_seq advanced, FIN and PSH only on the last, CWR only on the first;
+    UDP uh_ulen.  The number of segments, or -1 when buffers ran out (segs
+    drained)."""
     cdef ip_hdr *ip = <ip_hdr *>mdata(m)
+    cdef bint v6 = (m.m_pkthdr.csum_flags & (CSUM_IP6_TSO | CSUM_IP6_USO)) != 0
+    cdef ip6_hdr *sip6
     cdef int hlen = m.m_pkthdr.l3hlen, thl = m.m_pkthdr.l4hlen
     cdef int hdr = hlen + thl, mss = m.m_pkthdr.tso_segsz
     cdef int payload = m.m_pkthdr.len - hdr
     cdef int off = 0, len, i = 0
-    cdef bint tcp = (m.m_pkthdr.csum_flags & CSUM_IP_TSO) != 0
+    cdef bint tcp = (m.m_pkthdr.csum_flags & (CSUM_IP_TSO | CSUM_IP6_TSO)) != 0
+    cdef uint64_t ph
     cdef uint16_t id = ntohs(ip.ip_id)
     cdef uint32_t seq = 0
     cdef uint8_t flags = 0
@@ -129,10 +137,17 @@ cdef int ip_gso_segment(mbuf *m, mbufq *segs) noexcept nogil:
             return -1
         s.m_pkthdr.len = hdr + len
         s.m_pkthdr.rcvif = m.m_pkthdr.rcvif
-        sip = <ip_hdr *>mdata(s)
-        sip.ip_len = htons(<uint16_t>(hdr + len))
-        sip.ip_id = htons(<uint16_t>(id + i))
-        ip_set_cksum(sip, hlen)
+        if v6:
+            sip6 = <ip6_hdr *>mdata(s)
+            sip6.ip6_plen = htons(<uint16_t>(hdr + len - IP6_HDR_LEN))
+            ph = in6_pseudo(sip6.ip6_src, sip6.ip6_dst, <uint32_t>(thl + len),
+                            IPPROTO_TCP if tcp else IPPROTO_UDP)
+        else:
+            sip = <ip_hdr *>mdata(s)
+            sip.ip_len = htons(<uint16_t>(hdr + len))
+            sip.ip_id = htons(<uint16_t>(id + i))
+            ip_set_cksum(sip, hlen)
+            ph = in_pseudo(sip.ip_src, sip.ip_dst, IPPROTO_TCP if tcp else IPPROTO_UDP, thl + len)
         if tcp:
             th = <tcp_hdr *>(mdata(s) + hlen)
             th.th_seq = htonl(seq + <uint32_t>off)
@@ -142,14 +157,12 @@ cdef int ip_gso_segment(mbuf *m, mbufq *segs) noexcept nogil:
             if i > 0:
                 th.th_flags &= ~TH_CWR
             th.th_sum = 0
-            th.th_sum = in_cksum_skip(s, thl + len, hlen,
-                                      in_pseudo(sip.ip_src, sip.ip_dst, IPPROTO_TCP, thl + len))
+            th.th_sum = in_cksum_skip(s, thl + len, hlen, ph)
         else:
             uh = <udp_hdr *>(mdata(s) + hlen)
             uh.uh_ulen = htons(<uint16_t>(thl + len))
             uh.uh_sum = 0
-            c = in_cksum_skip(s, thl + len, hlen,
-                              in_pseudo(sip.ip_src, sip.ip_dst, IPPROTO_UDP, thl + len))
+            c = in_cksum_skip(s, thl + len, hlen, ph)
             uh.uh_sum = c if c != 0 else 0xffff
         mbufq_enqueue(segs, s)
         off += len

@@ -1,6 +1,8 @@
 # icmp6.pxi -- ICMPv6 (RFC 4443; FreeBSD's netinet6/icmp6.c): messages for
 # the router -- echo requests answered, Neighbor Discovery handed to
-# nd6.pxi -- and the router's own packets out (ip6_output_link).
+# nd6.pxi --, the errors it sends, rate-limited by a token bucket of
+# net.inet6.icmp6.errppslimit per second, and the router's own packets out
+# (ip6_output).
 
 
 cdef inline uint16_t icmp6_cksum(mbuf *m, int icmplen) noexcept nogil:
@@ -18,14 +20,78 @@ cdef inline void icmp6_set_cksum(mbuf *m, int icmplen) noexcept nogil:
     ic.icmp6_cksum = icmp6_cksum(m, icmplen)
 
 
-cdef void ip6_output_link(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
-    """Send a packet of ours to an on-link destination of ifp (echo replies
-    go back the way the request came)."""
+cdef void ip6_output(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
+    """Send a packet of ours (an echo reply, an error): to a link-local
+    destination by ifp, the interface the packet it answers came in on;
+    otherwise by the route table."""
     cdef ip6_hdr *ip6 = <ip6_hdr *>mdata(m)
-    if not ifp6_on_link(ifp, ip6.ip6_dst):
+    cdef const rt6_nexthop *nh
+    if in6_is_linklocal(ip6.ip6_dst):
+        nd6_resolve(dp, ifp, m, ip6.ip6_dst)
+        return
+    nh = rt6_lookup_nh(dp.rt6, ip6.ip6_dst) if dp.rt6 != NULL else NULL
+    if nh == NULL or nh.type != NH_FORWARD:
         dp_drop_m(dp, m, DROP_OUTPUT_NO_ROUTE)
         return
-    nd6_resolve(dp, ifp, m, ip6.ip6_dst)
+    if m.m_pkthdr.len > dp.ifs[nh.ifindex].mtu:
+        dp_drop_m(dp, m, DROP_IP6_TOO_BIG)
+        return
+    nd6_resolve(dp, &dp.ifs[nh.ifindex], m, in6_nexthop(nh, ip6))
+
+
+cdef bint icmp6_ratecheck(dp_state *dp) noexcept nogil:
+    """Token bucket of errppslimit tokens per second (1 s of burst)."""
+    if dp.icmp6_errppslimit <= 0:
+        return True
+    if dp.icmp6_tokens >= 1.0:
+        dp.icmp6_tokens -= 1.0
+        return True
+    dp.icmp6_ratelimited += 1
+    return False
+
+
+cdef void icmp6_error(dp_state *dp, dp_ifnet *ifp, mbuf *m, int type, int code,
+                      uint32_t data) noexcept nogil:
+    """Answer the sender of m (consumed) with an ICMPv6 error quoting as
+    much of m as fits in 1280 bytes (RFC 4443 2.4), from our address on
+    the interface it came in on; data is the MTU of packet too big.  Never
+    about an ICMPv6 error, from an unspecified or multicast source, or to
+    a multicast destination (RFC 4443 2.4 (e))."""
+    cdef ip6_hdr *ip6 = <ip6_hdr *>mdata(m)
+    cdef int quote
+    cdef mbuf *n
+    cdef icmp6_hdr *ic
+    if in6_is_unspecified(ip6.ip6_src) or in6_is_multicast(ip6.ip6_src) \
+            or in6_is_multicast(ip6.ip6_dst):
+        m_freem(m)
+        return
+    if ip6.ip6_nxt == IPPROTO_ICMPV6 and m.m_len > IP6_HDR_LEN \
+            and mdata(m)[IP6_HDR_LEN] < ICMP6_ECHO_REQUEST:
+        m_freem(m)
+        return
+    if not icmp6_ratecheck(dp):
+        m_freem(m)
+        return
+    if unlikely(m.m_pkthdr.csum_flags & CSUM_DELAY_DATA_IPV6):
+        in_delayed_cksum(ifp, m)        # quote a well-formed packet, not a half-done checksum
+    quote = m.m_pkthdr.len
+    if quote > ICMP6_ERR_MAXLEN - IP6_HDR_LEN - ICMP6_HDR_LEN:
+        quote = ICMP6_ERR_MAXLEN - IP6_HDR_LEN - ICMP6_HDR_LEN
+    n = dp_new_packet(IP6_HDR_LEN + ICMP6_HDR_LEN + quote)
+    if n == NULL:
+        dp_drop_m(dp, m, DROP_NO_BUFFER)
+        return
+    ip6_fill(<ip6_hdr *>mdata(n), ifp6_src_for(ifp, ip6.ip6_src), ip6.ip6_src,
+             ICMP6_HDR_LEN + quote, IPPROTO_ICMPV6, dp.hlim)
+    ic = <icmp6_hdr *>(mdata(n) + IP6_HDR_LEN)
+    ic.icmp6_type = <uint8_t>type
+    ic.icmp6_code = <uint8_t>code
+    ic.icmp6_data32 = htonl(data)
+    m_copydata(m, 0, quote, <char *>ic + ICMP6_HDR_LEN)
+    icmp6_set_cksum(n, ICMP6_HDR_LEN + quote)
+    m_freem(m)
+    dp.icmp6_errors[type] += 1
+    ip6_output(dp, ifp, n)
 
 
 cdef void icmp6_input(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
@@ -70,4 +136,4 @@ cdef void icmp6_input(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
     icmp6_set_cksum(m, icmplen)
     dp.delivered_local += 1
     dp.icmp6_echo_replies += 1
-    ip6_output_link(dp, ifp, m)
+    ip6_output(dp, ifp, m)

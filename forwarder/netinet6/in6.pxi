@@ -60,6 +60,14 @@ cdef inline const uint8_t *ifp6_src_for(dp_ifnet *ifp, const uint8_t *peer) noex
     return ifp.addr6[0].s6
 
 
+cdef inline const uint8_t *in6_nexthop(const rt6_nexthop *nh, const ip6_hdr *ip6) noexcept nogil:
+    """The neighbour a packet goes to: the route's gateway, or the
+    destination itself on a connected prefix."""
+    if in6_is_unspecified(nh.gateway):
+        return &ip6.ip6_dst[0]
+    return &nh.gateway[0]
+
+
 cdef inline void in6_eui64_linklocal(uint8_t *out, const uint8_t *mac) noexcept nogil:
     """fe80::/64 with the modified EUI-64 interface identifier of mac
     (RFC 4291 2.5.1 and appendix A: ff:fe in the middle, U/L bit flipped)."""

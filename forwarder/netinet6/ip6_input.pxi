@@ -1,9 +1,7 @@
 # ip6_input.pxi -- IPv6 in (RFC 8200; FreeBSD's netinet6/ip6_input.c): the
 # header checks, and delivery of what is addressed to the router.
 #
-# This build answers for the router's own addresses (Neighbor Discovery,
-# echo); packets to forward are counted as ip6_not_forwarded until the
-# IPv6 route table is wired in.
+# Packets to forward go to ip6_forward (ip6_forward.pxi).
 
 
 cdef inline void ip6_fill(ip6_hdr *ip6, const uint8_t *src, const uint8_t *dst, int plen,
@@ -30,8 +28,8 @@ cdef bint dp_has_addr6(dp_state *dp, dp_ifnet *ifp, const uint8_t *a) noexcept n
 
 
 cdef void ip6_input(dp_state *dp, dp_ifnet *ifp, mbuf *m, bint l2group) noexcept nogil:
-    """Header checks (no switch turns them off), trim, martians, then local
-    delivery."""
+    """Header checks (no switch turns them off), trim, the offload record,
+    martians, then local delivery or forwarding."""
     cdef ip6_hdr *ip6 = <ip6_hdr *>mdata(m)
     cdef int plen
     if m.m_pkthdr.len < IP6_HDR_LEN or m.m_len < IP6_HDR_LEN:
@@ -47,6 +45,9 @@ cdef void ip6_input(dp_state *dp, dp_ifnet *ifp, mbuf *m, bint l2group) noexcept
         return
     if IP6_HDR_LEN + plen < m.m_pkthdr.len:
         m_adj(m, IP6_HDR_LEN + plen - m.m_pkthdr.len)      # Ethernet padding
+    if unlikely(m.m_pkthdr.csum_flags & (CSUM_DEV_PARTIAL | CSUM_DEV_GSO)):
+        if not ip_offload_input(dp, ifp, m, IP6_HDR_LEN, ip6.ip6_nxt, False, True):
+            return
     if in6_is_multicast(ip6.ip6_src) or in6_is_loopback(ip6.ip6_src) or in6_is_v4mapped(ip6.ip6_src):
         dp_drop_m(dp, m, DROP_IP6_MARTIAN_SOURCE)
         return
@@ -59,7 +60,20 @@ cdef void ip6_input(dp_state *dp, dp_ifnet *ifp, mbuf *m, bint l2group) noexcept
     if dp_has_addr6(dp, ifp, ip6.ip6_dst):
         ip6_local(dp, ifp, m)
         return
-    dp_drop_m(dp, m, DROP_IP6_NOT_FORWARDED)
+    if l2group:
+        dp_drop_m(dp, m, DROP_LINK_BROADCAST)
+        return
+    if in6_is_unspecified(ip6.ip6_dst) or in6_is_loopback(ip6.ip6_dst) \
+            or in6_is_v4mapped(ip6.ip6_dst):
+        dp_drop_m(dp, m, DROP_IP6_MARTIAN_DESTINATION)
+        return
+    if in6_is_linklocal(ip6.ip6_dst):
+        dp_drop_m(dp, m, DROP_IP6_BEYOND_SCOPE)     # not ours, and never beyond its link
+        return
+    if not dp.forwarding6:
+        dp_drop_m(dp, m, DROP_FORWARDING_DISABLED)
+        return
+    ip6_forward(dp, ifp, m)
 
 
 cdef void ip6_local(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
