@@ -90,7 +90,9 @@ from forwarder.inet cimport (ARP_HDR_LEN, ARPHRD_ETHER, ARPOP_REPLY, ARPOP_REQUE
                              th_hlen, udp_hdr, virtio_net_hdr)
 from forwarder.inet6 cimport (ICMP6_DST_UNREACH, ICMP6_DST_UNREACH_ADMIN,
                               ICMP6_DST_UNREACH_BEYONDSCOPE, ICMP6_DST_UNREACH_NOROUTE,
-                              ICMP6_ERR_MAXLEN, ICMP6_PACKET_TOO_BIG, ICMP6_PARAM_PROB,
+                              ICMP6_DST_UNREACH_NOPORT, ICMP6_ERR_MAXLEN, ICMP6_PACKET_TOO_BIG,
+                              ICMP6_PARAM_PROB, ICMP6_PARAMPROB_NEXTHEADER, IP6_OFF_NXT,
+                              IPPROTO_HOPOPTS, IPPROTO_NONE,
                               ICMP6_TIME_EXCEED_TRANSIT, ICMP6_TIME_EXCEEDED,
                               ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST, ICMP6_HDR_LEN,
                               IP6_HDR_LEN, IP6_HLIM_ND, IP6_VERSION, IPPROTO_ICMPV6,

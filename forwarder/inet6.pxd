@@ -17,6 +17,7 @@ cdef enum:
     IP6_VERSION = 6
     IP6_HLIM_ND = 255           # Neighbor Discovery is only accepted with this hop limit
     IN6_ADDR_LEN = 16
+    IP6_OFF_NXT = 6             # where the next header field sits (parameter problem's pointer)
 
     IPPROTO_HOPOPTS = 0
     IPPROTO_ICMPV6 = 58

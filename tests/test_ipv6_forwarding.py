@@ -21,8 +21,11 @@ from typing import Iterator
 
 import pytest
 from scapy.layers.inet6 import (ICMPv6DestUnreach, ICMPv6EchoReply, ICMPv6EchoRequest,
-                                ICMPv6PacketTooBig, ICMPv6TimeExceeded, IPerror6, IPv6)
+                                ICMPv6ParamProblem, ICMPv6TimeExceeded, IPerror6, IPv6,
+                                IPv6ExtHdrDestOpt,
+                                IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting)
 from scapy.layers.l2 import Ether
+from scapy.packet import Raw
 
 from forwarder import netns as nn
 from forwarder.config import link_local_of
@@ -159,6 +162,25 @@ def test_packet_too_big_then_path_mtu_discovery(lab: RouterLab, router: RunningR
     assert ping6(lab, "h1", H[3], "-s", "1400").returncode == 0
 
 
+def test_extension_headers_pass_through_untouched(lab: RouterLab, router: RunningRouter) -> None:
+    """Hop-by-Hop, Destination Options, Routing (segments left 0) and
+    Fragment headers are not the router's business (RFC 8200 4): the
+    packet reaches h2 byte for byte, hop limit one less."""
+    pkt = (IPv6(src=H[1], dst=H[2], hlim=9) / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt()
+           / IPv6ExtHdrRouting(segleft=0) / IPv6ExtHdrFragment(id=0x77, m=0, offset=0)
+           / ICMPv6EchoRequest(id=37, data=b"e" * 40))
+    with Sniffer(lab.host("h2").netns, "tap2") as s2:
+        with Sniffer(lab.host("h1").netns, "tap1") as s1:
+            s1.send(from_h1(lab, pkt))
+        got = s2.collect(lambda p: IPv6 in p and p[IPv6].src == H[1] and IPv6ExtHdrFragment in p
+                         and p[IPv6ExtHdrFragment].id == 0x77)
+    assert len(got) == 1
+    sent, seen = bytearray(bytes(IPv6(bytes(pkt)))), bytearray(bytes(got[0][IPv6]))
+    assert seen[7] == 8
+    seen[7] = sent[7]
+    assert seen == sent
+
+
 # --- what is not forwarded, and the error that says so ---------------------------------------------
 
 def test_hop_limit_1_gets_time_exceeded_but_the_router_answers_for_itself(
@@ -208,6 +230,22 @@ def test_link_local_source_is_beyond_scope(lab: RouterLab, router: RunningRouter
     e = errs[0]
     assert e[ICMPv6DestUnreach].code == 2 and e[IPv6].dst == src
     assert e[IPv6].src == itf(router, "tap1")["link_local"]
+
+
+def test_udp_to_the_router_port_unreachable_unknown_next_header_parameter_problem(
+        lab: RouterLab, router: RunningRouter) -> None:
+    """traceroute -6 to the router ends at the router (port unreachable for
+    its UDP probe); a next header nobody knows gets parameter problem code
+    1 with the pointer at the next header field (RFC 8200 4)."""
+    cp = lab.run("h1", ["traceroute", "-6", "-n", "-q", "1", "-w", "2", "-m", "3", R[2]],
+                 timeout=30)
+    assert cp.returncode == 0 and [ln.split()[1] for ln in cp.stdout.splitlines()[1:]] == [R[2]], \
+        cp.stdout
+    errs = error_for(lab, router, IPv6(src=H[1], dst=R[1], nh=253) / Raw(b"x" * 8),
+                     "local_not_echo")
+    assert len(errs) == 1
+    pp = errs[0][ICMPv6ParamProblem]
+    assert (pp.code, pp.ptr) == (1, 6) and errs[0][IPerror6].nh == 253
 
 
 def test_errors_are_rate_limited(lab: RouterLab, router: RunningRouter) -> None:

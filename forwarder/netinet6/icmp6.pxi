@@ -53,14 +53,17 @@ cdef bint icmp6_ratecheck(dp_state *dp) noexcept nogil:
 cdef void icmp6_error(dp_state *dp, dp_ifnet *ifp, mbuf *m, int type, int code,
                       uint32_t data) noexcept nogil:
     """Answer the sender of m (consumed) with an ICMPv6 error quoting as
-    much of m as fits in 1280 bytes (RFC 4443 2.4), from our address on
-    the interface it came in on; data is the MTU of packet too big.  Never
+    much of m as fits in 1280 bytes (RFC 4443 2.4), from the address it
+    was sent to when that is ours (RFC 4443 2.2), else from our address on
+    the interface it came in on; data: packet too big's MTU, parameter
+    problem's pointer.  Never
     about an ICMPv6 error, from an unspecified or multicast source, or to
     a multicast destination (RFC 4443 2.4 (e))."""
     cdef ip6_hdr *ip6 = <ip6_hdr *>mdata(m)
     cdef int quote
     cdef mbuf *n
     cdef icmp6_hdr *ic
+    cdef const uint8_t *src
     if in6_is_unspecified(ip6.ip6_src) or in6_is_multicast(ip6.ip6_src) \
             or in6_is_multicast(ip6.ip6_dst):
         m_freem(m)
@@ -81,8 +84,11 @@ cdef void icmp6_error(dp_state *dp, dp_ifnet *ifp, mbuf *m, int type, int code,
     if n == NULL:
         dp_drop_m(dp, m, DROP_NO_BUFFER)
         return
-    ip6_fill(<ip6_hdr *>mdata(n), ifp6_src_for(ifp, ip6.ip6_src), ip6.ip6_src,
-             ICMP6_HDR_LEN + quote, IPPROTO_ICMPV6, dp.hlim)
+    src = &ip6.ip6_dst[0]
+    if not dp_has_addr6(dp, ifp, src):
+        src = ifp6_src_for(ifp, ip6.ip6_src)
+    ip6_fill(<ip6_hdr *>mdata(n), src, ip6.ip6_src, ICMP6_HDR_LEN + quote, IPPROTO_ICMPV6,
+             dp.hlim)
     ic = <icmp6_hdr *>(mdata(n) + IP6_HDR_LEN)
     ic.icmp6_type = <uint8_t>type
     ic.icmp6_code = <uint8_t>code

@@ -76,12 +76,28 @@ cdef void ip6_input(dp_state *dp, dp_ifnet *ifp, mbuf *m, bint l2group) noexcept
     ip6_forward(dp, ifp, m)
 
 
+cdef inline bint ip6_known_nxt(int nxt) noexcept nogil:
+    """A next header this router knows of (extension headers, TCP, UDP,
+    ICMPv6, no next header), answered or not."""
+    return nxt in (IPPROTO_HOPOPTS, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6, IPPROTO_NONE,
+                   43, 44, 50, 51, 60, 135, 139, 140)    # routing, fragment, ESP, AH, dstopts, mobility, HIP, shim6
+
+
 cdef void ip6_local(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
     """For us (whatever the hop limit, RFC 8200 3): ICMPv6 goes to
-    icmp6_input; everything else is counted and dropped.  (A
-    hop-by-hop header in front of ICMPv6, as MLD has, is not parsed.)"""
+    icmp6_input; UDP is answered with port unreachable (so traceroute -6
+    to the router ends), a next header nobody knows with parameter problem
+    code 1 pointing at it (RFC 8200 4); the rest is counted and dropped.
+    (Headers in front of ICMPv6, as MLD's hop-by-hop, are not parsed.)"""
     cdef ip6_hdr *ip6 = <ip6_hdr *>mdata(m)
-    if ip6.ip6_nxt != IPPROTO_ICMPV6:
-        dp_drop_m(dp, m, DROP_LOCAL_NOT_ECHO)
+    cdef int nxt = ip6.ip6_nxt
+    if nxt == IPPROTO_ICMPV6:
+        icmp6_input(dp, ifp, m)
         return
-    icmp6_input(dp, ifp, m)
+    dp.drops[DROP_LOCAL_NOT_ECHO] += 1
+    if nxt == IPPROTO_UDP:
+        icmp6_error(dp, ifp, m, ICMP6_DST_UNREACH, ICMP6_DST_UNREACH_NOPORT, 0)
+    elif not ip6_known_nxt(nxt):
+        icmp6_error(dp, ifp, m, ICMP6_PARAM_PROB, ICMP6_PARAMPROB_NEXTHEADER, IP6_OFF_NXT)
+    else:
+        m_freem(m)
