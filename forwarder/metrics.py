@@ -12,7 +12,10 @@ all read at scrape time.
     forwarder_fragments_created_total{router}
     forwarder_zone_{used,free,limit}{router,zone}      gauges (limit 0 = unlimited)
     forwarder_zone_{failures,sleeps,requests}_total{router,zone}
-    forwarder_arp_entries{router}
+    forwarder_icmp6_total{router,kind}          echo_replies, unreachable, packet_too_big, time_exceeded,
+                                                parameter_problem, ratelimited
+    forwarder_nd6_total{router,kind}            received, solicitations_sent, advertisements_sent
+    forwarder_arp_entries{router}, forwarder_nd6_entries{router}
     forwarder_reloads_total{router,result}      ok | failed
     forwarder_sysctl{router,name}               every tunable's current value
     forwarder_dataplane_up{router}              1 when healthy (progress in the last 2 s)
@@ -148,9 +151,23 @@ class RouterCollector(Collector):
             f = CounterMetricFamily(f"forwarder_{metric}", doc, labels=["router"])
             f.add_metric([name], s[key])
             yield f
+        i6 = CounterMetricFamily("forwarder_icmp6", "ICMPv6 messages sent or suppressed, by kind",
+                                 labels=["router", "kind"])
+        for k, v in s["icmp6"].items():
+            i6.add_metric([name, k], v)
+        yield i6
+        nd = CounterMetricFamily("forwarder_nd6", "Neighbor Discovery messages, by kind",
+                                 labels=["router", "kind"])
+        for k in ("received", "solicitations_sent", "advertisements_sent"):
+            nd.add_metric([name, k], s["nd6"][k])
+        yield nd
         a = GaugeMetricFamily("forwarder_arp_entries", "ARP table entries", labels=["router"])
         a.add_metric([name], s["arp"]["entries"])
         yield a
+        n6 = GaugeMetricFamily("forwarder_nd6_entries", "IPv6 neighbour cache entries",
+                               labels=["router"])
+        n6.add_metric([name], s["nd6"]["entries"])
+        yield n6
         yield from self._zones_and_config(name)
 
     def _zones_and_config(self, name: str) -> Iterator:

@@ -209,8 +209,12 @@ def test_metrics_export_each_counter_under_its_own_name() -> None:
     drops = {r: 100 + i for i, r in enumerate(DROP_REASONS)}
     icmp = {"errors_sent": 7, "unreachable": 3, "time_exceeded": 4, "echo_replies": 9,
             "ratelimited": 5}
+    icmp6 = {"echo_replies": 51, "unreachable": 52, "packet_too_big": 53, "time_exceeded": 54,
+             "parameter_problem": 55, "ratelimited": 56}
+    nd6 = {"received": 61, "solicitations_sent": 62, "advertisements_sent": 63, "entries": 64}
     stats = {"interfaces": [iface], "drops": drops, "icmp": icmp, "forwarded": 41,
-             "delivered_local": 42, "fragments_created": 43, "arp": {"entries": 2}}
+             "delivered_local": 42, "fragments_created": 43, "arp": {"entries": 2},
+             "icmp6": icmp6, "nd6": nd6}
     zones = [dict(name="mbuf_cluster", size=2048, limit=256, used=11, free=12, requests=13,
                   fails=14, sleeps=15)]
     router = SimpleNamespace(
@@ -251,6 +255,12 @@ def test_metrics_export_each_counter_under_its_own_name() -> None:
     assert val("forwarder_reloads_total", result="failed") == 2
     assert val("forwarder_sysctl", name="net.inet.ip.ttl") == 33
     assert val("forwarder_arp_entries") == 2
+    kinds6 = {dict(labels)["kind"]: v for (n, labels), v in got.items()
+              if n == "forwarder_icmp6_total"}
+    assert kinds6 == icmp6
+    for k in ("received", "solicitations_sent", "advertisements_sent"):
+        assert val("forwarder_nd6_total", kind=k) == nd6[k]
+    assert val("forwarder_nd6_entries") == 64
     assert val("forwarder_dataplane_up") == 1
 
 
