@@ -110,6 +110,13 @@ cdef struct dp_ifnet:
     int plen6[DP_MAX_ADDRS]         # ... and their prefix lengths
     in6_addr lladdr6                # the link-local address (modified EUI-64 of mac)
     int nnd6                        # neighbour cache entries on this interface
+    int ra                          # send Router Advertisements here (netinet6/nd6_ra.pxi)
+    int ra_initial                  # of the first ones, still to send at the short interval
+    int64_t ra_next_ns              # the next unsolicited one
+    int64_t ra_last_ns              # the last one sent
+    int64_t ra_answer_ns            # an answer to a solicitation is due then (0: none)
+    uint64_t ra_sent
+    uint64_t rs_received
     uint64_t rx_packets
     uint64_t rx_bytes
     uint64_t rx_errors          # read() errors
@@ -179,6 +186,7 @@ cdef struct dp_state:
     uint64_t icmp6_echo_replies
     uint64_t icmp6_errors[5]    # ICMPv6 errors sent, by type (1..4)
     uint64_t icmp6_ratelimited
+    uint64_t ra_rand            # the RA timers' jitter
     uint64_t drops[DROP_MAX]
     # ICMP
     uint64_t icmp_out[ICMP_MAXTYPE + 1]     # errors and replies sent, by type

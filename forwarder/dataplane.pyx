@@ -86,9 +86,10 @@ from forwarder.inet cimport (ARP_HDR_LEN, ARPHRD_ETHER, ARPOP_REPLY, ARPOP_REQUE
                              ether_header, htonl, htons, icmp_err_hdr, icmp_hdr, icmp_is_error,
                              in_cksum, in_cksum_add, in_cksum_finish, in_lbcast, in_martian_dst,
                              in_martian_src, in_multicast, ip_dec_ttl, ip_hdr, ip_hl,
-                             ip_set_cksum, ip_ttl_expired, ip_v, ntohl, ntohs, st16, tcp_hdr,
+                             ip_set_cksum, ip_ttl_expired, ip_v, ntohl, ntohs, st16, st32, tcp_hdr,
                              th_hlen, udp_hdr, virtio_net_hdr)
-from forwarder.inet6 cimport (ICMP6_DST_UNREACH, ICMP6_DST_UNREACH_ADMIN,
+from forwarder.inet6 cimport (ND_ROUTER_ADVERT, ND_ROUTER_SOLICIT,
+                              ICMP6_DST_UNREACH, ICMP6_DST_UNREACH_ADMIN,
                               ICMP6_DST_UNREACH_BEYONDSCOPE, ICMP6_DST_UNREACH_NOROUTE,
                               ICMP6_DST_UNREACH_NOPORT, ICMP6_ERR_MAXLEN, ICMP6_PACKET_TOO_BIG,
                               ICMP6_PARAM_PROB, ICMP6_PARAMPROB_NEXTHEADER, IP6_OFF_NXT,
@@ -126,6 +127,7 @@ include "netinet6/nd6.pxi"
 include "netinet6/ip6_input.pxi"
 include "netinet6/icmp6.pxi"
 include "netinet6/ip6_forward.pxi"
+include "netinet6/nd6_ra.pxi"
 include "net/dp_loop.pxi"
 
 
@@ -220,7 +222,7 @@ cdef class Dataplane:
                 free(self.dp)
             self.dp = NULL
 
-    def add_interface(self, int fd, str name, bytes mac, int mtu, addrs, *, addrs6=(),
+    def add_interface(self, int fd, str name, bytes mac, int mtu, addrs, *, addrs6=(), bint ra=False,
                       bint vnet_hdr=False, unsigned int offloads=0,
                       unsigned int refused=0) -> int:
         """Attach an open, non-blocking TAP fd.  addrs: [(address, prefixlen)]
@@ -258,6 +260,7 @@ cdef class Dataplane:
             self._set_addrs(ifp, addrs)
             self._set_addrs6(ifp, addrs6)
             in6_eui64_linklocal(ifp.lladdr6.s6, ifp.mac)
+            ifp_set_ra(ifp, ra)
             ev.events = EPOLLIN
             ev.data.u32 = <uint32_t>idx
             if epoll_ctl(self.dp.epfd, EPOLL_CTL_ADD, fd, &ev) != 0:
@@ -301,6 +304,35 @@ cdef class Dataplane:
             self._set_addrs6(&self.dp.ifs[index], addrs6)
         finally:
             pthread_mutex_unlock(&self.dp.lock)
+
+    def set_ra(self, int index, bint on):
+        """Start or stop Router Advertisements on an interface (stopping
+        sends a last one with router lifetime 0)."""
+        if not 0 <= index < self.dp.nifs:
+            raise IndexError(index)
+        with nogil:
+            pthread_mutex_lock(&self.dp.lock)
+            if self.dp.ifs[index].ra and not on:
+                self.dp.now_ns = now_ns()
+                nd6_ra_output(self.dp, &self.dp.ifs[index], 0)
+            ifp_set_ra(&self.dp.ifs[index], on)
+            pthread_mutex_unlock(&self.dp.lock)
+
+    def ra_final(self) -> int:
+        """A last advertisement, router lifetime 0, on every interface that
+        advertises (at shutdown: the hosts drop their default route through
+        us at once instead of when it times out).  Returns how many."""
+        cdef int i, n = 0
+        with nogil:
+            pthread_mutex_lock(&self.dp.lock)
+            self.dp.now_ns = now_ns()
+            for i in range(self.dp.nifs):
+                if self.dp.ifs[i].ra and not self.dp.ifs[i].lost_errno:
+                    nd6_ra_output(self.dp, &self.dp.ifs[i], 0)
+                    self.dp.ifs[i].ra = 0
+                    n += 1
+            pthread_mutex_unlock(&self.dp.lock)
+        return n
 
     def set_addresses(self, int index, addrs):
         if not 0 <= index < self.dp.nifs:
@@ -447,6 +479,7 @@ cdef class Dataplane:
                     "tx_gso": ifp.tx_gso, "tx_gso_segments": ifp.tx_gso_segs,
                     "gso_software": ifp.gso_sw, "csum_software": ifp.csum_sw,
                     "link_local": _ip6str(ifp.lladdr6.s6[:16]),
+                    "ra": bool(ifp.ra), "ra_sent": ifp.ra_sent, "rs_received": ifp.rs_received,
                 })
             drops = {name: self.dp.drops[i] for i, name in enumerate(DROP_REASONS)}
             icmp = {"echo_replies": self.dp.icmp_out[ICMP_ECHOREPLY],

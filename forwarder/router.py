@@ -18,15 +18,15 @@ boot ``-o`` overrides given at start:
 * a tunable is set when the new config's value differs from the previous
   config's, so values changed with ``forwarder sysctl`` survive a reload that
   does not touch them; boot-only tunables cannot change (restart);
-* addresses and MTUs of existing interfaces are applied; adding, removing or
-  reordering interfaces, or changing a MAC or netns, needs a restart.
+* addresses (both families), MTUs and ``ra`` of existing interfaces are
+  applied; adding, removing or reordering interfaces, or changing a MAC,
+  netns or offload, needs a restart.
 
 A config that does not parse or validate changes nothing: the reason is
 logged, the failure counted (``stats``: reloads.failed) and returned.
 
-IPv6 in the config (addresses, ``ra``, IPv6 routes) is accepted but not
-forwarded yet: this build installs IPv4 only and says so in one warning at
-start (and at a reload that changes the IPv6 part); see :func:`ipv6_pending`.
+IPv4 routes live in ``routes`` (forwarder.route), IPv6 routes in ``routes6``
+(forwarder.route6); both are read by the dataplane lock-free.
 """
 from __future__ import annotations
 
@@ -136,9 +136,6 @@ class Router:
         except BaseException:
             self._close_taps()
             raise
-        pending = ipv6_pending(self.config)     # IPv6 pending: Router Advertisements
-        if pending:
-            log.warning("%s", pending)
         self.sysctl.add_hook(self._on_sysctl)
         self._thread = threading.Thread(target=self.dp.run, name="dataplane", daemon=True)
         self._thread.start()
@@ -157,7 +154,7 @@ class Router:
         idx = self.dp.add_interface(fd, itf.name, mac_bytes(itf.mac), itf.mtu,
                                     [(str(a.ip), a.network.prefixlen) for a in itf.addresses],
                                     addrs6=[(str(a.ip), a.network.prefixlen)
-                                            for a in itf.addresses6],
+                                            for a in itf.addresses6], ra=itf.ra,
                                     vnet_hdr=itf.offload, offloads=accepted,
                                     refused=netns.TUN_F_ALL & ~accepted if itf.offload else 0)
         self.ifindex[itf.name] = idx
@@ -195,6 +192,8 @@ class Router:
             self._watcher.join(5)
             self._watcher = None
         if self._thread is not None:
+            if self.dp.ra_final():
+                log.info("router advertisements ended (router lifetime 0 sent)")
             self.dp.stop()
             self._thread.join(10)
             if self._thread.is_alive():
@@ -481,6 +480,9 @@ class Router:
                 self.dp.set_addresses6(self.ifindex[b.name],
                                        [(str(x.ip), x.network.prefixlen) for x in b.addresses6])
                 changes.append(f"{b.name} IPv6 addresses")
+            if a.ra != b.ra:
+                self.dp.set_ra(self.ifindex[b.name], b.ra)
+                changes.append(f"{b.name} ra {'on' if b.ra else 'off'}")
         current = {r["prefix"] for r in [*self.routes.routes(), *self.routes6.list()]}
         for prefix in sorted(current - set(specs), key=lambda p: -ip_network(p).prefixlen):
             self._table(prefix).delete(prefix)
@@ -494,9 +496,6 @@ class Router:
                 changes.append(f"route ~{prefix}")
         self.config_routes = specs
         self.runtime_routes.clear()
-        pending = ipv6_pending(new)             # IPv6 pending: Router Advertisements
-        if pending and pending != ipv6_pending(old):
-            log.warning("reload: %s", pending)
         if new.metrics != old.metrics:
             log.warning("reload: [metrics] changes take effect at the next restart")
         if self.manage_log_level and new.router.log_level != old.router.log_level:
@@ -517,20 +516,6 @@ class Router:
 
     def healthy(self, within: float = 2.0) -> bool:
         return self.running and self.dp.progress_age() <= within
-
-
-# --- IPv6 pending ------------------------------------------------------------------
-# The config accepts `ra = true` (forwarder/config.py); this build does not send
-# Router Advertisements yet.  The step that sends them removes this.
-
-def ipv6_pending(config: Config) -> str | None:
-    """What of ``config`` this build accepts but does not act on (``ra = true``:
-    Router Advertisements), as one line to log, or None."""
-    parts = [itf.name for itf in config.interfaces if itf.ra]
-    if not parts:
-        return None
-    return ("ra = true on " + ", ".join(parts) + ": this build does not send Router "
-            "Advertisements yet (hosts there need a static address and route)")
 
 
 def _network(prefix: str) -> IPv4Network | IPv6Network:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the router, its lab and its tests need (run as root on Debian).
-#   Debian tools: iproute2, ping, traceroute, iperf3, gcc, pip, venv, Python headers (only those missing).
+#   Debian tools: iproute2, ping, traceroute, iperf3, ndisc6, gcc, pip, venv, Python headers
+#   (only those missing).
 #   Python: this package, built in place with its Cython extensions, plus the lab extra
 #   (scapy, numpy, matplotlib, psutil: `forwarder lab`) and the test extra.
 set -euo pipefail
@@ -11,6 +12,7 @@ command -v ip >/dev/null         || need+=(iproute2)
 command -v ping >/dev/null       || need+=(iputils-ping)
 command -v traceroute >/dev/null || need+=(traceroute)
 command -v iperf3 >/dev/null     || need+=(iperf3)
+command -v rdisc6 >/dev/null     || need+=(ndisc6)
 command -v gcc >/dev/null        || need+=(gcc)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 # the container tests install the wheel into a fresh venv (Debian splits ensurepip out)

@@ -61,6 +61,7 @@ cdef void dp_rx_burst(dp_state *dp, dp_ifnet *ifp) noexcept nogil:
 cdef void dp_timers(dp_state *dp) noexcept nogil:
     arp_timer(dp)
     nd6_timer(dp)
+    nd6_ra_timer(dp)
 
 
 cdef void dp_run(dp_state *dp) noexcept nogil:

@@ -115,13 +115,16 @@ cdef void icmp6_input(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
         dp_drop_m(dp, m, DROP_ICMP_MALFORMED)
         return
     ic = <icmp6_hdr *>(mdata(m) + IP6_HDR_LEN)
-    if ic.icmp6_type == ND_NEIGHBOR_SOLICIT or ic.icmp6_type == ND_NEIGHBOR_ADVERT:
+    if ic.icmp6_type == ND_NEIGHBOR_SOLICIT or ic.icmp6_type == ND_NEIGHBOR_ADVERT \
+            or ic.icmp6_type == ND_ROUTER_SOLICIT:
         if ip6.ip6_hlim != IP6_HLIM_ND or ic.icmp6_code != 0:
             dp_drop_m(dp, m, DROP_ND_MALFORMED)
         elif ic.icmp6_type == ND_NEIGHBOR_SOLICIT:
             nd6_ns_input(dp, ifp, m, icmplen)
-        else:
+        elif ic.icmp6_type == ND_NEIGHBOR_ADVERT:
             nd6_na_input(dp, ifp, m, icmplen)
+        else:
+            nd6_rs_input(dp, ifp, m, icmplen)
         return
     if ic.icmp6_type != ICMP6_ECHO_REQUEST or ic.icmp6_code != 0:
         dp_drop_m(dp, m, DROP_LOCAL_NOT_ECHO)

@@ -14,13 +14,23 @@ cdef inline bint ifp6_has_addr(dp_ifnet *ifp, const uint8_t *a) noexcept nogil:
     return False
 
 
+cdef inline bint ifp6_is_allrouters(const uint8_t *a) noexcept nogil:
+    cdef int i
+    for i in range(2, 15):
+        if a[i]:
+            return False
+    return a[0] == 0xff and a[1] == 0x02 and a[15] == 2
+
+
 cdef inline bint ifp6_in_group(dp_ifnet *ifp, const uint8_t *a) noexcept nogil:
     """a is a multicast group the interface listens to: all-nodes ff02::1,
-    or the solicited-node group of one of its addresses."""
+    all-routers ff02::2, or the solicited-node group of one of its addresses."""
     cdef uint8_t g[16]
     cdef int i
     if a[0] != 0xff or a[1] != 0x02:
         return False
+    if ifp6_is_allrouters(a):
+        return True                     # ff02::2: routers listen to it (solicitations)
     if in6_is_solicited_node(a):
         in6_solicited_node(g, ifp.lladdr6.s6)
         if memcmp(a, g, 16) == 0:
