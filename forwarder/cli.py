@@ -5,7 +5,7 @@
   forwarder netstat -m | vmstat -z | stats         [--json]
   forwarder route [list | add PREFIX (via GW | dev IF | TYPE) | del PREFIX]
   forwarder arp -a | -d IP [-i IF]
-  forwarder ndp -a
+  forwarder ndp -a | -d IP [-i IF]
   forwarder health | reload
   forwarder debug stall SECONDS | debug resume
   forwarder lab | loadgen | bench                 the lab (pip install 'mbuma-forwarder[lab]')
@@ -346,6 +346,14 @@ def format_ndp(entries: list[dict]) -> str:
 
 
 def cmd_ndp(args: argparse.Namespace) -> int:
+    if args.delete and args.all:
+        raise CliError("ndp: -a lists, -d deletes: give one of them", EXIT_USAGE)
+    if args.interface and not args.delete:
+        raise CliError("ndp: -i IF goes with -d IP", EXIT_USAGE)
+    if args.delete:
+        n = call(args, "ndp.del", ip=args.delete, interface=args.interface)
+        print(f"{args.delete} ({n} entr{'y' if n == 1 else 'ies'}) deleted")
+        return EXIT_OK
     return emit(args, call(args, "ndp.list"), format_ndp)
 
 
@@ -446,6 +454,8 @@ def build_parser(extras: bool = True) -> argparse.ArgumentParser:
     a.add_argument("-i", "--interface", help="with -d: only on this interface")
     n = sub.add_parser("ndp", parents=[which, js], help="the IPv6 neighbour cache")
     n.add_argument("-a", "--all", action="store_true", help="list entries (default)")
+    n.add_argument("-d", "--delete", metavar="IP", help="delete the entry for IP")
+    n.add_argument("-i", "--interface", help="with -d: only on this interface")
     sub.add_parser("health", parents=[which, js],
                    help="exit 0 if the dataplane made progress in the last 2 s, else 1")
     sub.add_parser("reload", parents=[which], help="re-read the config file (as SIGHUP)")

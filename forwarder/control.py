@@ -19,7 +19,7 @@ Commands (``args`` in brackets):
                                   describe: also {reason: description} as drop_reasons
     route.list | route.add [prefix, via | interface | type] | route.del [prefix]
     arp.list | arp.del [ip, interface]
-    ndp.list                      the IPv6 neighbour cache
+    ndp.list | ndp.del [ip, interface]   the IPv6 neighbour cache
     reload                        re-read the config file -> [change, ...]
     debug.stall [seconds] | debug.resume
                                   stop the forwarding loop for a while (a debug and
@@ -124,6 +124,18 @@ def handlers(router: "Router") -> dict[str, Callable[..., Any]]:
             raise KeyError(f"no ARP entry for {ip}")
         return n
 
+    def ndp_delete(ip: str, interface: str | None = None) -> int:
+        try:
+            ipaddress.IPv6Address(ip)
+        except ValueError:
+            raise ValueError(f"{ip!r} is not an IPv6 address") from None
+        if interface is not None and interface not in router.ifindex:
+            raise KeyError(f"no interface {interface!r}")
+        n = router.dp.nd6_delete(ip, interface)
+        if n == 0:
+            raise KeyError(f"no neighbour cache entry for {ip}")
+        return n
+
     return {
         "hello": hello,
         "ping": lambda: "pong",
@@ -138,6 +150,7 @@ def handlers(router: "Router") -> dict[str, Callable[..., Any]]:
         "route.del": router.route_delete,
         "arp.list": router.dp.arp_entries,
         "ndp.list": router.dp.nd6_entries,
+        "ndp.del": ndp_delete,
         "arp.del": arp_delete,
         "reload": lambda: router.reload(),
         "debug.stall": lambda seconds: router.stall(seconds),

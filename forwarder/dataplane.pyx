@@ -91,7 +91,8 @@ from forwarder.inet cimport (ARP_HDR_LEN, ARPHRD_ETHER, ARPOP_REPLY, ARPOP_REQUE
 from forwarder.inet6 cimport (ND_ROUTER_ADVERT, ND_ROUTER_SOLICIT,
                               ICMP6_DST_UNREACH, ICMP6_DST_UNREACH_ADMIN,
                               ICMP6_DST_UNREACH_BEYONDSCOPE, ICMP6_DST_UNREACH_NOROUTE,
-                              ICMP6_DST_UNREACH_NOPORT, ICMP6_ERR_MAXLEN, ICMP6_PACKET_TOO_BIG,
+                              ICMP6_DST_UNREACH_ADDR, ICMP6_DST_UNREACH_NOPORT, ICMP6_ERR_MAXLEN,
+                              ICMP6_PACKET_TOO_BIG,
                               ICMP6_PARAM_PROB, ICMP6_PARAMPROB_NEXTHEADER, IP6_OFF_NXT,
                               IPPROTO_HOPOPTS, IPPROTO_NONE,
                               ICMP6_TIME_EXCEED_TRANSIT, ICMP6_TIME_EXCEEDED,
@@ -555,6 +556,28 @@ cdef class Dataplane:
         finally:
             pthread_mutex_unlock(&self.dp.lock)
         return sorted(out, key=lambda d: (d["interface"], _ip6bytes(d["ip"])))
+
+    def nd6_delete(self, ip, interface=None) -> int:
+        """Forget the IPv6 neighbour ip (on one interface, or all), as
+        arp_delete; the number removed."""
+        cdef bytes a = _ip6bytes(ip)
+        cdef int i, n = 0
+        cdef dp_nd6 *e
+        with nogil:
+            pthread_mutex_lock(&self.dp.lock)
+        try:
+            for i in range(self.dp.nifs):
+                if interface is not None and self.dp.ifs[i].name.decode() != interface:
+                    continue
+                e = nd6_lookup(self.dp, i, <const uint8_t *>a)
+                if e == NULL:
+                    continue
+                mbufq_drain(&e.hold)
+                nd6_remove(self.dp, e)
+                n += 1
+        finally:
+            pthread_mutex_unlock(&self.dp.lock)
+        return n
 
     def arp_delete(self, ip, interface=None) -> int:
         """Forget the entries for ip (on one interface, or all); the number

@@ -214,6 +214,22 @@ def test_routes_that_do_not_forward_answer_destination_unreachable(
     assert errs[0][IPerror6].dst == dst
 
 
+def test_a_neighbour_that_never_answers_gets_address_unreachable(
+        lab: RouterLab, router: RunningRouter) -> None:
+    """To an address of h2's link nobody owns: the router solicits it three
+    times, then gives up on the held packet with destination unreachable
+    code 3 (RFC 4861 7.2.2)."""
+    ghost = "2001:db8:2::99"
+    before = router.stats()["drops"]["nd6_timeout"]
+    with Sniffer(lab.host("h1").netns, "tap1") as s1:
+        s1.send(from_h1(lab, IPv6(src=H[1], dst=ghost) / ICMPv6EchoRequest(id=38)))
+        errs = s1.collect(lambda p: ICMPv6DestUnreach in p and p[IPerror6].dst == ghost,
+                          timeout=8)
+    assert len(errs) == 1 and errs[0][ICMPv6DestUnreach].code == 3
+    assert errs[0][IPv6].src == R[1]
+    assert router.stats()["drops"]["nd6_timeout"] == before + 1
+
+
 def test_blackhole_is_silent(lab: RouterLab, router: RunningRouter) -> None:
     assert error_for(lab, router, IPv6(src=H[1], dst="2001:db8:50::1") / ICMPv6EchoRequest(),
                      "blackhole") == []

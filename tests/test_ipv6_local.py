@@ -108,6 +108,13 @@ def test_ping6_to_the_global_and_the_link_local_address(lab: RouterLab, router: 
     assert table[(H1, "tap1")]["state"] == "reachable"
     text = router.cli("ndp", "-a").stdout
     assert any(ln.split()[:3] == [H1, host_mac(lab, "h1"), "tap1"] for ln in text.splitlines())
+    # ndp -d forgets it (the next ping learns it again from h1's solicitation)
+    assert router.cli("ndp", "-d", H1, "-i", "tap1").stdout == f"{H1} (1 entry) deleted\n"
+    assert (H1, "tap1") not in {(e["ip"], e["interface"]) for e in router.cli_json("ndp", "-a")}
+    cp = router.cli("ndp", "-d", H1, check=False)
+    assert cp.returncode == 1 and f"no neighbour cache entry for {H1}" in cp.stderr
+    cp = router.cli("ndp", "-d", "10.1.0.2", check=False)
+    assert cp.returncode == 1 and "is not an IPv6 address" in cp.stderr
 
 
 def test_neighbor_advertisement_is_well_formed(lab: RouterLab, router: RunningRouter) -> None:

@@ -56,17 +56,17 @@ cdef void icmp6_error(dp_state *dp, dp_ifnet *ifp, mbuf *m, int type, int code,
     much of m as fits in 1280 bytes (RFC 4443 2.4), from the address it
     was sent to when that is ours (RFC 4443 2.2), else from our address on
     the interface it came in on; data: packet too big's MTU, parameter
-    problem's pointer.  Never
-    about an ICMPv6 error, from an unspecified or multicast source, or to
-    a multicast destination (RFC 4443 2.4 (e))."""
+    problem's pointer.  Never about an ICMPv6 error, from an unspecified
+    or multicast source, or to a multicast destination (RFC 4443 2.4 (e)),
+    nor to ourselves."""
     cdef ip6_hdr *ip6 = <ip6_hdr *>mdata(m)
     cdef int quote
     cdef mbuf *n
     cdef icmp6_hdr *ic
     cdef const uint8_t *src
     if in6_is_unspecified(ip6.ip6_src) or in6_is_multicast(ip6.ip6_src) \
-            or in6_is_multicast(ip6.ip6_dst):
-        m_freem(m)
+            or in6_is_multicast(ip6.ip6_dst) or dp_has_addr6(dp, ifp, ip6.ip6_src):
+        m_freem(m)                      # (the last: a packet of our own that could not leave)
         return
     if ip6.ip6_nxt == IPPROTO_ICMPV6 and m.m_len > IP6_HDR_LEN \
             and mdata(m)[IP6_HDR_LEN] < ICMP6_ECHO_REQUEST:

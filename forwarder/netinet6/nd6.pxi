@@ -273,9 +273,11 @@ cdef void nd6_resolve(dp_state *dp, dp_ifnet *ifp, mbuf *m, const uint8_t *nexth
 
 cdef void nd6_timer(dp_state *dp) noexcept nogil:
     """Solicit again once a second; after arp_max_tries give up on what was
-    held; forget entries a minute after they expired."""
+    held, with ICMPv6 address unreachable (RFC 4861 7.2.2); forget entries
+    a minute after they expired."""
     cdef uint32_t i = 0
     cdef dp_nd6 *e
+    cdef mbuf *m
     while i < DP_ND6_SIZE:
         e = &dp.nd6[i]
         if e.state == ND6_INCOMPLETE and dp.now_ns - e.last_req_ns >= 1000000000:
@@ -284,7 +286,14 @@ cdef void nd6_timer(dp_state *dp) noexcept nogil:
                 e.last_req_ns = dp.now_ns
                 nd6_ns_output(dp, &dp.ifs[e.ifindex], e.ip.s6)
             else:
-                dp.drops[DROP_ND6_TIMEOUT] += <uint64_t>mbufq_drain(&e.hold)
+                # As in arp_timer: an error held here itself is not answered
+                # again, so the loop ends.
+                m = mbufq_dequeue(&e.hold)
+                while m != NULL:
+                    dp.drops[DROP_ND6_TIMEOUT] += 1
+                    icmp6_error(dp, &dp.ifs[m.m_pkthdr.rcvif], m, ICMP6_DST_UNREACH,
+                                ICMP6_DST_UNREACH_ADDR, 0)
+                    m = mbufq_dequeue(&e.hold)
                 nd6_remove(dp, e)
                 continue
         elif e.state == ND6_REACHABLE and dp.now_ns >= e.expire_ns + 60 * <int64_t>1000000000:
