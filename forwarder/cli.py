@@ -322,16 +322,21 @@ def format_arp(entries: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def cmd_arp(args: argparse.Namespace) -> int:
+def neighbours(args: argparse.Namespace, table: str, fmt: Callable[[list[dict]], str]) -> int:
+    """arp(8) and ndp(8): -a lists the table, -d IP [-i IF] deletes."""
     if args.delete and args.all:
-        raise CliError("arp: -a lists, -d deletes: give one of them", EXIT_USAGE)
+        raise CliError(f"{table}: -a lists, -d deletes: give one of them", EXIT_USAGE)
     if args.interface and not args.delete:
-        raise CliError("arp: -i IF goes with -d IP", EXIT_USAGE)
+        raise CliError(f"{table}: -i IF goes with -d IP", EXIT_USAGE)
     if args.delete:
-        n = call(args, "arp.del", ip=args.delete, interface=args.interface)
+        n = call(args, f"{table}.del", ip=args.delete, interface=args.interface)
         print(f"{args.delete} ({n} entr{'y' if n == 1 else 'ies'}) deleted")
         return EXIT_OK
-    return emit(args, call(args, "arp.list"), format_arp)
+    return emit(args, call(args, f"{table}.list"), fmt)
+
+
+def cmd_arp(args: argparse.Namespace) -> int:
+    return neighbours(args, "arp", format_arp)
 
 
 def format_ndp(entries: list[dict]) -> str:
@@ -346,15 +351,7 @@ def format_ndp(entries: list[dict]) -> str:
 
 
 def cmd_ndp(args: argparse.Namespace) -> int:
-    if args.delete and args.all:
-        raise CliError("ndp: -a lists, -d deletes: give one of them", EXIT_USAGE)
-    if args.interface and not args.delete:
-        raise CliError("ndp: -i IF goes with -d IP", EXIT_USAGE)
-    if args.delete:
-        n = call(args, "ndp.del", ip=args.delete, interface=args.interface)
-        print(f"{args.delete} ({n} entr{'y' if n == 1 else 'ies'}) deleted")
-        return EXIT_OK
-    return emit(args, call(args, "ndp.list"), format_ndp)
+    return neighbours(args, "ndp", format_ndp)
 
 
 def cmd_health(args: argparse.Namespace) -> int:

@@ -112,29 +112,25 @@ def handlers(router: "Router") -> dict[str, Callable[..., Any]]:
                   type: str = "unicast") -> dict:
         return router.route_add(prefix, via=via, interface=interface, type_=type)
 
-    def arp_delete(ip: str, interface: str | None = None) -> int:
-        try:
-            ipaddress.IPv4Address(ip)
-        except ValueError:
-            raise ValueError(f"{ip!r} is not an IPv4 address") from None
-        if interface is not None and interface not in router.ifindex:
-            raise KeyError(f"no interface {interface!r}")
-        n = router.dp.arp_delete(ip, interface)
-        if n == 0:
-            raise KeyError(f"no ARP entry for {ip}")
-        return n
+    def neighbour_delete(version: int, delete: Callable[..., int], what: str
+                         ) -> Callable[..., int]:
+        """arp.del / ndp.del: check the address and the interface, delete."""
+        def run(ip: str, interface: str | None = None) -> int:
+            try:
+                if ipaddress.ip_address(ip).version != version:
+                    raise ValueError
+            except ValueError:
+                raise ValueError(f"{ip!r} is not an IPv{version} address") from None
+            if interface is not None and interface not in router.ifindex:
+                raise KeyError(f"no interface {interface!r}")
+            n = delete(ip, interface)
+            if n == 0:
+                raise KeyError(f"no {what} for {ip}")
+            return n
+        return run
 
-    def ndp_delete(ip: str, interface: str | None = None) -> int:
-        try:
-            ipaddress.IPv6Address(ip)
-        except ValueError:
-            raise ValueError(f"{ip!r} is not an IPv6 address") from None
-        if interface is not None and interface not in router.ifindex:
-            raise KeyError(f"no interface {interface!r}")
-        n = router.dp.nd6_delete(ip, interface)
-        if n == 0:
-            raise KeyError(f"no neighbour cache entry for {ip}")
-        return n
+    arp_delete = neighbour_delete(4, router.dp.arp_delete, "ARP entry")
+    ndp_delete = neighbour_delete(6, router.dp.nd6_delete, "neighbour cache entry")
 
     return {
         "hello": hello,
