@@ -107,6 +107,18 @@ class RunningRouter(RouterProcess):
     def zones(self) -> dict[str, dict]:
         return {z["name"]: z for z in self.cli_json("vmstat", "-z")}  # type: ignore[union-attr]
 
+    def zones_used(self) -> dict[str, int]:
+        return {name: z["used"] for name, z in self.zones().items()}
+
+    @contextmanager
+    def zones_kept(self, timeout: float = 10) -> Iterator[None]:
+        """Every mbuf and cluster taken inside is given back (within timeout
+        after it: packets in flight, held for a neighbour, land first)."""
+        before = self.zones_used()
+        yield
+        self.wait_for(lambda: self.zones_used() == before, timeout,
+                      what=f"zones back at {before} (now {self.zones_used()})")
+
     def sysctl(self, assignment: str) -> str:
         return self.cli("sysctl", assignment).stdout
 

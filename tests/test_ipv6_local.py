@@ -13,7 +13,6 @@ Forwarding is tests/test_ipv6_forwarding.py's.
 """
 from __future__ import annotations
 
-import time
 from typing import Iterator
 
 import pytest
@@ -22,7 +21,6 @@ from scapy.layers.inet6 import (ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6ND_NA,
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from forwarder import netns as nn
 from tests.routerlab import RunningRouter, router_mac, start_router
 from tests.topology import RouterLab, lab, requires_netns, topology  # noqa: F401
 from tests.wire import Sniffer, host_ipv6, host_mac
@@ -49,10 +47,8 @@ def router(lab: RouterLab, tmp_path_factory) -> Iterator[RunningRouter]:
 
 @pytest.fixture(autouse=True)
 def zones_back_at_rest(router: RunningRouter) -> Iterator[None]:
-    before = {n: z["used"] for n, z in router.zones().items()}
-    yield
-    router.wait_for(lambda: {n: z["used"] for n, z in router.zones().items()} == before,
-                    timeout=10, what="zones back at rest")
+    with router.zones_kept():
+        yield
 
 
 def link_local(r: RunningRouter, ifname: str) -> str:

@@ -25,7 +25,6 @@ import struct
 import subprocess
 import threading
 import time
-from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -73,18 +72,12 @@ def router(lab: RouterLab, tmp_path_factory) -> Iterator[RunningRouter]:
     assert code == 0, out
 
 
-def used(r: RunningRouter) -> dict[str, int]:
-    return {name: z["used"] for name, z in r.zones().items()}
-
-
 @pytest.fixture(autouse=True)
 def zones_back_at_rest(router: RunningRouter) -> Iterator[None]:
     """Every mbuf and cluster a test's traffic took is given back (the
     jumbo clusters kept for super-frames are part of the rest state)."""
-    before = used(router)
-    yield
-    router.wait_for(lambda: used(router) == before, timeout=10,
-                    what=f"zones back at {before} (now {used(router)})")
+    with router.zones_kept():
+        yield
 
 
 def itf(r: RunningRouter, name: str) -> dict:
