@@ -278,6 +278,8 @@ cdef void nd6_timer(dp_state *dp) noexcept nogil:
     cdef uint32_t i = 0
     cdef dp_nd6 *e
     cdef mbuf *m
+    if dp.nnd6 == 0:
+        return                          # an IPv4-only router never walks the 320 KB table
     while i < DP_ND6_SIZE:
         e = &dp.nd6[i]
         if e.state == ND6_INCOMPLETE and dp.now_ns - e.last_req_ns >= 1000000000:
