@@ -508,6 +508,15 @@ cdef class Dataplane:
         finally:
             pthread_mutex_unlock(&self.dp.lock)
 
+    cdef dict _neighbour(self, str ip, int ifindex, bint reachable, const uint8_t *mac,
+                         int64_t expire_ns, int64_t now, int held):
+        """One row of arp_entries / nd6_entries (the tables share their states)."""
+        return {"ip": ip, "interface": self.dp.ifs[ifindex].name.decode(),
+                "mac": ":".join(f"{b:02x}" for b in mac[:6]) if reachable else None,
+                "state": "reachable" if reachable else "incomplete",
+                "expires_in": max(0.0, (expire_ns - now) / 1e9) if reachable else None,
+                "held": held}
+
     def arp_entries(self) -> list:
         cdef int i
         cdef dp_arp *e
@@ -520,14 +529,8 @@ cdef class Dataplane:
                 e = &self.dp.arp[i]
                 if e.state == ARP_FREE:
                     continue
-                out.append({
-                    "ip": _int2ip(e.ip),
-                    "interface": self.dp.ifs[e.ifindex].name.decode(),
-                    "mac": ":".join(f"{b:02x}" for b in e.mac[:6]) if e.state == ARP_REACHABLE else None,
-                    "state": "reachable" if e.state == ARP_REACHABLE else "incomplete",
-                    "expires_in": max(0.0, (e.expire_ns - now) / 1e9) if e.state == ARP_REACHABLE else None,
-                    "held": mbufq_len(&e.hold),
-                })
+                out.append(self._neighbour(_int2ip(e.ip), e.ifindex, e.state == ARP_REACHABLE,
+                                           e.mac, e.expire_ns, now, mbufq_len(&e.hold)))
         finally:
             pthread_mutex_unlock(&self.dp.lock)
         return sorted(out, key=lambda d: (d["interface"], _ip2int(d["ip"])))
@@ -545,14 +548,8 @@ cdef class Dataplane:
                 e = &self.dp.nd6[i]
                 if e.state == ND6_FREE:
                     continue
-                out.append({
-                    "ip": _ip6str(e.ip.s6[:16]),
-                    "interface": self.dp.ifs[e.ifindex].name.decode(),
-                    "mac": ":".join(f"{b:02x}" for b in e.mac[:6]) if e.state == ND6_REACHABLE else None,
-                    "state": "reachable" if e.state == ND6_REACHABLE else "incomplete",
-                    "expires_in": max(0.0, (e.expire_ns - now) / 1e9) if e.state == ND6_REACHABLE else None,
-                    "held": mbufq_len(&e.hold),
-                })
+                out.append(self._neighbour(_ip6str(e.ip.s6[:16]), e.ifindex, e.state == ND6_REACHABLE,
+                                           e.mac, e.expire_ns, now, mbufq_len(&e.hold)))
         finally:
             pthread_mutex_unlock(&self.dp.lock)
         return sorted(out, key=lambda d: (d["interface"], _ip6bytes(d["ip"])))
