@@ -654,6 +654,7 @@ class _Reader:
         routes: list[Route] = []
         seen: dict[IPv4Network | IPv6Network, int] = {}
         names = {itf.name for itf in interfaces}
+        v6_only = {itf.name for itf in interfaces if not itf.addresses}
         own = {a.ip for itf in interfaces for a in itf.addresses}
         connected: dict[IPv4Network | IPv6Network, str] = {
             a.network: itf.name for itf in interfaces for a in (*itf.addresses, *itf.addresses6)}
@@ -682,6 +683,10 @@ class _Reader:
                     known = ", ".join(sorted(names)) or "none configured"
                     self.error(path + ("interface",),
                                f"{value!r} is not a configured interface ({known})")
+                elif isinstance(prefix, IPv4Network) and value in v6_only:
+                    self.error(path + ("interface",),
+                               f"{value!r} has no IPv4 address: an IPv4 route out of it "
+                               "could not ask ARP for its neighbours")
                 elif prefix is not None:
                     route = Route(prefix=prefix, interface=value)
             elif value not in ROUTE_TYPES:

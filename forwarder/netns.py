@@ -27,12 +27,13 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import struct
 import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_interface
 from typing import ClassVar, Iterable, Iterator, Sequence
 
 from pyroute2 import IPRoute
@@ -295,18 +296,23 @@ def link_move(ifname: str, dst: str, src: str | None = None) -> None:
     log.debug("link %s moved from %s to %s", ifname, src or "(current)", dst)
 
 
-def configure_host(ifname: str, netns: str, addresses: Iterable[str | IPv4Interface], *,
+def configure_host(ifname: str, netns: str,
+                   addresses: Iterable[str | IPv4Interface | IPv6Interface], *,
                    gateway: str | IPv4Address | None = None, mtu: int | None = None,
                    mac: str | None = None, routes: Iterable[tuple[str, str]] = (),
-                   ipv6: bool = False) -> None:
+                   ipv6: bool = False, gateway6: str | IPv6Address | None = None) -> None:
     """Configure a host's end of a link inside ``netns``.
 
     Loopback and the link go up, the addresses are added, and ``gateway``
     becomes the default route; ``routes`` adds (prefix, gateway) pairs.
-    With ``ipv6=False`` (the default) IPv6 is disabled on the link, so the host
+    IPv6 addresses among ``addresses`` (and ``gateway6``, the IPv6 default
+    route) go on as :func:`configure_host_ipv6` puts them; without any, and
+    with ``ipv6=False`` (the default), IPv6 is disabled on the link, so the host
     sends no router solicitations or MLD reports through it.
     """
-    if not ipv6:
+    addrs = [ip_interface(a) for a in addresses]
+    v6 = [a for a in addrs if a.version == 6]
+    if not (ipv6 or v6 or gateway6):
         _write_proc(netns, f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6", 1)
     with iproute(netns) as ipr:
         lo = ipr.link_lookup(ifname="lo")
@@ -314,15 +320,39 @@ def configure_host(ifname: str, netns: str, addresses: Iterable[str | IPv4Interf
             ipr.link("set", index=lo[0], state="up")
         idx = _index(ipr, ifname, netns)
         _set_mtu_mac(ipr, idx, mtu, mac)
-        for addr in addresses:
-            a = IPv4Interface(addr)
-            ipr.addr("add", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
+        for a in addrs:
+            if a.version == 4:
+                ipr.addr("add", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
         ipr.link("set", index=idx, state="up")
         if gateway is not None:
             ipr.route("add", dst="0.0.0.0/0", gateway=str(gateway), oif=idx)
         for prefix, via in routes:
             ipr.route("add", dst=prefix, gateway=via, oif=idx)
+    if v6 or gateway6:
+        configure_host_ipv6(ifname, netns, v6, gateway=gateway6)
     log.debug("host side %s in %s configured (gateway %s)", ifname, netns, gateway)
+
+
+IFA_F_NODAD = 0x02          # linux/if_addr.h: no duplicate address detection
+
+
+def configure_host_ipv6(ifname: str, netns: str, addresses: Iterable[str | IPv6Interface], *,
+                        gateway: str | IPv6Address | None = None) -> None:
+    """IPv6 on a host's end of a link (after :func:`configure_host`): no
+    duplicate address detection and no router solicitations (the link
+    carries only what the lab or a test makes), the addresses, and a
+    default route via ``gateway`` (a global or link-local router address)."""
+    for key, value in (("accept_dad", 0), ("router_solicitations", 0), ("disable_ipv6", 0)):
+        _write_proc(netns, f"/proc/sys/net/ipv6/conf/{ifname}/{key}", value)
+    with iproute(netns) as ipr:
+        idx = _index(ipr, ifname, netns)
+        for addr in addresses:
+            a = IPv6Interface(addr)
+            ipr.addr("add", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen,
+                     flags=IFA_F_NODAD)
+        if gateway is not None:
+            ipr.route("add", dst="::/0", gateway=str(gateway), oif=idx, family=socket.AF_INET6)
+    log.debug("host side %s in %s: IPv6 configured (gateway %s)", ifname, netns, gateway)
 
 
 def add_veth(name_a: str, netns_a: str, name_b: str, netns_b: str) -> None:

@@ -737,6 +737,16 @@ def test_ipv6_interface_routes_and_types(tmp_path: Path) -> None:
            "route[1].type", "'drop' is not a route type (blackhole, unreachable, prohibit)")
 
 
+def test_an_ipv4_route_cannot_leave_by_an_ipv6_only_interface(tmp_path: Path) -> None:
+    expect(tmp_path, route6('[[route]]\nprefix = "10.60.0.0/16"\ninterface = "tap1" #!\n'),
+           "route[1].interface", "'tap1' has no IPv4 address: an IPv4 route out of it "
+           "could not ask ARP for its neighbours")
+    cfg = parse_config(route6('[[route]]\nprefix = "2001:db8:60::/48"\ninterface = "tap1"\n'
+                              '[[route]]\nprefix = "10.60.0.0/16"\ninterface = "tap0"\n'))
+    assert [(str(r.prefix), r.interface) for r in cfg.routes[1:]] == \
+        [("2001:db8:60::/48", "tap1"), ("10.60.0.0/16", "tap0")]
+
+
 def test_ipv6_problems_are_all_reported_in_file_order(tmp_path: Path) -> None:
     text = ROUTER + '''
 [[interface]]

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Interface, IPv6Interface
 from pathlib import Path
 
 import psutil
@@ -71,12 +71,23 @@ def test_lab_of_the_config_maps_namespaces_and_its_config_parses_again():
     assert str(again.router.socket) == "/tmp/x/lab.sock"
     assert again.router.name == cfg.router.name and again.router.log_level == cfg.router.log_level
     assert [i.netns for i in again.interfaces] == [h.netns for h in lab.hosts]
-    assert [(i.name, i.addresses, i.mtu, i.mac) for i in again.interfaces] == \
-        [(i.name, i.addresses, i.mtu, i.mac) for i in cfg.interfaces]
+    assert [(i.name, i.addresses, i.addresses6, i.ra, i.mtu, i.mac) for i in again.interfaces] == \
+        [(i.name, i.addresses, i.addresses6, i.ra, i.mtu, i.mac) for i in cfg.interfaces]
+    assert all(i.addresses6 for i in cfg.interfaces)          # the shipped lab is dual-stack
     assert again.routes == cfg.routes
     assert again.sysctl == cfg.sysctl
     assert [(h.address, h.gateway) for h in lab.hosts] == \
         [(host_address(i.addresses[0]), i.addresses[0].ip) for i in cfg.interfaces]
+    assert [(h.address6, h.gateway6) for h in lab.hosts] == \
+        [(host_address(i.addresses6[0]), i.addresses6[0].ip) for i in cfg.interfaces]
+
+
+def test_a_lab_link_needs_an_ipv4_address(tmp_path):
+    path = tmp_path / "v6only.toml"
+    path.write_text('[router]\nname = "x"\n\n[[interface]]\nname = "tap1"\n'
+                    'addresses = ["2001:db8:1::1/64"]\nnetns = "h1"\n')
+    with pytest.raises(ValueError, match="interface tap1: a lab's link needs an IPv4 address"):
+        lab_from_config(nn.Topology(), load_config(path))
 
 
 def test_a_lab_config_names_the_host_of_each_interface(tmp_path):
@@ -91,6 +102,9 @@ def test_host_address_is_next_to_the_router():
     assert host_address(IPv4Interface("10.1.0.1/24")) == IPv4Interface("10.1.0.2/24")
     assert host_address(IPv4Interface("10.1.0.254/24")) == IPv4Interface("10.1.0.253/24")
     assert host_address(IPv4Interface("192.168.9.1/30")) == IPv4Interface("192.168.9.2/30")
+    assert host_address(IPv6Interface("2001:db8:1::1/64")) == IPv6Interface("2001:db8:1::2/64")
+    assert host_address(IPv6Interface("2001:db8:1:0:ffff:ffff:ffff:ffff/64")) == \
+        IPv6Interface("2001:db8:1:0:ffff:ffff:ffff:fffe/64")
     with pytest.raises(ValueError):
         host_address(IPv4Interface("10.0.0.1/32"))
 
@@ -199,6 +213,9 @@ def test_lab_runs_end_to_end_and_removes_everything(tmp_path):
         assert step in out, out
     assert re.search(r"\[3/6\] ping\s+h1 -> h3 10\.3\.0\.2: 3/3 received", out), out
     assert re.search(r"traceroute\s+h1 -> h3: 1 10\.1\.0\.1 .*\|\s+2 10\.3\.0\.2", out), out
+    assert re.search(r"^\s+ping6\s+h1 -> h3 2001:db8:3::2: 3/3 received", out, re.M), out
+    assert re.search(r"^\s+traceroute6\s+h1 -> h3: 1 2001:db8:1::1 .*\|\s+2 2001:db8:3::2",
+                     out, re.M), out
     # the summary table and netstat -m
     for row in ("| offered", "| delivered", "| loss", "| latency", "| router drops"):
         assert row in out, out

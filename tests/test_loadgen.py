@@ -70,6 +70,49 @@ def test_patched_icmp_and_tcp_checksums_are_valid_for_many_values():
             assert struct.unpack_from("!H", buf, L.magic_off)[0] == spec.MAGIC
 
 
+def test_ipv6_frames_start_at_78_bytes_rfc_5180():
+    pattern, imix = spec.parse_sizes("imix", family=6)
+    assert imix and {s: pattern.count(s) for s in set(pattern)} == {78: 7, 594: 4, 1518: 1}
+    assert spec.parse_sizes("78,1518", family=6) == ([78, 1518], False)
+    with pytest.raises(spec.LoadgenError, match=r"frame size 64: must be 78\.\.1518 .*RFC 5180"):
+        spec.parse_sizes("64", family=6)
+    with pytest.raises(spec.LoadgenError, match="family 5"):
+        spec.LoadSpec(family=5).check()
+
+
+@pytest.mark.parametrize("proto", spec.PROTOCOLS)
+@pytest.mark.parametrize("size", [78, 79, 594, 1518])
+def test_ipv6_templates_have_the_size_and_valid_checksums_also_when_patched(proto, size):
+    raw = frames.build_template(proto, size, 3, dst_ip="2001:db8:2::2", family=6, **MACS)
+    assert len(raw) == size - spec.FCS and raw[12:14] == b"\x86\xdd"
+    frames.verify_template(proto, raw, 3, family=6)
+
+
+def test_patched_ipv6_checksums_are_valid_for_many_values():
+    """UDP over IPv6 must carry a checksum: the patcher updates it (RFC 1624)
+    where ICMPv6 and TCP keep theirs with a complement word."""
+    from scapy.layers.inet import TCP, UDP
+    from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+    from scapy.layers.l2 import Ether
+    for proto, cls, field in (("udp", UDP, "chksum"), ("icmp", ICMPv6EchoRequest, "cksum"),
+                              ("tcp", TCP, "chksum")):
+        raw = frames.build_template(proto, 78, 1, dst_ip="2001:db8:2::2", family=6, **MACS)
+        patch = frames.make_patcher(proto, 6)
+        buf = bytearray(raw)
+        L = spec.layout(proto, 6)
+        for seq, ts in ((1, 2), (0xFFFFFFFF, 0xFFFFFFFF), (0x12345, 0xFFFF0000), (65535, 1),
+                        (0, 0), (0xDEADBEEF, 0x01020304)):
+            patch(buf, seq, ts)                 # patched again and again, as the senders do
+            ip = Ether(bytes(buf))[IPv6]
+            fresh = IPv6(bytes(ip))
+            delattr(fresh[cls], field)
+            want = getattr(IPv6(bytes(fresh))[cls], field)
+            assert getattr(ip[cls], field) == want != 0, (proto, seq, ts)
+            assert struct.unpack_from("!I", buf, L.seq_off)[0] == seq
+            assert struct.unpack_from("!I", buf, L.ts_off)[0] == ts
+            assert struct.unpack_from("!H", buf, L.magic_off)[0] == spec.MAGIC
+
+
 def test_flows_differ_in_source_address_and_port():
     from scapy.layers.inet import IP, UDP
     from scapy.layers.l2 import Ether
@@ -116,6 +159,11 @@ def lab():
 @pytest.fixture(scope="module")
 def path(lab):
     return host_path(lab, "h1", "h2")
+
+
+@pytest.fixture(scope="module")
+def path6(lab):
+    return host_path(lab, "h1", "h2", family=6)
 
 
 def _kernel(ns: str, ifname: str) -> dict:
@@ -182,6 +230,31 @@ def test_tcp_syn_and_icmp_echo_loads_are_received_per_flow(path, proto, sizes):
 
 
 @requires_netns
+def test_ipv6_loads_go_through_the_router_per_flow(lab, path6):
+    assert (path6.family, path6.next_hop, path6.dst_ip) == (6, "2001:db8:1::1", "2001:db8:2::2")
+    assert path6.next_hop_mac == load_config(lab.router.config).interface("tap1").mac
+    src0, dst0 = _kernel(path6.src_netns, path6.src_if), _kernel(path6.dst_netns, path6.dst_if)
+    r = run_load(spec.LoadSpec(proto="udp", sizes="78,1518", flows=4, rate=5000,
+                                duration=0.6, family=6), path6)
+    dst1 = _kernel(path6.dst_netns, path6.dst_if)
+    assert report.check_schema(r) == []
+    assert r["spec"]["family"] == 6 and r["spec"]["sizes"] == [78, 1518]
+    sent, recv = r["sent"], r["received"]
+    assert sent["bytes"] == sum(74 if (k // 4) % 2 == 0 else 1514 for k in range(sent["packets"]))
+    assert recv["packets"] > 0.99 * sent["packets"] > 0
+    assert all(f["received"] > 0 for f in r["flows"])
+    assert r["router"]["forwarded"] >= recv["packets"]
+    got = dst1["rx_packets"] - dst0["rx_packets"]
+    assert got - 2 <= recv["packets"] <= got, (got, recv)
+    for proto in ("icmp", "tcp"):
+        r = run_load(spec.LoadSpec(proto=proto, sizes="imix", flows=2, rate=2000,
+                                    duration=0.3, family=6), path6)
+        assert r["received"]["packets"] > 0.95 * r["sent"]["packets"] > 0, proto
+    with pytest.raises(spec.LoadgenError, match="an IPv4 load on a path to 2001:db8:2::2"):
+        run_load(spec.LoadSpec(duration=0.1), path6)
+
+
+@requires_netns
 def test_cli_writes_json_matching_the_schema_and_a_png(lab, path, tmp_path):
     js, png = tmp_path / "r.json", tmp_path / "r.png"
     cp = subprocess.run(forwarder_argv("loadgen", "--src", path.src_netns, "--dst",
@@ -244,6 +317,24 @@ def test_bench_ratios_and_table_cover_the_offload_copy_loop():
     p4 = next(r for r in rows if r.startswith("iperf3 TCP Gbit/s (4 streams)"))
     assert p4.split()[-2:] == ["2.00x", "0.50x"]
     assert "(d)'s TAPs: csum,tso4" in table
+
+
+@requires_netns
+def test_bench_over_ipv6(tmp_path):
+    js = tmp_path / "bench6.json"
+    cp = subprocess.run(forwarder_argv("bench", "--quick", "--family", "6", "--only",
+                                       "router,kernel,copy", "--reps", "1", "--duration", "0.3",
+                                       "--json", str(js)),
+                        capture_output=True, text=True, timeout=120)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    doc = json.loads(js.read_text())
+    assert (doc["params"]["family"], doc["params"]["small_frame"]) == (6, 78)
+    for name in ("router", "kernel", "copy"):
+        for key in ("pps64", "pps_imix", "iperf3_gbps", "latency_p50_us"):
+            assert doc["results"][name][key]["median"] > 0, (name, key)
+    table = cp.stdout[cp.stdout.index("\nIPv6 "):]
+    assert "78 B pps (delivered)" in table and "own 78 B rate" in table
+    assert "64 B" not in table
 
 
 @requires_netns

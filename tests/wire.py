@@ -114,18 +114,8 @@ def arp_frame(op: int, hwsrc: str, psrc: str, pdst: str, dst: str = "ff:ff:ff:ff
                  / ARP(op=op, hwsrc=hwsrc, psrc=psrc, hwdst=hwdst, pdst=pdst))
 
 
-IFA_F_NODAD = 0x02
-
-
 def host_ipv6(lab, host: str, address: str, gateway: str | None = None) -> None:
-    """IPv6 on a lab host's link: no duplicate address detection and no
-    router solicitations (the link carries only what a test makes),
+    """IPv6 on a lab host's link (:func:`forwarder.netns.configure_host_ipv6`):
     ``address``/64, and a default route via ``gateway`` if given."""
     h = lab.host(host)
-    for key, value in (("accept_dad", 0), ("router_solicitations", 0), ("disable_ipv6", 0)):
-        nn._write_proc(h.netns, f"/proc/sys/net/ipv6/conf/{h.ifname}/{key}", value)
-    with nn.iproute(h.netns) as ipr:
-        idx = ipr.link_lookup(ifname=h.ifname)[0]
-        ipr.addr("add", index=idx, address=address, prefixlen=64, flags=IFA_F_NODAD)
-        if gateway is not None:
-            ipr.route("add", dst="::/0", gateway=gateway, oif=idx, family=socket.AF_INET6)
+    nn.configure_host_ipv6(h.ifname, h.netns, [f"{address}/64"], gateway=gateway)

@@ -14,6 +14,12 @@
                forwarder on offloading TAPs can expect, as (c) is the least cost per
                packet.
 
+With ``--family 6`` every setup carries IPv6 instead: the hosts get addresses
+of 2001:db8::/32 and IPv6 default routes, the kernel forwards with
+net.ipv6.conf.all.forwarding, iperf3 runs over IPv6, and the smallest frame is
+78 bytes (RFC 5180: 64 cannot hold Ethernet, IPv6 and UDP headers and the
+measurement fields), in place of 64 everywhere below.
+
 For each: 64-byte UDP pps and IMIX pps (flat out, as delivered), iperf3 TCP Gbit/s
 (one stream, and four in parallel: ``-P 4``, the sum of the streams as received),
 one-way latency p50/p99 at half of that forwarder's own 64-byte rate, the CPU time
@@ -50,7 +56,7 @@ from forwarder import netns as nn
 from forwarder.lab.path import resolve_path
 from forwarder.lab.report import fmt_rate
 from forwarder.lab.run import run_load
-from forwarder.lab.spec import BENCH_SETUPS, LoadSpec
+from forwarder.lab.spec import BENCH_SETUPS, MIN_FRAME, LoadSpec
 from forwarder.lab.topology import make_lab
 
 log = logging.getLogger(__name__)
@@ -164,20 +170,27 @@ class Setup:
 
 def _route_default(ns: str, gw: str) -> None:
     with nn.iproute(ns) as ipr:
-        ipr.route("add", dst="0.0.0.0/0", gateway=gw)
+        ipr.route("add", dst="::/0" if ":" in gw else "0.0.0.0/0", gateway=gw)
+
+
+def _net(family: int, v4: str, v6: str) -> str:
+    """The address of a setup's link in ``family``: "10.9.0.{h}/24" or its IPv6 twin."""
+    return v4 if family == 4 else v6
 
 
 @contextlib.contextmanager
-def setup_router(workdir: Path) -> Iterator[Setup]:
-    """This router between two hosts: a two-link lab (h1 10.1.0.2, h2 10.2.0.2)."""
+def setup_router(workdir: Path, family: int = 4) -> Iterator[Setup]:
+    """This router between two hosts: a two-link lab (h1 10.1.0.2, h2 10.2.0.2;
+    with family 6 also 2001:db8:1::2 and 2001:db8:2::2)."""
     with nn.Topology() as topo:
-        lab = make_lab(topo, n_hosts=2, name="bench")
+        lab = make_lab(topo, n_hosts=2, name="bench", ipv6=family == 6)
         lab.log_level = "warning"
         rp = lab.start_router(workdir)
         h1, h2 = lab.hosts
+        a1, a2 = (h1.address, h2.address) if family == 4 else (h1.address6, h2.address6)
         try:
-            yield Setup("router", topo, h1.netns, h2.netns, str(h1.address.ip),
-                        str(h2.address.ip), pid=rp.pid, router_socket=str(rp.socket))
+            yield Setup("router", topo, h1.netns, h2.netns, str(a1.ip), str(a2.ip),
+                        pid=rp.pid, router_socket=str(rp.socket))
         finally:
             code, out = rp.stop()
             if code != 0:
@@ -185,18 +198,24 @@ def setup_router(workdir: Path) -> Iterator[Setup]:
 
 
 @contextlib.contextmanager
-def setup_kernel() -> Iterator[Setup]:
+def setup_kernel(family: int = 4) -> Iterator[Setup]:
+    def a(k: int, h: int) -> str:
+        return _net(family, f"10.{k}.0.{h}/24", f"2001:db8:{k}::{h}/64")
+
+    def ip(k: int, h: int) -> str:
+        return a(k, h).split("/")[0]
     with nn.Topology() as topo:
         k, s, d = topo.netns("k"), topo.netns("s"), topo.netns("d")
-        topo.veth("eth0", s, "v1", k, addresses_a=["10.1.0.2/24"], addresses_b=["10.1.0.1/24"])
-        topo.veth("v2", k, "eth0", d, addresses_a=["10.2.0.1/24"], addresses_b=["10.2.0.2/24"])
+        topo.veth("eth0", s, "v1", k, addresses_a=[a(1, 2)], addresses_b=[a(1, 1)])
+        topo.veth("v2", k, "eth0", d, addresses_a=[a(2, 1)], addresses_b=[a(2, 2)])
         for ns in (k, d):
             for conf in ("all", "default"):
                 nn.write_sysctl(ns, f"net.ipv4.conf.{conf}.rp_filter", 0)
-        nn.write_sysctl(k, "net.ipv4.ip_forward", 1)
-        _route_default(s, "10.1.0.1")
-        _route_default(d, "10.2.0.1")
-        yield Setup("kernel", topo, s, d, "10.1.0.2", "10.2.0.2")
+        nn.write_sysctl(k, "net.ipv4.ip_forward" if family == 4
+                        else "net.ipv6.conf.all.forwarding", 1)
+        _route_default(s, ip(1, 1))
+        _route_default(d, ip(2, 1))
+        yield Setup("kernel", topo, s, d, ip(1, 2), ip(2, 2))
 
 
 def _start_tapcopy(topo: nn.Topology, ns: str, binary: Path, fds: tuple[int, int],
@@ -212,13 +231,15 @@ def _start_tapcopy(topo: nn.Topology, ns: str, binary: Path, fds: tuple[int, int
 
 
 @contextlib.contextmanager
-def setup_copy(binary: Path, workdir: Path) -> Iterator[Setup]:
+def setup_copy(binary: Path, workdir: Path, family: int = 4) -> Iterator[Setup]:
+    x, y = _net(family, "10.9.0.1/24", "2001:db8:9::1/64"), _net(family, "10.9.0.2/24",
+                                                                  "2001:db8:9::2/64")
     with nn.Topology() as topo:
         c, s, d = topo.netns("c"), topo.netns("s"), topo.netns("d")
-        a = topo.tap("tap1", c, host_ns=s, host_addresses=["10.9.0.1/24"])
-        b = topo.tap("tap2", c, host_ns=d, host_addresses=["10.9.0.2/24"])
+        a = topo.tap("tap1", c, host_ns=s, host_addresses=[x])
+        b = topo.tap("tap2", c, host_ns=d, host_addresses=[y])
         proc = _start_tapcopy(topo, c, binary, (a.fd, b.fd), workdir / "tapcopy.log")
-        yield Setup("copy", topo, s, d, "10.9.0.1", "10.9.0.2", pid=proc.pid)
+        yield Setup("copy", topo, s, d, x.split("/")[0], y.split("/")[0], pid=proc.pid)
 
 
 def _offload_tap(topo: nn.Topology, name: str, fwd_ns: str, host_ns: str,
@@ -237,19 +258,21 @@ def _offload_tap(topo: nn.Topology, name: str, fwd_ns: str, host_ns: str,
 
 
 @contextlib.contextmanager
-def setup_offload(binary: Path, workdir: Path) -> Iterator[Setup]:
+def setup_offload(binary: Path, workdir: Path, family: int = 4) -> Iterator[Setup]:
     """The copy loop of (c) between two offloading TAPs.  Offloads on both TAPs: the
     data of a TCP connection goes one way, its ACKs the other, and a super-frame read
     from one TAP can only be written to a TAP that has IFF_VNET_HDR too."""
+    x, y = _net(family, "10.9.1.1/24", "2001:db8:9:1::1/64"), _net(family, "10.9.1.2/24",
+                                                                    "2001:db8:9:1::2/64")
     with nn.Topology() as topo:
         c, s, d = topo.netns("c"), topo.netns("s"), topo.netns("d")
-        a, fa = _offload_tap(topo, "tap1", c, s, "10.9.1.1/24")
-        b, fb = _offload_tap(topo, "tap2", c, d, "10.9.1.2/24")
-        if not fa & fb & nn.TUN_F_TSO4:
+        a, fa = _offload_tap(topo, "tap1", c, s, x)
+        b, fb = _offload_tap(topo, "tap2", c, d, y)
+        if not fa & fb & (nn.TUN_F_TSO4 if family == 4 else nn.TUN_F_TSO6):
             log.warning("the kernel refused TSO on the TAPs (accepted: %s): setup (d) "
                         "measures no more than (c)", ",".join(nn.tun_flag_names(fa & fb)))
         proc = _start_tapcopy(topo, c, binary, (a.fd, b.fd), workdir / "tapcopy-offload.log")
-        yield Setup("offload", topo, s, d, "10.9.1.1", "10.9.1.2", pid=proc.pid,
+        yield Setup("offload", topo, s, d, x.split("/")[0], y.split("/")[0], pid=proc.pid,
                     offloads=nn.tun_flag_names(fa & fb))
 
 
@@ -356,6 +379,12 @@ class Params:
     iperf_seconds: float = 3.0
     iperf_bytes: str | None = None # quick mode: a byte count instead of a time
     procs: int = 1
+    family: int = 4                # IPv4 or IPv6 through every setup
+
+    @property
+    def small(self) -> int:
+        """The smallest frame: 64 bytes, IPv6's 78 (RFC 5180)."""
+        return MIN_FRAME[self.family]
 
 
 def measure_all(setups: list[Setup], p: Params, say: Callable[[str], None]) -> dict:
@@ -366,7 +395,8 @@ def measure_all(setups: list[Setup], p: Params, say: Callable[[str], None]) -> d
     raw: dict[str, dict[str, list[float]]] = {st.name: {} for st in setups}
 
     def load(st: Setup, **kw: Any) -> dict:
-        spec = LoadSpec(proto="udp", flows=FLOWS, duration=p.duration, procs=p.procs, **kw)
+        spec = LoadSpec(proto="udp", flows=FLOWS, duration=p.duration, procs=p.procs,
+                        family=p.family, **kw)
         return run_load(spec, paths[st.name])
 
     def record(st: Setup, **values: float) -> None:
@@ -380,7 +410,7 @@ def measure_all(setups: list[Setup], p: Params, say: Callable[[str], None]) -> d
         for rep in range(p.reps):
             for st in setups:
                 cpu0 = _cpu_seconds(st.pid)
-                r = load(st, sizes="64")
+                r = load(st, sizes=str(p.small))
                 record(st, pps64=r["received"]["pps"], offered64=r["sent"]["pps"])
                 cpu1 = _cpu_seconds(st.pid)
                 if cpu0 is not None and cpu1 is not None and r["received"]["packets"]:
@@ -394,7 +424,7 @@ def measure_all(setups: list[Setup], p: Params, say: Callable[[str], None]) -> d
                 record(st, iperf3_p4_gbps=iperf3(st, p.iperf_seconds, p.iperf_bytes,
                                                  streams=IPERF_STREAMS))
             say(f"  round {rep + 1}/{p.reps}: " + "; ".join(
-                f"{st.name} {fmt_rate(raw[st.name]['pps64'][-1])} 64 B, "
+                f"{st.name} {fmt_rate(raw[st.name]['pps64'][-1])} {p.small} B, "
                 f"{fmt_rate(raw[st.name]['pps_imix'][-1])} IMIX, "
                 f"{raw[st.name]['iperf3_gbps'][-1]:.2f}/"
                 f"{raw[st.name]['iperf3_p4_gbps'][-1]:.2f} Gbit/s" for st in setups))
@@ -402,7 +432,7 @@ def measure_all(setups: list[Setup], p: Params, say: Callable[[str], None]) -> d
                 for st in setups}
         for rep in range(p.reps):
             for st in setups:
-                r = load(st, sizes="64", rate=half[st.name])
+                r = load(st, sizes=str(p.small), rate=half[st.name])
                 record(st, latency_p50_us=r["latency_us"]["p50"] or 0.0,
                        latency_p99_us=r["latency_us"]["p99"] or 0.0,
                        latency_loss_pct=100 * r["loss"]["ratio"])
@@ -492,9 +522,11 @@ def format_table(doc: dict) -> str:
     names = [n for n in SETUPS if n in res]
     rat = doc["ratios"]
     ratio_keys = [f"router/{b}" for b in BASELINES if f"router/{b}" in rat]
-    rows: list[list[str]] = [[""] + [TITLES[n] for n in names] + ratio_keys]
+    family = doc["params"].get("family", 4)
+    small = f"{MIN_FRAME[family]} B"
+    rows: list[list[str]] = [[f"IPv{family}"] + [TITLES[n] for n in names] + ratio_keys]
     for key, label, kind, _ in FIGURES:
-        rows.append([label] + [_cell(res[n].get(key), kind) for n in names]
+        rows.append([label.replace("64 B", small)] + [_cell(res[n].get(key), kind) for n in names]
                     + ["-" if rat[k].get(key) is None else f"{rat[k][key]:.2f}x"
                        for k in ratio_keys])
     rows.append(["peak RSS MiB"]
@@ -509,8 +541,8 @@ def format_table(doc: dict) -> str:
         lines.append("(d)'s TAPs: " + (",".join(res["offload"]["tap_offloads"]) or "no offloads"))
     lines.append("")
     lines.append("median of %d runs ± half the min-max range; latency at half of each "
-                 "forwarder's own 64 B rate; ratio > 1: the router is ahead (for CPU/packet "
-                 "and latency: behind)" % doc["params"]["reps"])
+                 "forwarder's own %s rate; ratio > 1: the router is ahead (for CPU/packet "
+                 "and latency: behind)" % (doc["params"]["reps"], small))
     return "\n".join(lines)
 
 
@@ -520,7 +552,8 @@ def run_bench(p: Params, only: tuple[str, ...] = SETUPS,
                            "params": {"reps": p.reps, "duration_s": p.duration,
                                       "iperf_seconds": p.iperf_seconds,
                                       "iperf_bytes": p.iperf_bytes, "flows": FLOWS,
-                                      "procs": p.procs, "setups": list(only)},
+                                      "procs": p.procs, "setups": list(only),
+                                      "family": p.family, "small_frame": p.small},
                            "results": {}}
     t_start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fwbench-") as tmp, contextlib.ExitStack() as stack:
@@ -529,13 +562,13 @@ def run_bench(p: Params, only: tuple[str, ...] = SETUPS,
         tapcopy: Path | None = None          # one binary for (c) and (d)
         for name in only:
             if name == "router":
-                st = stack.enter_context(setup_router(work))
+                st = stack.enter_context(setup_router(work, p.family))
             elif name == "kernel":
-                st = stack.enter_context(setup_kernel())
+                st = stack.enter_context(setup_kernel(p.family))
             else:
                 tapcopy = tapcopy or compile_tapcopy(work)
                 make = setup_offload if name == "offload" else setup_copy
-                st = stack.enter_context(make(tapcopy, work))
+                st = stack.enter_context(make(tapcopy, work, p.family))
             say(f"[{name}] {TITLES[name]}: namespaces {st.topo.prefix}*"
                 + (f", forwarding process pid {st.pid}" if st.pid else "")
                 + (f", TAP offloads {','.join(st.offloads) or 'none'}"

@@ -13,12 +13,14 @@ import functools
 import os
 import sys
 import textwrap
+from ipaddress import ip_address
 from typing import Any, Callable
 
 from forwarder.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from forwarder.lab import EXTRA, INSTALL_HINT, missing
 from forwarder.lab.signals import Terminated, cleanup_signals
-from forwarder.lab.spec import BENCH_SETUPS, MAX_DURATION, PROTOCOLS, LoadgenError, LoadSpec
+from forwarder.lab.spec import (BENCH_SETUPS, FAMILIES, MAX_DURATION, MIN_FRAME, PROTOCOLS,
+                                LoadgenError, LoadSpec)
 
 EXIT_INTERRUPTED = 130         # 128 + SIGINT; the others are `forwarder`'s own
 Command = Callable[[argparse.Namespace], int]
@@ -64,8 +66,9 @@ def cmd_lab(args: argparse.Namespace) -> int:
     from forwarder.lab.demo import run_lab
     if _needs_root("lab"):
         return EXIT_ERROR
-    spec = LoadSpec(proto=args.proto, sizes=args.size, flows=args.flows, rate=args.rate or None,
-                    duration=args.duration)
+    spec = LoadSpec(proto=args.proto, sizes=args.size or str(MIN_FRAME[args.family]),
+                    flows=args.flows, rate=args.rate or None, duration=args.duration,
+                    family=args.family)
     try:
         spec.check()
     except LoadgenError as e:
@@ -103,7 +106,10 @@ def add_lab(sub: Any) -> None:
                    help="leave the lab up until Ctrl-C and print how to enter each host")
     g = p.add_argument_group("load test")
     g.add_argument("-P", "--proto", choices=PROTOCOLS, default="udp")
-    g.add_argument("-s", "--size", default="64", metavar="N|imix", help="frame size (default 64)")
+    g.add_argument("--family", type=int, choices=FAMILIES, default=4,
+                   help="load over IPv4 or IPv6 (default 4)")
+    g.add_argument("-s", "--size", default=None, metavar="N|imix",
+                   help="frame size (default 64; IPv6 78)")
     g.add_argument("-f", "--flows", type=int, default=8)
     g.add_argument("-r", "--rate", type=float, default=50000, metavar="PPS",
                    help="offered packets/s (default 50000; 0 = flat out)")
@@ -120,13 +126,21 @@ def add_lab(sub: Any) -> None:
 def cmd_loadgen(args: argparse.Namespace) -> int:
     from forwarder.lab.path import host_path, resolve_path
     from forwarder.lab.topology import lab_up
-    spec = LoadSpec(proto=args.proto, sizes=args.size, flows=args.flows, rate=args.rate,
-                    duration=args.duration, count=args.count, procs=args.procs,
-                    src_addrs=args.src_addrs)
+    spec = LoadSpec(proto=args.proto, sizes=args.size or str(MIN_FRAME[args.family]),
+                    flows=args.flows, rate=args.rate, duration=args.duration, count=args.count,
+                    procs=args.procs, src_addrs=args.src_addrs, family=args.family)
     try:
         spec.check()
     except LoadgenError as e:
         print(f"forwarder loadgen: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        family = ip_address(args.dst_ip).version if args.dst_ip else args.family
+    except ValueError:
+        family = 0
+    if family != args.family:
+        print(f"forwarder loadgen: --dst-ip {args.dst_ip}: not an IPv{args.family} address "
+              f"(--family {args.family})", file=sys.stderr)
         return EXIT_USAGE
     if bool(args.src) != bool(args.dst):
         print("forwarder loadgen: give both --src and --dst (or neither: a lab is built)",
@@ -144,12 +158,12 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
         with cleanup_signals():
             if args.src:
                 path = resolve_path(args.src, args.dst, args.dst_ip,
-                                    router_socket=args.router_socket)
+                                    router_socket=args.router_socket, family=args.family)
                 return _loadgen(spec, path, args, rates, say)
             with lab_up(args.config, report=lambda what, text: say(f"lab: {what:<12} {text}")
                         ) as lab:
-                return _loadgen(spec, host_path(lab, args.src_host, args.dst_host), args,
-                                rates, say)
+                return _loadgen(spec, host_path(lab, args.src_host, args.dst_host, args.family),
+                                args, rates, say)
     except KeyboardInterrupt:
         print("\nforwarder loadgen: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -201,9 +215,13 @@ def add_loadgen(sub: Any) -> None:
     w.add_argument("--from", dest="src_host", default="h1", help="lab host sending (default h1)")
     w.add_argument("--to", dest="dst_host", default="h2", help="lab host receiving (default h2)")
     g = p.add_argument_group("load")
-    g.add_argument("-P", "--proto", choices=PROTOCOLS, default="udp", help="default: udp")
-    g.add_argument("-s", "--size", default="64", metavar="N[,N..]|imix",
-                   help="frame size(s) in bytes with FCS (64..1518), or imix; default 64")
+    g.add_argument("-P", "--proto", choices=PROTOCOLS, default="udp",
+                   help="default: udp (icmp: ICMPv6 echo with --family 6)")
+    g.add_argument("--family", type=int, choices=FAMILIES, default=4,
+                   help="IPv4 or IPv6 frames (default 4)")
+    g.add_argument("-s", "--size", default=None, metavar="N[,N..]|imix",
+                   help="frame size(s) in bytes with FCS (64..1518; IPv6 from 78, RFC 5180), "
+                   "or imix; default the smallest: 64, IPv6 78")
     g.add_argument("-f", "--flows", type=int, default=8, help="flows (default 8)")
     g.add_argument("-r", "--rate", type=float, default=None, metavar="PPS",
                    help="offered packets/s (token bucket); default: flat out")
@@ -240,16 +258,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.quick:
         p = bench.Params(reps=args.reps or 3, duration=args.duration or 0.4, iperf_seconds=1,
-                         iperf_bytes="8M")
+                         iperf_bytes="8M", family=args.family)
     else:
         p = bench.Params(reps=args.reps or 3, duration=args.duration or 2.0,
-                         iperf_seconds=args.iperf_seconds)
+                         iperf_seconds=args.iperf_seconds, family=args.family)
     if p.reps < 1 or not 0 < p.duration <= 60:
         print("forwarder bench: --reps >= 1 and 0 < --duration <= 60", file=sys.stderr)
         return EXIT_USAGE
     m = bench.machine()
     _say(f"forwarder bench: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, "
-         f"Python {m['python']}; {p.reps} runs per figure")
+         f"Python {m['python']}; IPv{p.family}; {p.reps} runs per figure")
     try:
         with cleanup_signals():
             doc = bench.run_bench(p, only, say=_say)
@@ -277,8 +295,11 @@ def add_bench(sub: Any) -> None:
                 "C read()/write() loop between two TAPs and (d) the same loop on TAPs with "
                 "offloads (virtio-net header, TSO): 64-byte and IMIX pps, iperf3 Gbit/s with "
                 "1 and 4 streams, latency at half load, CPU per packet, peak RSS; the router's "
-                "figures also as ratios to (b), (c) and (d).  Numbers and method: "
+                "figures also as ratios to (b), (c) and (d).  With --family 6, all of it over "
+                "IPv6 (78-byte frames in place of 64: RFC 5180).  Numbers and method: "
                 "benchmarks/README.md.")
+    p.add_argument("--family", type=int, choices=FAMILIES, default=4,
+                   help="IPv4 or IPv6 through every setup (default 4)")
     p.add_argument("--quick", action="store_true",
                    help="short runs (0.4 s loads, 8 MB iperf3): for tests, not for numbers")
     p.add_argument("--reps", type=int, default=None, help="runs per figure (default 3)")

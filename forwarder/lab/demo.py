@@ -8,7 +8,8 @@ Six steps, each one line of output: [1/6] the namespaces and [2/6] the router
 (:func:`forwarder.lab.topology.lab_up`: ``forwarder run`` inside the router's
 namespace, exactly as a user would run it, its control socket in a temporary
 directory); [3/6] a ping from the first host to the last and [4/6] a traceroute
-along the same way; [5/6] a short load from the first host to the second with
+along the same way, over IPv4 and, where both hosts have IPv6 addresses, over
+IPv6 too (ping -6, traceroute -6: one more line each); [5/6] a short load from the first host to the second with
 its summary and the router's netstat -m; [6/6] the clean-up, and whether any
 namespace was left behind.  Everything is undone on exit, on errors, on Ctrl-C
 and on SIGTERM.
@@ -37,8 +38,17 @@ def step(what: str) -> str:
     return f"[{STEPS.index(what) + 1}/{len(STEPS)}] {what:<12}"
 
 
-def ping(lab: Lab, src: LabHost, dst: LabHost, count: int = 3) -> tuple[bool, str]:
-    cp = lab.ping(src.name, dst.address.ip, count=count, wait=2, extra=["-i", "0.2"])
+def target(dst: LabHost, family: int) -> str:
+    """The address of ``dst`` that a ping or traceroute of ``family`` goes to."""
+    a = dst.address if family == 4 else dst.address6
+    assert a is not None
+    return str(a.ip)
+
+
+def ping(lab: Lab, src: LabHost, dst: LabHost, count: int = 3,
+         family: int = 4) -> tuple[bool, str]:
+    cp = lab.ping(src.name, target(dst, family), count=count, wait=2,
+                  extra=["-i", "0.2"] + (["-6"] if family == 6 else []))
     m = re.search(r"(\d+) packets transmitted, (\d+) received", cp.stdout)
     rtt = re.search(r"= ([\d.]+)/([\d.]+)/([\d.]+)", cp.stdout)
     got = f"{m.group(2)}/{m.group(1)} received" if m else "no answer"
@@ -47,16 +57,16 @@ def ping(lab: Lab, src: LabHost, dst: LabHost, count: int = 3) -> tuple[bool, st
     return cp.returncode == 0, got
 
 
-def traceroute(lab: Lab, src: LabHost, dst: LabHost) -> tuple[bool, list[str]]:
-    cp = lab.run(src.name, ["traceroute", "-n", "-q", "1", "-w", "2", "-m", "5",
-                            str(dst.address.ip)], timeout=40)
+def traceroute(lab: Lab, src: LabHost, dst: LabHost, family: int = 4) -> tuple[bool, list[str]]:
+    cp = lab.run(src.name, ["traceroute", f"-{family}", "-n", "-q", "1", "-w", "2", "-m", "5",
+                            target(dst, family)], timeout=40)
     hops = []
     for line in cp.stdout.splitlines()[1:]:
         parts = line.split()
         if len(parts) >= 2 and parts[0].isdigit():
             hops.append(f"{parts[0]} {parts[1]}" + (f" {parts[2]} ms" if len(parts) > 2
                                                       and parts[1] != "*" else ""))
-    ok = bool(hops) and hops[-1].split()[1] == str(dst.address.ip)
+    ok = bool(hops) and hops[-1].split()[1] == target(dst, family)
     return ok, hops
 
 
@@ -67,15 +77,20 @@ def run_demo(lab: Lab, spec: LoadSpec, say: Say, *, json_path: str | None = None
     ok = True
     src, far = lab.hosts[0], lab.hosts[-1]
     near = lab.hosts[1] if len(lab.hosts) > 1 else far
-    good, text = ping(lab, src, far)
-    ok &= good
-    say(step("ping") + f" {src.name} -> {far.name} {far.address.ip}: {text}")
-    good, hops = traceroute(lab, src, far)
-    ok &= good
-    say(step("traceroute") + f" {src.name} -> {far.name}: " + ("  |  ".join(hops) or "no hops"))
-    say(step("load") + f" {src.name} -> {near.name} {near.address.ip}: {spec.proto} "
+    families = (4, 6) if src.address6 and far.address6 else (4,)
+    for family in families:
+        good, text = ping(lab, src, far, family=family)
+        ok &= good
+        say((step("ping") if family == 4 else f"{'':6}{'ping6':<12}")
+            + f" {src.name} -> {far.name} {target(far, family)}: {text}")
+    for family in families:
+        good, hops = traceroute(lab, src, far, family)
+        ok &= good
+        say((step("traceroute") if family == 4 else f"{'':6}{'traceroute6':<12}")
+            + f" {src.name} -> {far.name}: " + ("  |  ".join(hops) or "no hops"))
+    say(step("load") + f" {src.name} -> {near.name} {target(near, spec.family)}: {spec.proto} "
         f"{spec.sizes} B, {spec.flows} flows, {spec.duration:g} s {fmt_offered(spec.rate)}")
-    r = run_load(spec, host_path(lab, src.name, near.name),
+    r = run_load(spec, host_path(lab, src.name, near.name, spec.family),
                  progress=Progress("load", spec.duration))
     if r["received"]["packets"] == 0:
         ok = False
@@ -98,7 +113,8 @@ def run_demo(lab: Lab, spec: LoadSpec, say: Say, *, json_path: str | None = None
 def keep_message(lab: Lab) -> str:
     lines = ["lab is up; press Ctrl-C to remove it.  Enter a host with:"]
     for h in lab.hosts:
-        lines.append(f"  {h.name:<4} {str(h.address):<18} ip netns exec {h.netns} bash")
+        lines.append(f"  {h.name:<4} {str(h.address):<18} ip netns exec {h.netns} bash"
+                     + (f"   ({h.address6})" if h.address6 else ""))
     lines.append(f"  router             ip netns exec {lab.router_ns} bash"
                  f"   (pid {lab.router.pid if lab.router else '?'})")
     lines.append(f"  router CLI         forwarder stats --socket {lab.socket}   "

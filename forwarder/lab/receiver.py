@@ -1,8 +1,8 @@
 """The receiver: a process in the destination host's namespace that counts the load.
 
-It reads a TPACKET_V2 PACKET_RX_RING behind a classic BPF filter (IPv4, the
-protocol, the magic word, first fragments, not outgoing; at most 128 bytes
-copied per frame).  The kernel stamps each frame as it reaches the socket, so
+It reads a TPACKET_V2 PACKET_RX_RING behind a classic BPF filter (IPv4 or IPv6,
+the protocol, the magic word, IPv4 first fragments, not outgoing; at most 128
+bytes copied per frame).  The kernel stamps each frame as it reaches the socket, so
 latency = ring timestamp - sender timestamp does not include the receiver's own
 lag.  Frames are handled in chunks with numpy (:class:`Stats`): per-flow counts,
 reordering (a packet whose sequence number is below the highest already seen in
@@ -23,7 +23,7 @@ import numpy as np
 
 from forwarder import netns as nn
 from forwarder.lab.signals import child_signals
-from forwarder.lab.spec import BUCKET_NS, LAYOUTS, MAGIC, TS_SHIFT, TS_UNIT_NS, Layout
+from forwarder.lab.spec import BUCKET_NS, MAGIC, TS_SHIFT, TS_UNIT_NS, Layout, layout
 
 SOL_PACKET = 263
 PACKET_RX_RING = 5
@@ -32,7 +32,6 @@ PACKET_VERSION = 10
 TPACKET_V2 = 1
 TP_STATUS_USER = 1
 SO_ATTACH_FILTER = 26
-ETH_P_IP = 0x0800
 PACKET_OUTGOING = 4
 SKF_AD_PKTTYPE = -0x1000 + 4
 
@@ -42,26 +41,28 @@ RING_BLOCK = 1 << 20
 RING_BLOCKS = 16
 RING_SNAP = 128
 RING_MACOFF = 66       # TPACKET_ALIGN(TPACKET2_HDRLEN + 16) - ETH_HLEN for SOCK_RAW
-REC_LEN = RING_MACOFF + 54   # what is copied per frame: tpacket2_hdr .. end of our fields
+REC_LEN = RING_MACOFF + 74   # what is copied per frame: tpacket2_hdr .. end of our fields (IPv6)
 CHUNK = 16384                # frames per numpy chunk
 LAT_SAMPLE_CAP = 16_000_000  # latency samples kept (uint32, 64 MB); beyond: subsampled
 
 
-def bpf_program(layout: Layout) -> bytes:
-    """Classic BPF: our IPv4 frames of this protocol, first fragments only, not
+def bpf_program(L: Layout) -> bytes:
+    """Classic BPF: our frames of this protocol and family, IPv4 first fragments
+    only (an IPv6 fragment's next header is 44: it fails the protocol test), not
     outgoing; accept at most RING_SNAP bytes."""
     LD_H, LD_B, LD_W = 0x28, 0x30, 0x20          # ld{h,b,w} [k]
     JEQ, JSET, RET = 0x15, 0x45, 0x06
     ins = [
         (LD_W, 0, 0, SKF_AD_PKTTYPE & 0xFFFFFFFF),  # pkttype
         (JEQ, 0, 1, PACKET_OUTGOING), (RET, 0, 0, 0),
-        (LD_H, 0, 0, 12), (JEQ, 1, 0, ETH_P_IP), (RET, 0, 0, 0),
-        (LD_B, 0, 0, 23), (JEQ, 1, 0, layout.ipproto), (RET, 0, 0, 0),
-        (LD_H, 0, 0, 20), (JSET, 0, 1, 0x1FFF), (RET, 0, 0, 0),
-        (LD_H, 0, 0, layout.magic_off), (JEQ, 1, 0, MAGIC), (RET, 0, 0, 0),
+        (LD_H, 0, 0, 12), (JEQ, 1, 0, L.ethertype), (RET, 0, 0, 0),
+        (LD_B, 0, 0, L.proto_off), (JEQ, 1, 0, L.ipproto), (RET, 0, 0, 0),
     ]
-    if layout.type_off is not None:
-        ins += [(LD_B, 0, 0, layout.type_off), (JEQ, 1, 0, 8), (RET, 0, 0, 0)]
+    if L.family == 4:
+        ins += [(LD_H, 0, 0, 20), (JSET, 0, 1, 0x1FFF), (RET, 0, 0, 0)]
+    ins += [(LD_H, 0, 0, L.magic_off), (JEQ, 1, 0, MAGIC), (RET, 0, 0, 0)]
+    if L.type_off is not None:
+        ins += [(LD_B, 0, 0, L.type_off), (JEQ, 1, 0, L.echo_type), (RET, 0, 0, 0)]
     ins.append((RET, 0, 0, RING_SNAP))
     return b"".join(struct.pack("HBBI", *i) for i in ins)
 
@@ -187,27 +188,27 @@ class Stats:
 
 
 def receiver_main(conn: Any, netns: str, ifname: str, proto: str, nflows: int, t0_val: Any,
-                  recv_val: Any, stop_evt: Any, max_runtime: float) -> None:
+                  recv_val: Any, stop_evt: Any, max_runtime: float, family: int = 4) -> None:
     """The receiver process: ready, count until stopped (or ``max_runtime``), report."""
     child_signals()
     try:
-        layout = LAYOUTS[proto]
+        L = layout(proto, family)
         with nn.enter_netns(netns):
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        keep = attach_filter(sock, bpf_program(layout))
+        keep = attach_filter(sock, bpf_program(L))
         sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
         nframes = RING_BLOCK // RING_FRAME * RING_BLOCKS
         sock.setsockopt(SOL_PACKET, PACKET_RX_RING,
                         struct.pack("IIII", RING_BLOCK, RING_BLOCKS, RING_FRAME, nframes))
         size = RING_BLOCK * RING_BLOCKS
         mm = mmap.mmap(sock.fileno(), size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        sock.bind((ifname, ETH_P_IP))
+        sock.bind((ifname, L.ethertype))
         del keep
         sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)       # reset the counters
         conn.send(("ready", None))
         while not t0_val.value and not stop_evt.is_set():
             time.sleep(0.001)
-        stats = Stats(layout, nflows, t0_val.value)
+        stats = Stats(L, nflows, t0_val.value)
         zero4 = bytes(4)
         rec = bytearray()
         nrec = 0

@@ -21,7 +21,7 @@ _NUM = (int, float)
 _OPT_NUM = (int, float, type(None))
 RESULT_SCHEMA: dict[str, Any] = {
     "schema": str,
-    "spec": {"proto": str, "sizes": list, "imix": bool, "flows": int, "rate_pps": _OPT_NUM,
+    "spec": {"proto": str, "family": int, "sizes": list, "imix": bool, "flows": int, "rate_pps": _OPT_NUM,
              "duration_s": _NUM, "count": int, "procs": int, "src_addrs": int},
     "path": {"src_netns": str, "src_if": str, "dst_netns": str, "dst_if": str, "dst_ip": str,
              "next_hop": str, "next_hop_mac": str},
@@ -109,7 +109,7 @@ def format_result(r: dict) -> str:
     """`forwarder loadgen`'s table of one result."""
     s, rc, lat = r["sent"], r["received"], r["latency_us"]
     spec = r["spec"]
-    lines = [f"{spec['proto']} {fmt_sizes(spec)} B, {spec['flows']} flows, "
+    lines = [f"{spec['proto']}{'6' if spec['family'] == 6 else ''} {fmt_sizes(spec)} B, {spec['flows']} flows, "
              f"{fmt_offered(spec['rate_pps'])}, "
              f"{r['path']['src_netns']} -> {r['path']['dst_ip']} ({r['path']['dst_netns']})",
              f"{'':<14}{'offered':>16}{'delivered':>16}",

@@ -68,7 +68,9 @@ def _recv_all(conns: list[Any], procs: list[Any], what: str, timeout: float) -> 
 def run_load(spec: LoadSpec, path: PathInfo, *, progress: Progress | None = None) -> dict:
     """Run one load from path.src to path.dst; return the result (schema SCHEMA)."""
     spec.check()
-    pattern, imix = parse_sizes(spec.sizes)
+    pattern, imix = parse_sizes(spec.sizes, spec.family)
+    if path.family != spec.family:
+        raise LoadgenError(f"an IPv{spec.family} load on a path to {path.dst_ip}")
     mtu_frame = path.src_mtu + 18
     for s in set(pattern):
         if s > mtu_frame:
@@ -83,9 +85,9 @@ def run_load(spec: LoadSpec, path: PathInfo, *, progress: Progress | None = None
         for s in sizes:
             raw = build_template(spec.proto, s, f, src_mac=path.src_mac,
                                  dst_mac=path.next_hop_mac, dst_ip=path.dst_ip,
-                                 src_addrs=spec.src_addrs, ttl=spec.ttl)
+                                 src_addrs=spec.src_addrs, ttl=spec.ttl, family=spec.family)
             if f < 2:                   # the others differ only in addresses and ports
-                verify_template(spec.proto, raw, f)
+                verify_template(spec.proto, raw, f, spec.family)
             tmpl[(f, s)] = len(bufs)
             bufs.append(raw)
             flow_of.append(f)
@@ -114,12 +116,12 @@ def run_load(spec: LoadSpec, path: PathInfo, *, progress: Progress | None = None
     before_dst = link_stats_at(path.dst_netns, path.dst_ifindex)
     before_router = _router_stats(path.router_socket)
     try:
-        with blackhole_replies(path.dst_netns):
+        with blackhole_replies(path.dst_netns, spec.family):
             rconn, rchild = ctx.Pipe(duplex=False)
             receiver = ctx.Process(target=receiver_main, name="loadgen-rx", daemon=True,
                                    args=(rchild, path.dst_netns, path.dst_if, spec.proto,
                                          spec.flows, t0_val, recv_val, rstop,
-                                         spec.duration + 30))
+                                         spec.duration + 30, spec.family))
             receiver.start()
             children.append(receiver)
             rchild.close()
@@ -130,7 +132,7 @@ def run_load(spec: LoadSpec, path: PathInfo, *, progress: Progress | None = None
                                    args=(child, path.src_netns, path.src_if, bufs, flow_of,
                                          scheds[p], spec.proto, spec.flows, counts[p],
                                          per_proc_rate, spec.duration, start_evt, t0_val,
-                                         sent_vals[p], stop_evt))
+                                         sent_vals[p], stop_evt, spec.family))
                 proc.start()
                 child.close()
                 children.append(proc)
@@ -203,7 +205,8 @@ def _assemble(spec: LoadSpec, path: PathInfo, pattern: list[int], imix: bool, t0
         return int(a[k] - b[k])
     return {
         "schema": SCHEMA,
-        "spec": {"proto": spec.proto, "sizes": sorted(set(pattern)), "imix": imix,
+        "spec": {"proto": spec.proto, "family": spec.family,
+                 "sizes": sorted(set(pattern)), "imix": imix,
                  "flows": spec.flows, "rate_pps": spec.rate, "duration_s": spec.duration,
                  "count": spec.max_count(), "procs": min(spec.procs, spec.flows),
                  "src_addrs": spec.src_addrs},

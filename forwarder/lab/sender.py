@@ -113,7 +113,7 @@ def _timer_slack(ns: int) -> None:
 def sender_main(conn: Any, netns: str, ifname: str, bufs: list[bytes], flow_of: list[int],
                 sched: list[int], proto: str, nflows: int, count: int, rate: float | None,
                 duration: float, start_evt: Any, t0_val: Any, sent_val: Any,
-                stop_evt: Any) -> None:
+                stop_evt: Any, family: int = 4) -> None:
     """A sender process: ready, wait for the start, offer the load, report."""
     child_signals()
     _timer_slack(1000)
@@ -139,7 +139,7 @@ def sender_main(conn: Any, netns: str, ifname: str, bufs: list[bytes], flow_of: 
             time.sleep(delay)
         deadline = t0 + int(duration * 1e9)
         seqs = [0] * nflows
-        res = send_loop(sock, mbufs, lens, flow_of, sched, make_patcher(proto), seqs,
+        res = send_loop(sock, mbufs, lens, flow_of, sched, make_patcher(proto, family), seqs,
                         count, rate, t0, deadline, sent_val, stop_evt)
         res["per_flow"] = seqs
         sock.close()

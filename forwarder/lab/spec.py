@@ -8,18 +8,29 @@ Frame sizes are RFC 2544's: the Ethernet frame *with* its 4-byte FCS, so a
 "64-byte" frame is 60 bytes on the TAP; IMIX is 64:7, 594:4, 1518:1.  Flows
 differ in source address (198.18.0.0/15, the RFC 2544 benchmarking range) and
 source port / ICMP id.  Timestamps are CLOCK_REALTIME in 64 ns units, 32 bits.
+
+IPv6 (``family=6``): the same fields 20 bytes further on (the IPv6 header is
+40 bytes), flows from 2001:2::/48 (RFC 5180's benchmarking range), ICMPv6 echo
+for "icmp".  An IPv6 test frame cannot be 64 bytes: Ethernet, IPv6 and UDP
+headers and the 12 bytes of measurement fields make 78 with the FCS, the
+smallest frame RFC 5180 section 5.1.1 benchmarks IPv6 with; it takes the place
+of 64 (also in IMIX).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from dataclasses import replace
+from ipaddress import IPv4Network, IPv6Network
 from typing import Sequence
 
 MAGIC = 0x4C47                         # "LG": marks our frames for the BPF filter
 SPORT_BASE = 10000                     # flow i uses source port SPORT_BASE + i
 DPORT = 9                              # discard
 FLOW_SRC_NET = IPv4Network("198.18.0.0/15")   # RFC 2544 benchmarking range
+FLOW_SRC_NET6 = IPv6Network("2001:2::/48")    # RFC 5180 benchmarking range
+FAMILIES = (4, 6)
+MIN_FRAME = {4: 64, 6: 78}             # the smallest test frame (FCS included) per family
 FCS = 4
 IMIX = ((64, 7), (594, 4), (1518, 1))  # simple IMIX: frame size (with FCS), weight
 MAX_FLOWS = 1024
@@ -40,7 +51,7 @@ class LoadgenError(Exception):
 @dataclass(frozen=True)
 class Layout:
     """Where a protocol's measurement fields sit in the frame (offsets from the
-    Ethernet header; the IP header is always 20 bytes)."""
+    Ethernet header; the IPv4 header is always 20 bytes, the IPv6 one 40)."""
     name: str
     ipproto: int
     magic_off: int
@@ -49,7 +60,18 @@ class Layout:
     seq_off: int        # 32-bit sequence number
     ts_off: int         # 32-bit timestamp
     comp_off: int | None  # 16-bit checksum complement (ICMP, TCP)
-    type_off: int | None = None   # ICMP type byte (must be 8, echo request)
+    type_off: int | None = None   # ICMP type byte (must be the echo request)
+    family: int = 4
+    echo_type: int = 8            # ICMP echo request; ICMPv6's is 128
+
+    @property
+    def ethertype(self) -> int:
+        return 0x0800 if self.family == 4 else 0x86DD
+
+    @property
+    def proto_off(self) -> int:
+        """The IPv4 protocol or IPv6 next header byte."""
+        return 23 if self.family == 4 else 20
 
 
 LAYOUTS = {
@@ -64,16 +86,40 @@ LAYOUTS = {
 PROTOCOLS = tuple(LAYOUTS)
 
 
-def parse_sizes(text: str | Sequence[int]) -> tuple[list[int], bool]:
+def _v6(L: Layout) -> Layout:
+    """The same protocol over IPv6: every field 20 bytes further on."""
+    def at(off: int | None) -> int | None:
+        return None if off is None else off + 20
+    return replace(L, family=6, ipproto=58 if L.name == "icmp" else L.ipproto,
+                   echo_type=128, magic_off=at(L.magic_off), flow_off=at(L.flow_off),
+                   seq_off=at(L.seq_off), ts_off=at(L.ts_off), comp_off=at(L.comp_off),
+                   type_off=at(L.type_off))
+
+
+LAYOUTS6 = {name: _v6(L) for name, L in LAYOUTS.items()}
+
+
+def layout(proto: str, family: int = 4) -> Layout:
+    """Where ``proto``'s fields sit over IPv4 or IPv6."""
+    return (LAYOUTS if family == 4 else LAYOUTS6)[proto]
+
+
+def imix(family: int = 4) -> tuple[tuple[int, int], ...]:
+    """The IMIX of ``family``: its smallest frame in place of 64."""
+    return tuple((max(s, MIN_FRAME[family]), w) for s, w in IMIX)
+
+
+def parse_sizes(text: str | Sequence[int], family: int = 4) -> tuple[list[int], bool]:
     """"64" | "64,512,1518" | "imix" -> (the pattern of frame sizes, is_imix).
 
     The IMIX pattern interleaves the sizes by weight (12 frames)."""
+    mix = imix(family)
     if isinstance(text, str) and text.strip().lower() == "imix":
         pattern: list[int] = []
-        credit = {s: 0.0 for s, _ in IMIX}
-        total = sum(w for _, w in IMIX)
+        credit = {s: 0.0 for s, _ in mix}
+        total = sum(w for _, w in mix)
         for _ in range(total):          # smooth weighted round robin
-            for s, w in IMIX:
+            for s, w in mix:
                 credit[s] += w
             best = max(credit, key=lambda s: credit[s])
             credit[best] -= total
@@ -88,9 +134,12 @@ def parse_sizes(text: str | Sequence[int]) -> tuple[list[int], bool]:
         sizes = list(text)
     if not sizes:
         raise LoadgenError("no frame size given")
+    low = MIN_FRAME[family]
     for s in sizes:
-        if not 64 <= s <= 16018:
-            raise LoadgenError(f"frame size {s}: must be 64..1518 (or up to MTU + 18)")
+        if not low <= s <= 16018:
+            why = (" (an IPv6 test frame is at least 78 bytes: RFC 5180)" if family == 6
+                   and s >= 64 else "")
+            raise LoadgenError(f"frame size {s}: must be {low}..1518 (or up to MTU + 18){why}")
     return sizes, False
 
 
@@ -106,12 +155,15 @@ class LoadSpec:
     count: int | None = None           # packets, always a bound (default: from rate, or a cap)
     procs: int = 1
     src_addrs: int = 1                 # distinct source addresses the flows cycle through
-    ttl: int = 64
+    ttl: int = 64                      # the IPv6 hop limit with family 6
+    family: int = 4                    # 4 or 6
 
     def check(self) -> None:
         if self.proto not in LAYOUTS:
             raise LoadgenError(f"protocol {self.proto!r}: one of {', '.join(PROTOCOLS)}")
-        parse_sizes(self.sizes)
+        if self.family not in FAMILIES:
+            raise LoadgenError(f"family {self.family}: 4 or 6")
+        parse_sizes(self.sizes, self.family)
         if not 1 <= self.flows <= MAX_FLOWS:
             raise LoadgenError(f"flows: 1..{MAX_FLOWS}")
         if not 0 < self.duration <= MAX_DURATION:

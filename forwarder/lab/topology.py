@@ -9,10 +9,16 @@ the host takes the address after the router's and the router as its gateway.
 Two ways to make one:
 
 * :func:`make_lab`: N hosts on 10.K.0.0/24 (router .1 with MAC
-  02:00:00:00:0K:01, host .2) -- the tests and the bench use it;
+  02:00:00:00:0K:01, host .2), with ``ipv6=True`` also on 2001:db8:K::/64
+  (router ::1, host ::2) -- the tests and the bench use it;
 * :func:`lab_from_config`: from a router config such as the shipped lab.toml
   (package data, read with importlib.resources; configs/lab.toml links to it),
   whose ``netns`` names ("h1") are placeholders for fresh namespaces.
+
+A link is dual-stack when the router has an IPv6 address on it: the host takes
+the next IPv6 address too (no duplicate address detection, no router
+solicitations) and the router as its IPv6 default gateway.  A link needs an
+IPv4 address: the lab's ping, traceroute and load run over IPv4 first.
 
 :meth:`Lab.config_doc` is the router config for a lab, written with
 :func:`forwarder.lab.tomlwrite.to_toml`; :meth:`Lab.start_router` runs
@@ -31,7 +37,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from importlib import resources
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -52,16 +58,16 @@ def router_mac(k: int) -> str:
     return ROUTER_MAC.format(k=k)
 
 
-def host_address(router: IPv4Interface) -> IPv4Interface:
+def host_address(router: IPv4Interface | IPv6Interface) -> IPv4Interface | IPv6Interface:
     """The host's address on a link: the one after the router's (before it, if the
-    router has the last host address)."""
+    router has the last host address; IPv6 has no broadcast address)."""
     net = router.network
     nxt = router.ip + 1
-    if nxt not in net or nxt == net.broadcast_address:
+    if nxt not in net or (router.version == 4 and nxt == net.broadcast_address):
         nxt = router.ip - 1
     if nxt not in net or nxt == net.network_address:
         raise ValueError(f"{router}: no room for a host on this link")
-    return IPv4Interface(f"{nxt}/{net.prefixlen}")
+    return type(router)(f"{nxt}/{net.prefixlen}")
 
 
 @dataclass
@@ -75,17 +81,29 @@ class LabHost:
     mtu: int = 1500
     router_mac: str | None = None                  # None: the router derives one
     more_addresses: tuple[IPv4Interface, ...] = ()  # the router's other addresses here
+    router6: IPv6Interface | None = None            # the router's IPv6 address: dual-stack
+    address6: IPv6Interface | None = None
+    more_addresses6: tuple[IPv6Interface, ...] = ()
+    ra: bool = False                                # the router advertises on this link
 
     @property
     def gateway(self) -> IPv4Address:
         return self.router.ip
 
+    @property
+    def gateway6(self) -> IPv6Address | None:
+        return None if self.router6 is None else self.router6.ip
+
     def interface_doc(self, extra: Sequence[str] = ()) -> dict[str, Any]:
         """This link as the router's [[interface]]; ``extra``: more router addresses."""
         doc: dict[str, Any] = {
             "name": self.ifname,
-            "addresses": [str(a) for a in (self.router, *self.more_addresses)] + list(extra),
+            "addresses": [str(a) for a in (self.router, *self.more_addresses)]
+            + [str(a) for a in ((self.router6,) if self.router6 else ()) + self.more_addresses6]
+            + list(extra),
             "mtu": self.mtu}
+        if self.ra:
+            doc["ra"] = True
         if self.router_mac is not None:
             doc["mac"] = self.router_mac
         doc["netns"] = self.netns
@@ -96,7 +114,7 @@ def route_doc(route: Route) -> dict[str, str]:
     """A parsed route as the [[route]] it came from."""
     doc = {"prefix": str(route.prefix)}
     if route.via is not None:
-        doc["via"] = str(route.via)
+        doc["via"] = str(route.via) + (f"%{route.via_interface}" if route.via_interface else "")
     elif route.interface is not None:
         doc["interface"] = route.interface
     else:
@@ -189,7 +207,8 @@ class Lab:
         """Once the router moved each TAP into its host: address, up, default route."""
         for h in self.hosts:
             nn.wait_link(h.ifname, h.netns, timeout)
-            nn.configure_host(h.ifname, h.netns, [h.address], gateway=h.gateway, mtu=h.mtu)
+            nn.configure_host(h.ifname, h.netns, [h.address, *filter(None, [h.address6])],
+                              gateway=h.gateway, gateway6=h.gateway6, mtu=h.mtu)
 
     def open_taps(self) -> dict[str, nn.Tap]:
         """Play the router from Python: open the TAPs here and plug in the hosts."""
@@ -211,15 +230,18 @@ class Lab:
 
 
 def make_lab(topo: nn.Topology, n_hosts: int = 3, mtus: Sequence[int] = (),
-             name: str = "r1") -> Lab:
-    """Router and hosts h1..hN on 10.K.0.0/24 (no TAP yet: the router opens them)."""
+             name: str = "r1", ipv6: bool = False) -> Lab:
+    """Router and hosts h1..hN on 10.K.0.0/24, and on 2001:db8:K::/64 with
+    ``ipv6`` (no TAP yet: the router opens them)."""
     lab = Lab(topo=topo, router_ns=topo.netns("r"), name=name)
     for k in range(1, n_hosts + 1):
         router = IPv4Interface(f"10.{k}.0.1/24")
+        router6 = IPv6Interface(f"2001:db8:{k:x}::1/64") if ipv6 else None
         lab.hosts.append(LabHost(name=f"h{k}", netns=topo.netns(f"h{k}"), ifname=f"tap{k}",
                                  router=router, address=host_address(router),
                                  mtu=mtus[k - 1] if k - 1 < len(mtus) else 1500,
-                                 router_mac=router_mac(k)))
+                                 router_mac=router_mac(k), router6=router6,
+                                 address6=host_address(router6) if router6 else None))
     return lab
 
 
@@ -240,6 +262,9 @@ def lab_from_config(topo: nn.Topology, config: Config) -> Lab:
         if not itf.netns or "/" in itf.netns:
             raise ValueError(f"{where}: interface {itf.name}: a lab's interfaces name their "
                              'host (netns = "h1")')
+        if not itf.addresses:
+            raise ValueError(f"{where}: interface {itf.name}: a lab's link needs an IPv4 "
+                             "address (its hosts are reached over IPv4 first)")
     lab = Lab(topo=topo, router_ns=topo.netns("r"), name=config.router.name,
               log_level=config.router.log_level, sysctl=dict(config.sysctl),
               routes=[route_doc(r) for r in config.routes], metrics=config.metrics.listen)
@@ -248,10 +273,13 @@ def lab_from_config(topo: nn.Topology, config: Config) -> Lab:
         if itf.netns not in made:
             made[itf.netns] = topo.netns(itf.netns)
         router, *more = itf.addresses
+        router6, *more6 = itf.addresses6 or (None,)
         lab.hosts.append(LabHost(name=itf.netns, netns=made[itf.netns], ifname=itf.name,
                                  router=router, address=host_address(router), mtu=itf.mtu,
                                  router_mac=None if itf.mac_generated else itf.mac,
-                                 more_addresses=tuple(more)))
+                                 more_addresses=tuple(more), router6=router6,
+                                 address6=host_address(router6) if router6 else None,
+                                 more_addresses6=tuple(more6), ra=itf.ra))
     return lab
 
 
@@ -274,7 +302,8 @@ def lab_up(config: str | os.PathLike | None = None, *, report: Report | None = N
                                       f"{cfg.path}", timeout=timeout)
             report("router", f"\"{lab.name}\" pid {router.pid}, healthy after "
                    f"{time.monotonic() - t:.1f} s; "
-                   + ", ".join(f"{h.name} {h.address} via {h.ifname}"
+                   + ", ".join(f"{h.name} {h.address}"
+                               + (f" {h.address6}" if h.address6 else "") + f" via {h.ifname}"
                                + (f" (mtu {h.mtu})" if h.mtu != 1500 else "") for h in lab.hosts))
             yield lab
         finally:
