@@ -363,7 +363,10 @@ def cmd_health(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(h))
     elif h["healthy"]:
-        print(f"healthy: dataplane went round {h['progress_age']:.3f} s ago")
+        print(f"healthy: dataplane went round {h['progress_age']:.3f} s ago"
+              + (f"; still waiting for {h['waiting_for']}" if h.get("waiting_for") else ""))
+    elif not h.get("ready", True):
+        print(f"unhealthy: not ready: waiting for {h['waiting_for']}", file=sys.stderr)
     else:
         age = h["progress_age"]
         print("unhealthy: dataplane " + ("not running" if age is None else

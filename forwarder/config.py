@@ -2,10 +2,11 @@
 
 The contract (see configs/router.toml for a commented example)::
 
-    [router]            name (required), socket, log_level
+    [router]            name (required), socket, log_level, attach_timeout
     [sysctl]            FreeBSD tunable names, dotted or quoted keys
     [metrics]           listen = "127.0.0.1:9477"   (optional)
-    [[interface]]       name, addresses (IPv4 and/or IPv6), mtu, mac, netns, offload, ra
+    [[interface]]       name, addresses (IPv4 and/or IPv6), mtu, mac, netns | attach,
+                        offload, ra
     [[route]]           prefix (IPv4 or IPv6) + exactly one of via / interface / type
 
 IPv6: an interface's IPv6 addresses are :attr:`Interface.addresses6` (its IPv4
@@ -13,6 +14,13 @@ ones stay :attr:`Interface.addresses`); every interface also has a link-local
 address, :attr:`Interface.link_local`, derived from its MAC (never configured).
 A route's gateway may be link-local when it names its interface,
 ``via = "fe80::1%tap1"`` (:attr:`Route.via_interface`).
+
+A port is a TAP the router creates, named as the port and moved into ``netns``
+if given; or, with ``attach = "eth1"``, joined to an existing interface of the
+router's own namespace (the veth a container runtime hands it; see
+forwarder/attach.py), its TAP then named ``tap-<name>`` (:attr:`Interface.tap`)
+so that it never clashes with the interface it attaches to.  An attached port
+takes that interface's MAC and MTU unless ``mac`` / ``mtu`` say otherwise.
 
 :func:`load_config` returns a :class:`Config` or raises :class:`ConfigError`
 listing every problem found, each as ``file:line: key: what is wrong``.
@@ -39,6 +47,8 @@ log = logging.getLogger(__name__)
 SOCKET_DIR = Path("/run/forwarder")
 NETNS_DIR = Path("/var/run/netns")
 IFNAMSIZ = 16                      # including the terminating NUL
+ATTACH_TAP_PREFIX = "tap-"         # the TAP of an attached port: tap-<port name>
+ATTACH_TIMEOUT = 300               # seconds to wait for attached interfaces at start
 # The largest frame must fit a 16k jumbo cluster (MJUM16BYTES) with its Ethernet header.
 MTU_DEFAULT = 1500
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -97,6 +107,7 @@ class RouterConfig:
     name: str
     socket: Path
     log_level: str = "info"
+    attach_timeout: int = ATTACH_TIMEOUT   # 0: do not wait for attached interfaces
 
 
 @dataclass(frozen=True)
@@ -111,6 +122,15 @@ class Interface:
     offload: bool = True          # virtio-net header: checksum offload and super-frames (TSO/USO)
     addresses6: tuple[IPv6Interface, ...] = ()   # global/ULA ones; never link-local
     ra: bool = False              # send Router Advertisements (needs a /64 in addresses6)
+    attach: str | None = None     # an existing interface of the router's namespace to join
+    mtu_configured: bool = False  # mtu was given (else an attached port takes the link's)
+
+    @property
+    def tap(self) -> str:
+        """The name of the port's TAP: the port's own, or tap-<name> when attached."""
+        if self.attach is None:
+            return self.name
+        return (ATTACH_TAP_PREFIX + self.name)[:IFNAMSIZ - 1]
 
     @property
     def networks(self) -> tuple[IPv4Network, ...]:
@@ -367,7 +387,7 @@ class _Reader:
             if "router" not in self.doc:
                 self.error(path, "missing required table [router] with name = \"...\"", line=1)
             return None
-        self.unknown_keys(table, ("name", "socket", "log_level"), path)
+        self.unknown_keys(table, ("name", "socket", "log_level", "attach_timeout"), path)
         name = self.string(table, "name", path, required=True)
         if name is not None and not _NAME_RE.match(name):
             self.error(path + ("name",),
@@ -383,11 +403,12 @@ class _Reader:
             self.error(path + ("log_level",),
                        f"{level!r} is not a log level ({', '.join(LOG_LEVELS)})")
             level = "info"
+        attach_timeout = self.integer(table, "attach_timeout", path, 0, 86400, ATTACH_TIMEOUT)
         if name is None:
             return None
         return RouterConfig(name=name,
                             socket=Path(socket) if socket else SOCKET_DIR / f"{name}.sock",
-                            log_level=level.lower())
+                            log_level=level.lower(), attach_timeout=attach_timeout)
 
     def read_metrics(self) -> Metrics:
         path = ("metrics",)
@@ -458,7 +479,7 @@ class _Reader:
         for i, table in enumerate(self.array_of_tables("interface")):
             path: tuple[str | int, ...] = ("interface", i)
             self.unknown_keys(table, ("name", "addresses", "mtu", "mac", "netns", "offload",
-                                      "ra"), path)
+                                      "ra", "attach"), path)
             name = self.string(table, "name", path, required=True)
             if name is not None:
                 if not 1 <= len(name) < IFNAMSIZ:
@@ -491,11 +512,47 @@ class _Reader:
             netns = self.string(table, "netns", path)
             if netns is not None:
                 netns = self.check_netns(netns, path + ("netns",))
+            attach = self.string(table, "attach", path)
+            if attach is not None:
+                attach = self.check_attach(attach, netns, path)
             offload = self.boolean(table, "offload", path, True)
             interfaces.append(Interface(name=name or "", addresses=tuple(addresses), mtu=mtu,
                                         mac=mac, mac_generated=generated, netns=netns,
-                                        offload=offload, addresses6=tuple(addresses6), ra=ra))
+                                        offload=offload, addresses6=tuple(addresses6), ra=ra,
+                                        attach=attach, mtu_configured="mtu" in table))
+        self.check_link_names(interfaces)
         return interfaces
+
+    def check_attach(self, attach: str, netns: str | None,
+                     path: tuple[str | int, ...]) -> str | None:
+        """``attach`` names an interface of the router's own namespace."""
+        if not 1 <= len(attach) < IFNAMSIZ or "/" in attach or attach in (".", "..") \
+                or any(c.isspace() for c in attach):
+            self.error(path + ("attach",), f"{attach!r} is not an interface name (1.."
+                       f"{IFNAMSIZ - 1} characters, no '/' or whitespace)")
+            return None
+        if netns is not None:
+            self.error(path + ("attach",), "attach and netns exclude each other: an attached "
+                       "port joins an interface of the router's own namespace, a netns port "
+                       "moves its TAP into another one")
+            return None
+        return attach
+
+    def check_link_names(self, interfaces: list[Interface]) -> None:
+        """The TAPs the router creates in its namespace and the interfaces it
+        attaches to have distinct names (an attach target twice is an error too)."""
+        owner: dict[str, str] = {}
+        for i, itf in enumerate(interfaces):
+            if not itf.name:
+                continue
+            names = [(itf.tap, "the TAP of")] + ([(itf.attach, "attached by")]
+                                                  if itf.attach else [])
+            for link, what in names:
+                if link in owner:
+                    self.error(("interface", i, "attach" if what == "attached by" else "name"),
+                               f"{link!r} is {what} interface[{i}] and also {owner[link]}")
+                else:
+                    owner[link] = f"{what} interface[{i}]"
 
     def read_addresses(self, table: Mapping[str, Any], path: tuple[str | int, ...],
                        connected: list[tuple[IPv4Network, IPv4Interface, int]],

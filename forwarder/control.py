@@ -10,7 +10,7 @@ Commands (``args`` in brackets):
 
     hello                         protocol version, router name, pid
     ping                          "pong"
-    health                        {healthy, running, progress_age, stalled}
+    health                        {healthy, running, progress_age, stalled, ready, waiting_for}
     sysctl.list [prefix]          every tunable's record (name, value, default, range, ...)
     sysctl.get  [names]           records by name or prefix
     sysctl.set  [assignments]     {name: value}, all or nothing -> [[name, old, new]]
@@ -102,7 +102,8 @@ def handlers(router: "Router") -> dict[str, Callable[..., Any]]:
         age = router.dp.progress_age()
         return {"healthy": router.healthy(), "running": router.running,
                 "stalled": router.dp.stalled,
-                "progress_age": None if age == float("inf") else age}
+                "progress_age": None if age == float("inf") else age,
+                "ready": router.ready, "waiting_for": router.waiting_for()}
 
     def hello() -> dict:
         return {"protocol": PROTOCOL_VERSION, "router": router.config.router.name,

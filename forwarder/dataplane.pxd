@@ -71,6 +71,7 @@ cdef extern from "dp_drop.h":
         DROP_TTL_EXCEEDED
         DROP_NEEDFRAG_DF_SET
         DROP_NO_BUFFER
+        DROP_INTERFACE_DOWN
         DROP_ARP_TIMEOUT
         DROP_ARP_HOLD_OVERFLOW
         DROP_ARP_HOLD_RECLAIMED
@@ -126,6 +127,7 @@ cdef struct dp_ifnet:
     uint64_t tx_errors
     int narp                    # ARP entries on this interface (capped by arp_max_per_if)
     int lost_errno              # the device went away (its namespace died): 0 while up
+    int link_down               # an attached port whose interface is gone (set_link)
     # offloads (net/if_tap.pxi)
     int vnet_hdrlen             # VIRTIO_NET_HDR_LEN when opened with IFF_VNET_HDR, else 0
     uint32_t offloads           # TUN_F_* the kernel accepted: what it may hand us

@@ -345,6 +345,23 @@ cdef class Dataplane:
         finally:
             pthread_mutex_unlock(&self.dp.lock)
 
+    def set_link(self, int index, bint up, bytes mac=None):
+        """An attached port's link (forwarder/attach.py): down while the
+        interface it joins is missing (what would go out is dropped as
+        interface_down), up again once joined; mac, when given, becomes the
+        port's MAC and its link-local address follows."""
+        if not 0 <= index < self.dp.nifs:
+            raise IndexError(index)
+        if mac is not None and len(mac) != 6:
+            raise ValueError("mac must be 6 bytes")
+        with nogil:
+            pthread_mutex_lock(&self.dp.lock)
+        if mac is not None:
+            memcpy(self.dp.ifs[index].mac, <const char *>mac, 6)
+            in6_eui64_linklocal(self.dp.ifs[index].lladdr6.s6, self.dp.ifs[index].mac)
+        self.dp.ifs[index].link_down = not up
+        pthread_mutex_unlock(&self.dp.lock)
+
     def set_mtu(self, int index, int mtu):
         if not 0 <= index < self.dp.nifs:
             raise IndexError(index)
@@ -472,7 +489,9 @@ cdef class Dataplane:
                     "rx_errors": ifp.rx_errors, "rx_nobuf": ifp.rx_nobuf,
                     "tx_packets": ifp.tx_packets, "tx_bytes": ifp.tx_bytes,
                     "tx_errors": ifp.tx_errors,
-                    "link": "up" if not ifp.lost_errno else f"lost ({os.strerror(ifp.lost_errno)})",
+                    "link": (f"lost ({os.strerror(ifp.lost_errno)})" if ifp.lost_errno
+                             else "down" if ifp.link_down else "up"),
+                    "mac": ":".join(f"{b:02x}" for b in ifp.mac[:6]),
                     "vnet_hdr": ifp.vnet_hdrlen != 0,
                     "offloads": tun_flag_names(ifp.offloads),
                     "offloads_refused": tun_flag_names(ifp.offloads_refused),

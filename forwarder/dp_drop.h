@@ -38,6 +38,7 @@
   _(TTL_EXCEEDED,             "TTL or hop limit would reach 0 (ICMP time exceeded)")             \
   _(NEEDFRAG_DF_SET,          "larger than the next link's MTU with DF set (ICMP frag needed)")  \
   _(NO_BUFFER,                "no mbuf or cluster: a zone limit or out of memory")               \
+  _(INTERFACE_DOWN,           "out of a port whose attached interface is gone (forwarder/attach.py)") \
   _(ARP_TIMEOUT,              "the next hop never answered ARP (ICMP host unreachable)")         \
   _(ARP_HOLD_OVERFLOW,        "more held for an unresolved neighbour than maxhold (oldest)")     \
   _(ARP_HOLD_RECLAIMED,       "held for an unresolved neighbour, freed when buffers ran out")    \

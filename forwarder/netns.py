@@ -281,8 +281,10 @@ def wait_link(ifname: str, netns: str | None, timeout: float = 5.0) -> LinkInfo:
         time.sleep(0.05)
 
 
-def link_move(ifname: str, dst: str, src: str | None = None) -> None:
-    """Move link ``ifname`` from namespace ``src`` into ``dst`` (a name or a path).
+def link_move(ifname: str, dst: str, src: str | None = None, *,
+              rename: str | None = None) -> None:
+    """Move link ``ifname`` from namespace ``src`` into ``dst`` (a name or a path),
+    named ``rename`` there if given (one request, as container runtimes do it).
 
     An open TAP fd keeps working after its device moved.
     """
@@ -290,10 +292,11 @@ def link_move(ifname: str, dst: str, src: str | None = None) -> None:
         idx = _index(ipr, ifname, src)
         fd = os.open(netns_path(dst), os.O_RDONLY | os.O_CLOEXEC)
         try:
-            ipr.link("set", index=idx, net_ns_fd=fd)
+            ipr.link("set", index=idx, net_ns_fd=fd, **({"ifname": rename} if rename else {}))
         finally:
             os.close(fd)
-    log.debug("link %s moved from %s to %s", ifname, src or "(current)", dst)
+    log.debug("link %s moved from %s to %s%s", ifname, src or "(current)", dst,
+              f" as {rename}" if rename else "")
 
 
 def configure_host(ifname: str, netns: str,

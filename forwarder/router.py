@@ -20,7 +20,11 @@ boot ``-o`` overrides given at start:
   does not touch them; boot-only tunables cannot change (restart);
 * addresses (both families), MTUs and ``ra`` of existing interfaces are
   applied; adding, removing or reordering interfaces, or changing a MAC,
-  netns or offload, needs a restart.
+  netns, attach or offload, needs a restart.
+
+Attached ports (``attach = "eth1"``, forwarder/attach.py) are down in the
+dataplane until their interface is joined; an :class:`forwarder.attach.Attacher`
+thread joins them as they appear and marks them down when they go away.
 
 A config that does not parse or validate changes nothing: the reason is
 logged, the failure counted (``stats``: reloads.failed) and returned.
@@ -30,6 +34,7 @@ IPv4 routes live in ``routes`` (forwarder.route), IPv6 routes in ``routes6``
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -37,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 
-from forwarder import mbufs, netns
+from forwarder import attach, mbufs, netns
 from forwarder.config import Config, ConfigError, Interface, load_config, unusable_gateway
 from forwarder.dataplane import MAX_STALL, Dataplane
 from forwarder.route import RouteTable
@@ -113,6 +118,8 @@ class Router:
     _stopping: threading.Event = field(default_factory=threading.Event)
     _stall_thread: threading.Thread | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock)
+    attacher: attach.Attacher | None = None
+    _tap_index: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.sysctl = self.config.sysctl_tree()
@@ -142,14 +149,51 @@ class Router:
         self._stopping.clear()
         self._watcher = threading.Thread(target=self._watch, name="zone-watcher", daemon=True)
         self._watcher.start()
+        self._start_attacher()
         log.info("router %s forwarding on %s", self.config.router.name,
                  ", ".join(self.ifindex) or "no interfaces")
 
+    def _start_attacher(self) -> None:
+        ports = [attach.Port(name=itf.name, link=itf.attach, tap=itf.tap,
+                             tap_index=self._tap_index[itf.name])
+                 for itf in self.config.interfaces if itf.attach]
+        if not ports:
+            return
+        self.attacher = attach.Attacher(
+            ports, timeout=self.config.router.attach_timeout, on_join=self._joined,
+            on_loss=self._lost, expected=attach.expected_interfaces(),
+            mtus={itf.name: itf.mtu if itf.mtu_configured else None
+                  for itf in self.config.interfaces if itf.attach})
+        self.attacher.start()
+
+    def _joined(self, port: attach.Port, seen: attach.LinkSeen) -> None:
+        """An attached port's interface is joined: its MAC and MTU unless
+        configured, then the port is up."""
+        itf = self.config.interface(port.name)
+        if not itf.mtu_configured and seen.mtu != itf.mtu:
+            netns.link_set(itf.tap, mtu=seen.mtu)
+            self.dp.set_mtu(self.ifindex[itf.name], seen.mtu)
+        mac = mac_bytes(seen.mac) if itf.mac_generated else None
+        self.dp.set_link(self.ifindex[itf.name], True, mac)
+
+    def _lost(self, port: attach.Port) -> None:
+        """Its interface went away: port down, its neighbours forgotten (the
+        next one on that link may be another host)."""
+        self.dp.set_link(self.ifindex[port.name], False)
+        for e in self.dp.arp_entries():
+            if e["interface"] == port.name:
+                self.dp.arp_delete(e["ip"], port.name)
+        for e in self.dp.nd6_entries():
+            if e["interface"] == port.name:
+                self.dp.nd6_delete(e["ip"], port.name)
+
     def _attach(self, itf: Interface) -> None:
-        fd = netns.tap_open(itf.name, extra_flags=netns.IFF_VNET_HDR if itf.offload else 0)
+        fd = netns.tap_open(itf.tap, extra_flags=netns.IFF_VNET_HDR if itf.offload else 0)
         self.fds[itf.name] = fd
         accepted = self._offloads(itf, fd) if itf.offload else 0
-        netns.link_set(itf.name, mtu=itf.mtu, up=True)
+        if itf.attach:          # before it is up: no link-local, no DAD
+            self._tap_index[itf.name] = attach.prepare_tap(itf.tap)
+        netns.link_set(itf.tap, mtu=itf.mtu, up=True)
         idx = self.dp.add_interface(fd, itf.name, mac_bytes(itf.mac), itf.mtu,
                                     [(str(a.ip), a.network.prefixlen) for a in itf.addresses],
                                     addrs6=[(str(a.ip), a.network.prefixlen)
@@ -157,6 +201,8 @@ class Router:
                                     vnet_hdr=itf.offload, offloads=accepted,
                                     refused=netns.TUN_F_ALL & ~accepted if itf.offload else 0)
         self.ifindex[itf.name] = idx
+        if itf.attach:
+            self.dp.set_link(idx, False)        # until forwarder.attach joins it
         if itf.netns:
             netns.link_move(itf.name, itf.netns_path)
             netns.link_set(itf.name, itf.netns_path, up=True)
@@ -164,7 +210,8 @@ class Router:
                  ", ".join([*map(str, itf.addresses), *map(str, itf.addresses6),
                             str(itf.link_local)]), itf.mtu, itf.mac,
                  ", ".join(netns.tun_flag_names(accepted)) or "off",
-                 f" (kernel side in {itf.netns})" if itf.netns else "")
+                 f" (kernel side in {itf.netns})" if itf.netns else
+                 f" (TAP {itf.tap}, attaches to {itf.attach})" if itf.attach else "")
 
     @staticmethod
     def _offloads(itf: Interface, fd: int) -> int:
@@ -182,6 +229,8 @@ class Router:
     def stop(self) -> None:
         """Stop forwarding, free every held packet, close the TAPs."""
         self._stopping.set()
+        if self.attacher is not None:
+            self.attacher.stop()
         if self.dp.resume():
             log.warning("dataplane stall ended by shutdown")
         if self._stall_thread is not None:
@@ -342,7 +391,7 @@ class Router:
         while not self._stopping.wait(WATCH_PERIOD):
             try:
                 for i in self.dp.stats()["interfaces"]:
-                    if i["link"] != "up" and i["name"] not in lost:
+                    if i["link"].startswith("lost") and i["name"] not in lost:
                         lost.add(i["name"])
                         log.error("interface %s: device %s; no longer polled, its traffic "
                                   "is dropped (restart to re-create it)", i["name"], i["link"])
@@ -430,9 +479,9 @@ class Router:
         if [i.name for i in new.interfaces] != [i.name for i in old.interfaces]:
             raise ValueError("interfaces cannot be added, removed or reordered by a reload; restart")
         for a, b in zip(old.interfaces, new.interfaces):
-            if a.netns != b.netns or a.mac != b.mac or a.offload != b.offload:
-                raise ValueError(f"interface {a.name}: netns, mac and offload change only "
-                                 f"with a restart")
+            if (a.netns, a.mac, a.offload, a.attach) != (b.netns, b.mac, b.offload, b.attach):
+                raise ValueError(f"interface {a.name}: netns, mac, offload and attach change "
+                                 f"only with a restart")
         # Validate everything before changing anything.
         specs = self._route_specs(new)
         tree = _quiet.tree(new)
@@ -508,13 +557,27 @@ class Router:
         if itf.netns:
             netns.link_set(itf.name, itf.netns_path, mtu=mtu)
         else:
-            netns.link_set(itf.name, mtu=mtu)
+            netns.link_set(itf.tap, mtu=mtu)
+            if itf.attach:
+                with contextlib.suppress(OSError, LookupError):
+                    netns.link_set(itf.attach, mtu=mtu)
         self.dp.set_mtu(self.ifindex[itf.name], mtu)
 
     # --- health ---------------------------------------------------------------------
 
     def healthy(self, within: float = 2.0) -> bool:
-        return self.running and self.dp.progress_age() <= within
+        return self.running and self.dp.progress_age() <= within and self.ready
+
+    @property
+    def ready(self) -> bool:
+        """Every attached port joined, or attach_timeout passed."""
+        return self.attacher is None or self.attacher.ready
+
+    def waiting_for(self) -> str | None:
+        """What the router still waits for, as a phrase; None when nothing."""
+        if self.attacher is None or not self.attacher.missing:
+            return None
+        return self.attacher.waiting_text()
 
 
 def _network(prefix: str) -> IPv4Network | IPv6Network:

@@ -810,3 +810,56 @@ k = 2
     assert loc.line_of(("route", 1, "missing")) == 17
     assert loc.line_of(("nothing",)) is None
 
+
+
+# --- attached ports -------------------------------------------------------------------
+
+ATTACHED = ROUTER + '''attach_timeout = 20
+
+[[interface]]
+name = "eth1"
+attach = "eth1"
+addresses = ["10.71.0.1/24", "2001:db8:71::1/64"]
+
+[[interface]]
+name = "tap2"
+addresses = ["10.2.0.1/24"]
+netns = "h2"
+'''
+
+
+def test_an_attached_port_takes_its_links_mac_and_mtu_unless_given() -> None:
+    cfg = parse_config(ATTACHED + '\n[[interface]]\nname = "up"\nattach = "eth2"\n'
+                       'addresses = ["10.72.0.1/24"]\nmtu = 9000\nmac = "02:00:00:00:72:01"\n')
+    eth1, tap2, up = cfg.interfaces
+    assert cfg.router.attach_timeout == 20
+    assert (eth1.attach, eth1.tap, eth1.mac_generated, eth1.mtu_configured) == \
+        ("eth1", "tap-eth1", True, False)
+    assert (tap2.attach, tap2.tap, tap2.netns) == (None, "tap2", "h2")
+    assert (up.tap, up.mtu, up.mtu_configured, up.mac, up.mac_generated) == \
+        ("tap-up", 9000, True, "02:00:00:00:72:01", False)
+    assert parse_config(ROUTER).router.attach_timeout == 300
+
+
+@pytest.mark.parametrize("extra,key,message", [
+    ('[[interface]]\nname = "x"\nattach = "eth1" #!\naddresses = ["10.9.0.1/24"]\n',
+     "interface[2].attach", "'eth1' is attached by interface[2] and also attached by "
+                            "interface[0]"),
+    ('[[interface]]\nname = "tap-eth1" #!\naddresses = ["10.9.0.1/24"]\n',
+     "interface[2].name", "'tap-eth1' is the TAP of interface[2] and also the TAP of "
+                          "interface[0]"),
+    ('[[interface]]\nname = "x"\nattach = "tap2" #!\naddresses = ["10.9.0.1/24"]\n',
+     "interface[2].attach", "'tap2' is attached by interface[2] and also the TAP of "
+                            "interface[1]"),
+    ('[[interface]]\nname = "x"\nattach = "eth 2" #!\naddresses = ["10.9.0.1/24"]\n',
+     "interface[2].attach", "'eth 2' is not an interface name"),
+    ('[[interface]]\nname = "x"\nattach = "eth2" #!\nnetns = "h3"\naddresses = ["10.9.0.1/24"]\n',
+     "interface[2].attach", "attach and netns exclude each other"),
+])
+def test_attach_problems(tmp_path: Path, extra: str, key: str, message: str) -> None:
+    expect(tmp_path, ATTACHED + "\n" + extra, key, message)
+
+
+def test_attach_timeout_range(tmp_path: Path) -> None:
+    expect(tmp_path, ROUTER + 'attach_timeout = -1 #!\n', "router.attach_timeout",
+           "-1 out of range (0..86400)")

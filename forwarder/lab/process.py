@@ -68,9 +68,10 @@ class RouterProcess:
         """One control-socket request (forwarder.control)."""
         return Client(self.socket).call(command, **kw)
 
-    def wait_healthy(self, timeout: float) -> None:
-        """Until the control socket says healthy; RuntimeError (the log attached)
-        when the router exits first or the time is up, which stops it."""
+    def wait_healthy(self, timeout: float, healthy: bool = True) -> None:
+        """Until the control socket says healthy (or, ``healthy=False``, answers
+        at all); RuntimeError (the log attached) when the router exits first or
+        the time is up, which stops it."""
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -78,7 +79,7 @@ class RouterProcess:
                                    + self.log.read_text(errors="replace"))
             if self.socket.exists():
                 try:
-                    if Client(self.socket, timeout=2).call("health")["healthy"]:
+                    if Client(self.socket, timeout=2).call("health")["healthy"] or not healthy:
                         return
                 except (ControlError, OSError):
                     pass
@@ -111,14 +112,15 @@ Popen = Callable[..., subprocess.Popen]
 
 def launch(popen: Popen, netns: str, config: Path, socket: Path, *, argv: Sequence[str] = (),
            timeout: float = 30.0, kind: type[R] = RouterProcess,  # type: ignore[assignment]
-           **fields: Any) -> R:
+           wait: bool = True, **fields: Any) -> R:
     """``forwarder run -c CONFIG ARGV`` in ``netns`` through ``popen(netns, argv, **kw)``
     (a Topology's, which stops it on close); the log goes beside the config.
-    Returns once the router is healthy."""
+    Returns once the router is healthy (with ``wait=False``: once its control
+    socket answers, healthy or not -- it waits for interfaces to attach)."""
     log = config.with_suffix(".log")
     with open(log, "w") as out:
         proc = popen(netns, forwarder_argv("run", "-c", str(config), *argv),
                      stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     router = kind(proc=proc, socket=socket, config=config, log=log, netns=netns, **fields)
-    router.wait_healthy(timeout)
+    router.wait_healthy(timeout, healthy=wait)
     return router

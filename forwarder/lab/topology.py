@@ -85,6 +85,7 @@ class LabHost:
     address6: IPv6Interface | None = None
     more_addresses6: tuple[IPv6Interface, ...] = ()
     ra: bool = False                                # the router advertises on this link
+    attach: bool = False                            # a veth handed to the router (attach =)
 
     @property
     def gateway(self) -> IPv4Address:
@@ -106,7 +107,10 @@ class LabHost:
             doc["ra"] = True
         if self.router_mac is not None:
             doc["mac"] = self.router_mac
-        doc["netns"] = self.netns
+        if self.attach:
+            doc["attach"] = self.ifname
+        else:
+            doc["netns"] = self.netns
         return doc
 
 
@@ -134,6 +138,7 @@ class Lab:
     routes: list[dict[str, str]] = field(default_factory=list)
     metrics: str | None = None                         # [metrics] listen
     router: RouterProcess | None = None
+    attach_delay: float = 2.0                          # seconds before the veths are handed over
 
     def host(self, name: str) -> LabHost:
         """A host by its short name or its namespace."""
@@ -198,17 +203,34 @@ class Lab:
         cfg = workdir / "router.toml"
         cfg.write_text(to_toml(self.config_doc(sock), header) if config_text is None
                        else config_text)
+        attached = [h for h in self.hosts if h.attach]
         self.router = launch(self.topo.popen, self.router_ns, cfg, sock, argv=argv,
-                             timeout=timeout, kind=kind, lab=self)
+                             timeout=timeout, kind=kind, lab=self, wait=not attached)
+        if attached:
+            time.sleep(self.attach_delay)
+            for h in attached:
+                self.hand_over(h)
+            self.router.wait_healthy(timeout)
         self.configure_hosts()
         return self.router
+
+    def hand_over(self, h: LabHost) -> None:
+        """What a container runtime does for an attached link: a veth pair made
+        beside the host, one end moved into the router's namespace under the
+        link's name (the host keeps the other end, also named so)."""
+        nn.add_veth(h.ifname, h.netns, f"{h.ifname[:12]}-r", h.netns)
+        nn.link_move(f"{h.ifname[:12]}-r", self.router_ns, h.netns, rename=h.ifname)
 
     def configure_hosts(self, timeout: float = 10.0) -> None:
         """Once the router moved each TAP into its host: address, up, default route."""
         for h in self.hosts:
-            nn.wait_link(h.ifname, h.netns, timeout)
-            nn.configure_host(h.ifname, h.netns, [h.address, *filter(None, [h.address6])],
-                              gateway=h.gateway, gateway6=h.gateway6, mtu=h.mtu)
+            self.configure_host(h, timeout)
+
+    def configure_host(self, h: LabHost, timeout: float = 10.0) -> None:
+        """One host's end of its link: address(es), up, default route(s)."""
+        nn.wait_link(h.ifname, h.netns, timeout)
+        nn.configure_host(h.ifname, h.netns, [h.address, *filter(None, [h.address6])],
+                          gateway=h.gateway, gateway6=h.gateway6, mtu=h.mtu)
 
     def open_taps(self) -> dict[str, nn.Tap]:
         """Play the router from Python: open the TAPs here and plug in the hosts."""
@@ -230,18 +252,22 @@ class Lab:
 
 
 def make_lab(topo: nn.Topology, n_hosts: int = 3, mtus: Sequence[int] = (),
-             name: str = "r1", ipv6: bool = False) -> Lab:
+             name: str = "r1", ipv6: bool = False, attach: Sequence[int] = ()) -> Lab:
     """Router and hosts h1..hN on 10.K.0.0/24, and on 2001:db8:K::/64 with
-    ``ipv6`` (no TAP yet: the router opens them)."""
+    ``ipv6`` (no TAP yet: the router opens them).  Links whose number is in
+    ``attach`` are veths handed to the router (``ethK``, the veth's MAC)."""
     lab = Lab(topo=topo, router_ns=topo.netns("r"), name=name)
     for k in range(1, n_hosts + 1):
         router = IPv4Interface(f"10.{k}.0.1/24")
         router6 = IPv6Interface(f"2001:db8:{k:x}::1/64") if ipv6 else None
-        lab.hosts.append(LabHost(name=f"h{k}", netns=topo.netns(f"h{k}"), ifname=f"tap{k}",
+        lab.hosts.append(LabHost(name=f"h{k}", netns=topo.netns(f"h{k}"),
+                                 ifname=f"eth{k}" if k in attach else f"tap{k}",
                                  router=router, address=host_address(router),
                                  mtu=mtus[k - 1] if k - 1 < len(mtus) else 1500,
-                                 router_mac=router_mac(k), router6=router6,
-                                 address6=host_address(router6) if router6 else None))
+                                 router_mac=None if k in attach else router_mac(k),
+                                 router6=router6,
+                                 address6=host_address(router6) if router6 else None,
+                                 attach=k in attach))
     return lab
 
 

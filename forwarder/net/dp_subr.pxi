@@ -33,6 +33,9 @@ cdef void dp_transmit(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
     virtio-net header when the TAP has one (tap_output_hdr); m is consumed."""
     cdef int len = m.m_pkthdr.len
     cdef virtio_net_hdr vh
+    if ifp.link_down:
+        dp_drop_m(dp, m, DROP_INTERFACE_DOWN)
+        return
     if ifp.vnet_hdrlen:
         tap_output_hdr(ifp, &vh, m)
         m = M_PREPEND(m, VIRTIO_NET_HDR_LEN, M_NOWAIT)     # in the leading space when there is room
