@@ -201,6 +201,22 @@ def test_the_router_runs_this_package_whatever_the_current_directory(tmp_path):
 # --- end to end ---------------------------------------------------------------------------
 
 @requires_netns
+def test_lab_wired_as_a_container_runtime_wires_it(tmp_path):
+    """--attach: the router starts with no links; veths eth1..3 appear in its
+    namespace 2 s later, and it attaches to them."""
+    cp = subprocess.run([*LAB, "--attach", "-d", "0.3", "-r", "2000"],
+                        capture_output=True, text=True, timeout=90)
+    out = cp.stdout
+    assert cp.returncode == 0, out + cp.stderr
+    assert re.search(r"\[2/6\] router .* healthy after [\d.]+ s \(its veths handed over 2 s "
+                     r"after it started\); h1 10\.1\.0\.2/24 \S+ via eth1", out), out
+    assert re.search(r"\[3/6\] ping\s+h1 -> h3 10\.3\.0\.2: 3/3 received", out), out
+    assert re.search(r"^\s+traceroute6\s+h1 -> h3: 1 2001:db8:1::1 .*\|\s+2 2001:db8:3::2",
+                     out, re.M), out
+    assert "router exit 0; no namespace left behind" in out
+
+
+@requires_netns
 def test_lab_runs_end_to_end_and_removes_everything(tmp_path):
     out_json = tmp_path / "load.json"
     cp = subprocess.run([*LAB, "-d", "0.5", "-r", "5000", "--json", str(out_json)],

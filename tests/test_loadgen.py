@@ -317,6 +317,15 @@ def test_bench_ratios_and_table_cover_the_offload_copy_loop():
     p4 = next(r for r in rows if r.startswith("iperf3 TCP Gbit/s (4 streams)"))
     assert p4.split()[-2:] == ["2.00x", "0.50x"]
     assert "(d)'s TAPs: csum,tso4" in table
+    # the container wirings: attached veths over TAPs in the hosts, and over bridges
+    res = {n: {k: bench.summarize([v]) for k, *_ in bench.FIGURES} | {"peak_rss_bytes": None}
+           for n, v in (("router", 2.0), ("attach", 1.8), ("bridge", 1.2))}
+    rat = bench.ratios(res)
+    assert set(rat) == {"attach/router", "attach/bridge"}
+    assert rat["attach/router"]["pps64"] == pytest.approx(0.9)
+    assert rat["attach/bridge"]["pps64"] == pytest.approx(1.5)
+    header = bench.format_table({"results": res, "ratios": rat, "params": {"reps": 1}})
+    assert header.splitlines()[0].split()[-2:] == ["attach/router", "attach/bridge"]
 
 
 @requires_netns

@@ -13,6 +13,11 @@
                read() and one write() per super-frame: the most TCP throughput that a
                forwarder on offloading TAPs can expect, as (c) is the least cost per
                packet.
+  (e) attach   this router on veths handed to its namespace (``attach =``, forwarder/attach.py:
+               its TAPs joined to the veths with tc redirects), as a container runtime wires it
+  (f) bridge   this router with its TAPs left in its namespace, each bridged with a veth to its
+               host by a Linux bridge: the way containers were wired before attach
+               (``--attach`` runs (a), (e) and (f): the three ways to reach the router's hosts)
 
 With ``--family 6`` every setup carries IPv6 instead: the hosts get addresses
 of 2001:db8::/32 and IPv6 default routes, the kernel forwards with
@@ -64,8 +69,11 @@ log = logging.getLogger(__name__)
 BENCH_SCHEMA = "forwarder.bench/1"
 SETUPS = BENCH_SETUPS
 TITLES = {"router": "router (a)", "kernel": "kernel veth (b)", "copy": "C copy loop (c)",
-          "offload": "C copy loop, offloads (d)"}
+          "offload": "C copy loop, offloads (d)", "attach": "router, attached veths (e)",
+          "bridge": "router, bridged TAPs (f)"}
 BASELINES = ("kernel", "copy", "offload")     # the router's figures as ratios to these
+# and those of the container wirings to the TAP-in-namespace router and the bridge
+RATIOS = tuple(("router", b) for b in BASELINES) + (("attach", "router"), ("attach", "bridge"))
 FLOWS = 8
 IPERF_PORT = 5201
 IPERF_STREAMS = 4          # the second TCP figure: iperf3 -P 4
@@ -195,6 +203,27 @@ def setup_router(workdir: Path, family: int = 4) -> Iterator[Setup]:
             code, out = rp.stop()
             if code != 0:
                 log.warning("the router exited %d:\n%s", code, out[-2000:])
+
+
+@contextlib.contextmanager
+def setup_wired(workdir: Path, name: str, family: int = 4) -> Iterator[Setup]:
+    """(e) or (f): the router of (a) reached through veths, attached to them
+    (``attach``) or bridged with its TAPs (``bridge``)."""
+    with nn.Topology() as topo:
+        links = {"attach": dict(attach=(1, 2)), "bridge": dict(bridge=(1, 2))}[name]
+        lab = make_lab(topo, n_hosts=2, name=f"bench-{name}", ipv6=family == 6, **links)
+        lab.log_level = "warning"
+        lab.attach_delay = 0.2
+        rp = lab.start_router(workdir / name)
+        h1, h2 = lab.hosts
+        a1, a2 = (h1.address, h2.address) if family == 4 else (h1.address6, h2.address6)
+        try:
+            yield Setup(name, topo, h1.netns, h2.netns, str(a1.ip), str(a2.ip),
+                        pid=rp.pid, router_socket=str(rp.socket))
+        finally:
+            code, out = rp.stop()
+            if code != 0:
+                log.warning("the router (%s) exited %d:\n%s", name, code, out[-2000:])
 
 
 @contextlib.contextmanager
@@ -467,15 +496,13 @@ FIGURES = (  # key, label, unit formatter, higher is better
 
 
 def ratios(results: dict) -> dict:
-    """The router's medians over each baseline's that was measured: "router/kernel",
-    "router/copy", "router/offload"; None where the baseline's median is 0."""
+    """Medians over medians, for each pair of :data:`RATIOS` that was measured:
+    "router/kernel", "router/copy", "router/offload", "attach/router",
+    "attach/bridge"; None where the second one's median is 0."""
     out: dict[str, dict[str, float | None]] = {}
-    a = results.get("router")
-    if not a:
-        return out
-    for other in BASELINES:
-        b = results.get(other)
-        if not b:
+    for one, other in RATIOS:
+        a, b = results.get(one), results.get(other)
+        if not a or not b:
             continue
         r: dict[str, float | None] = {}
         for key, *_ in FIGURES:
@@ -483,7 +510,7 @@ def ratios(results: dict) -> dict:
                 continue
             x, y = a[key]["median"], b[key]["median"]
             r[key] = x / y if y else None
-        out[f"router/{other}"] = r
+        out[f"{one}/{other}"] = r
     return out
 
 
@@ -521,7 +548,7 @@ def format_table(doc: dict) -> str:
     res = doc["results"]
     names = [n for n in SETUPS if n in res]
     rat = doc["ratios"]
-    ratio_keys = [f"router/{b}" for b in BASELINES if f"router/{b}" in rat]
+    ratio_keys = [f"{a}/{b}" for a, b in RATIOS if f"{a}/{b}" in rat]
     family = doc["params"].get("family", 4)
     small = f"{MIN_FRAME[family]} B"
     rows: list[list[str]] = [[f"IPv{family}"] + [TITLES[n] for n in names] + ratio_keys]
@@ -565,6 +592,8 @@ def run_bench(p: Params, only: tuple[str, ...] = SETUPS,
                 st = stack.enter_context(setup_router(work, p.family))
             elif name == "kernel":
                 st = stack.enter_context(setup_kernel(p.family))
+            elif name in ("attach", "bridge"):
+                st = stack.enter_context(setup_wired(work, name, p.family))
             else:
                 tapcopy = tapcopy or compile_tapcopy(work)
                 make = setup_offload if name == "offload" else setup_copy

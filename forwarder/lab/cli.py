@@ -19,8 +19,8 @@ from typing import Any, Callable
 from forwarder.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from forwarder.lab import EXTRA, INSTALL_HINT, missing
 from forwarder.lab.signals import Terminated, cleanup_signals
-from forwarder.lab.spec import (BENCH_SETUPS, FAMILIES, MAX_DURATION, MIN_FRAME, PROTOCOLS,
-                                LoadgenError, LoadSpec)
+from forwarder.lab.spec import (BENCH_ATTACH, BENCH_DEFAULT, BENCH_SETUPS, FAMILIES,
+                                MAX_DURATION, MIN_FRAME, PROTOCOLS, LoadgenError, LoadSpec)
 
 EXIT_INTERRUPTED = 130         # 128 + SIGINT; the others are `forwarder`'s own
 Command = Callable[[argparse.Namespace], int]
@@ -78,7 +78,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
     try:
         with cleanup_signals():
             return run_lab(args.config, spec, _say, made, keep=args.keep, json_path=args.json,
-                           plot_path=args.plot)
+                           plot_path=args.plot, attach=args.attach)
     except KeyboardInterrupt as e:
         left = [n for n in made if nn.netns_exists(n)]
         what = "terminated" if isinstance(e, Terminated) else "interrupted"
@@ -104,6 +104,9 @@ def add_lab(sub: Any) -> None:
                                           "shipped lab.toml, also configs/lab.toml)")
     p.add_argument("--keep", action="store_true",
                    help="leave the lab up until Ctrl-C and print how to enter each host")
+    p.add_argument("--attach", action="store_true",
+                   help="wire it as a container runtime does: the router attaches to veths "
+                   "eth1, eth2, ... handed to its namespace after it started")
     g = p.add_argument_group("load test")
     g.add_argument("-P", "--proto", choices=PROTOCOLS, default="udp")
     g.add_argument("--family", type=int, choices=FAMILIES, default=4,
@@ -250,7 +253,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from forwarder.lab.report import write_json
     if _needs_root("bench"):
         return EXIT_ERROR
-    only = tuple(x for x in (args.only.split(",") if args.only else bench.SETUPS) if x)
+    default = BENCH_ATTACH if args.attach else BENCH_DEFAULT
+    only = tuple(x for x in (args.only.split(",") if args.only else default) if x)
     bad = [x for x in only if x not in bench.SETUPS]
     if bad:
         print(f"forwarder bench: --only: unknown {bad} ({', '.join(bench.SETUPS)})",
@@ -300,6 +304,9 @@ def add_bench(sub: Any) -> None:
                 "benchmarks/README.md.")
     p.add_argument("--family", type=int, choices=FAMILIES, default=4,
                    help="IPv4 or IPv6 through every setup (default 4)")
+    p.add_argument("--attach", action="store_true",
+                   help="the container wirings instead: this router on TAPs moved into its "
+                   "hosts (a), attached to veths (e), its TAPs bridged with veths (f)")
     p.add_argument("--quick", action="store_true",
                    help="short runs (0.4 s loads, 8 MB iperf3): for tests, not for numbers")
     p.add_argument("--reps", type=int, default=None, help="runs per figure (default 3)")

@@ -128,11 +128,12 @@ def keep_message(lab: Lab) -> str:
 
 def run_lab(config: str | Path | None, spec: LoadSpec, say: Say, made: list[str], *,
             keep: bool = False, json_path: str | None = None,
-            plot_path: str | None = None) -> int:
+            plot_path: str | None = None, attach: bool = False) -> int:
     """The whole demo; ``made`` learns the lab's namespaces (for a report after
     an interruption).  Exit status: 0 when every step worked."""
     say(f"forwarder lab: {config or LAB_TOML}")
-    with lab_up(config, report=lambda what, text: say(step(what) + " " + text)) as lab:
+    with lab_up(config, report=lambda what, text: say(step(what) + " " + text),
+                attach=attach) as lab:
         made[:] = lab.namespaces
         ok = run_demo(lab, spec, say, json_path=json_path, plot_path=plot_path)
         if keep:

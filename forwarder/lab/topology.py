@@ -86,6 +86,8 @@ class LabHost:
     more_addresses6: tuple[IPv6Interface, ...] = ()
     ra: bool = False                                # the router advertises on this link
     attach: bool = False                            # a veth handed to the router (attach =)
+    bridge: bool = False                            # the TAP stays with the router, bridged
+                                                    # with a veth to the host (the old way)
 
     @property
     def gateway(self) -> IPv4Address:
@@ -109,7 +111,7 @@ class LabHost:
             doc["mac"] = self.router_mac
         if self.attach:
             doc["attach"] = self.ifname
-        else:
+        elif not self.bridge:
             doc["netns"] = self.netns
         return doc
 
@@ -211,8 +213,26 @@ class Lab:
             for h in attached:
                 self.hand_over(h)
             self.router.wait_healthy(timeout)
+        for h in self.hosts:
+            if h.bridge:
+                self.bridge(h)
         self.configure_hosts()
         return self.router
+
+    def bridge(self, h: LabHost) -> None:
+        """The way before attach: the router's TAP, left in its namespace, and a
+        veth to the host, both ports of a Linux bridge there (one more kernel hop
+        each way, and the bridge's own learning and flooding)."""
+        peer, br = f"{h.ifname[:11]}-v", f"{h.ifname[:11]}-br"
+        nn.add_veth(peer, self.router_ns, h.ifname, h.netns)
+        with nn.iproute(self.router_ns) as ipr:
+            ipr.link("add", ifname=br, kind="bridge")
+            bidx = ipr.link_lookup(ifname=br)[0]
+            for port in (h.ifname, peer):
+                idx = ipr.link_lookup(ifname=port)[0]
+                ipr.link("set", index=idx, master=bidx, mtu=h.mtu)
+                ipr.link("set", index=idx, state="up")
+            ipr.link("set", index=bidx, state="up")
 
     def hand_over(self, h: LabHost) -> None:
         """What a container runtime does for an attached link: a veth pair made
@@ -252,10 +272,12 @@ class Lab:
 
 
 def make_lab(topo: nn.Topology, n_hosts: int = 3, mtus: Sequence[int] = (),
-             name: str = "r1", ipv6: bool = False, attach: Sequence[int] = ()) -> Lab:
+             name: str = "r1", ipv6: bool = False, attach: Sequence[int] = (),
+             bridge: Sequence[int] = ()) -> Lab:
     """Router and hosts h1..hN on 10.K.0.0/24, and on 2001:db8:K::/64 with
     ``ipv6`` (no TAP yet: the router opens them).  Links whose number is in
-    ``attach`` are veths handed to the router (``ethK``, the veth's MAC)."""
+    ``attach`` are veths handed to the router (``ethK``, the veth's MAC); in
+    ``bridge``, TAPs left in the router's namespace and bridged with a veth."""
     lab = Lab(topo=topo, router_ns=topo.netns("r"), name=name)
     for k in range(1, n_hosts + 1):
         router = IPv4Interface(f"10.{k}.0.1/24")
@@ -267,7 +289,7 @@ def make_lab(topo: nn.Topology, n_hosts: int = 3, mtus: Sequence[int] = (),
                                  router_mac=None if k in attach else router_mac(k),
                                  router6=router6,
                                  address6=host_address(router6) if router6 else None,
-                                 attach=k in attach))
+                                 attach=k in attach, bridge=k in bridge))
     return lab
 
 
@@ -278,9 +300,11 @@ def load_lab_config(explicit: str | os.PathLike | None = None) -> Config:
     return parse_config(LAB_TOML.read_text(encoding="utf-8"), str(LAB_TOML))
 
 
-def lab_from_config(topo: nn.Topology, config: Config) -> Lab:
+def lab_from_config(topo: nn.Topology, config: Config, attach: bool = False) -> Lab:
     """The lab of a router config: each [[interface]] is a link to one host, whose
-    ``netns`` name becomes a namespace of ``topo``."""
+    ``netns`` name becomes a namespace of ``topo``.  With ``attach`` the links are
+    wired as a container runtime wires them: veths eth1, eth2, ... handed to the
+    router's namespace a little after it started (:meth:`Lab.hand_over`)."""
     where = config.path or "the lab config"
     if not config.interfaces:
         raise ValueError(f"{where}: no [[interface]]: no hosts for a lab")
@@ -295,14 +319,15 @@ def lab_from_config(topo: nn.Topology, config: Config) -> Lab:
               log_level=config.router.log_level, sysctl=dict(config.sysctl),
               routes=[route_doc(r) for r in config.routes], metrics=config.metrics.listen)
     made: dict[str, str] = {}
-    for itf in config.interfaces:
+    for k, itf in enumerate(config.interfaces, 1):
         if itf.netns not in made:
             made[itf.netns] = topo.netns(itf.netns)
         router, *more = itf.addresses
         router6, *more6 = itf.addresses6 or (None,)
-        lab.hosts.append(LabHost(name=itf.netns, netns=made[itf.netns], ifname=itf.name,
+        lab.hosts.append(LabHost(name=itf.netns, netns=made[itf.netns],
+                                 ifname=f"eth{k}" if attach else itf.name, attach=attach,
                                  router=router, address=host_address(router), mtu=itf.mtu,
-                                 router_mac=None if itf.mac_generated else itf.mac,
+                                 router_mac=None if itf.mac_generated or attach else itf.mac,
                                  more_addresses=tuple(more), router6=router6,
                                  address6=host_address(router6) if router6 else None,
                                  more_addresses6=tuple(more6), ra=itf.ra))
@@ -311,23 +336,26 @@ def lab_from_config(topo: nn.Topology, config: Config) -> Lab:
 
 @contextlib.contextmanager
 def lab_up(config: str | os.PathLike | None = None, *, report: Report | None = None,
-           timeout: float = 30.0) -> Iterator[Lab]:
+           timeout: float = 30.0, attach: bool = False) -> Iterator[Lab]:
     """Build the lab of ``config`` (default: lab.toml) and run its router; remove
-    everything afterwards.  ``report(step, text)`` hears of each step."""
+    everything afterwards.  ``report(step, text)`` hears of each step; with
+    ``attach`` the links are veths handed to the running router."""
     report = report or (lambda _step, _text: None)
     cfg = load_lab_config(config)
     with nn.Topology() as topo:
         workdir = Path(tempfile.mkdtemp(prefix=f"{topo.prefix}lab-"))
         lab: Lab | None = None
         try:
-            lab = lab_from_config(topo, cfg)
+            lab = lab_from_config(topo, cfg, attach=attach)
             report("namespaces", f"{lab.router_ns} (router), "
                    + ", ".join(h.netns for h in lab.hosts))
             t = time.monotonic()
             router = lab.start_router(workdir, header=f"generated by `forwarder lab` from "
                                       f"{cfg.path}", timeout=timeout)
             report("router", f"\"{lab.name}\" pid {router.pid}, healthy after "
-                   f"{time.monotonic() - t:.1f} s; "
+                   f"{time.monotonic() - t:.1f} s"
+                   + (f" (its veths handed over {lab.attach_delay:g} s after it started)"
+                      if attach else "") + "; "
                    + ", ".join(f"{h.name} {h.address}"
                                + (f" {h.address6}" if h.address6 else "") + f" via {h.ifname}"
                                + (f" (mtu {h.mtu})" if h.mtu != 1500 else "") for h in lab.hosts))
