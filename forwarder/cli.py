@@ -246,7 +246,8 @@ def format_stats(s: dict) -> str:
     lines.append(f"arp: {a['received']} received, {a['requests_sent']} requests sent, {a['replies_sent']} replies sent, "
                  f"{a['entries']} entries")
     n = s["nd6"]
-    lines.append(f"nd6: {n['received']} received, {n['solicitations_sent']} solicitations sent, "
+    lines.append(f"nd6: {n['received']} received, {n['solicitations_sent']} solicitations sent "
+                 f"({n['probes_sent']} unicast probes), "
                  f"{n['advertisements_sent']} advertisements sent, {n['entries']} entries; "
                  f"icmp6: {s['icmp6']['echo_replies']} echo replies")
     reasons = s.get("drop_reasons")
@@ -339,12 +340,19 @@ def cmd_arp(args: argparse.Namespace) -> int:
     return neighbours(args, "arp", format_arp)
 
 
+# ndp(8)'s letters for RFC 4861's states.
+NDP_STATE_LETTERS = {"incomplete": "I", "reachable": "R", "stale": "S", "delay": "D", "probe": "P"}
+
+
 def format_ndp(entries: list[dict]) -> str:
-    """ndp(8) -a's columns: neighbour, link-layer address, interface, expiry, state."""
+    """ndp(8) -a's columns: neighbour, link-layer address, interface, expiry
+    (the state's deadline), state (ndp(8)'s letter: I, R, S, D, P)."""
     lines = [f"{'Neighbor':<40}{'Linklayer Address':<20}{'Netif':<10}{'Expire':<10}S"]
     for e in entries:
         exp = f"{e['expires_in']:.0f}s" if e["expires_in"] is not None else "-"
-        state = "R" if e["state"] == "reachable" else f"I ({e['held']} held)"
+        state = NDP_STATE_LETTERS.get(e["state"], "?")
+        if e["state"] == "incomplete":
+            state += f" ({e['held']} held)"
         lines.append(f"{e['ip']:<40}{e['mac'] or '(incomplete)':<20}{e['interface']:<10}"
                      f"{exp:<10}{state}")
     return "\n".join(lines)

@@ -157,20 +157,25 @@ cdef struct dp_arp:
     int64_t last_req_ns
     mbufq hold                  # packets waiting for the answer, oldest first
 
+# RFC 4861 7.3.2's states (netinet6/nd6.pxi says what moves an entry
+# between them).
 cdef enum:
     ND6_FREE = 0
     ND6_INCOMPLETE = 1
     ND6_REACHABLE = 2
+    ND6_STALE = 3
+    ND6_DELAY = 4
+    ND6_PROBE = 5
 
 cdef struct dp_nd6:
     in6_addr ip
     int ifindex
     int state
     uint8_t mac[6]
-    int tries                   # solicitations sent while incomplete
-    int64_t expire_ns
+    int tries                   # solicitations sent: multicast while INCOMPLETE, unicast in PROBE
+    int64_t expire_ns           # the state's deadline (REACHABLE, STALE, DELAY, PROBE)
     int64_t last_req_ns
-    mbufq hold
+    mbufq hold                  # only while INCOMPLETE
 
 cdef struct dp_state:
     pthread_mutex_t lock
@@ -183,7 +188,10 @@ cdef struct dp_state:
     dp_nd6 nd6[DP_ND6_SIZE]
     int nnd6
     uint64_t nd6_in             # well-formed NS/NA handled
-    uint64_t nd6_solicits       # NS sent
+    uint64_t nd6_solicits       # NS sent (multicast and unicast)
+    uint64_t nd6_probes         # of those, unicast ones to a neighbour in PROBE
+    int64_t nd6_reachable_ns    # ReachableTime: nd6_basereachable randomized (RFC 4861 6.3.2)
+    int64_t nd6_recalc_ns       # when ReachableTime is drawn again
     uint64_t nd6_adverts        # NA sent
     uint64_t icmp6_echo_replies
     uint64_t icmp6_errors[5]    # ICMPv6 errors sent, by type (1..4)
@@ -214,6 +222,11 @@ cdef struct dp_state:
     int arp_maxhold
     int arp_max_tries
     int arp_max_per_if          # entries one interface may hold
+    int nd6_basereachable       # ms: BaseReachableTime
+    int nd6_delay               # s: DELAY_FIRST_PROBE_TIME
+    int nd6_umaxtries           # MAX_UNICAST_SOLICIT
+    int nd6_mmaxtries           # MAX_MULTICAST_SOLICIT
+    int nd6_gctimer             # s: a STALE entry unused that long is freed
     # loop
     int epfd
     int wakefd

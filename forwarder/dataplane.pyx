@@ -30,7 +30,8 @@ counted drop (dp_drop_m, reasons in dp_drop.h) or an ICMP error:
                      broadcasts, martians or non-initial fragments
   ip_output          the router's own packets: route, fragment, resolve    netinet/ip_output.pxi
   dp_timers          ARP retries (1/s), give-up after max_tries with       netinet/if_ether.pxi
-                     ICMP host unreachable, aging; ICMP token refill
+                     ICMP host unreachable, aging; ICMP token refill;
+                     the IPv6 neighbour cache's states (RFC 4861 NUD)     netinet6/nd6.pxi
 
 Where is TTL handled?  ip_forward: expiry check before anything is changed,
 decrement (RFC 1624 incremental checksum) after the MTU check, once.
@@ -168,6 +169,11 @@ MTU_MAX = DP_MTU_MAX
 MAX_STALL = DP_MAX_STALL
 ARP_MAX_ENTRIES = DP_ARP_MAX
 RX_SPARES = DP_RX_SPARES      # 16k clusters each TAP with TSO/USO keeps for super-frames
+
+# The neighbour cache's states by value (dataplane.pxd's ND6_*), as
+# nd6_entries names them.
+ND6_STATES = ("free", "incomplete", "reachable", "stale", "delay", "probe")
+assert (ND6_INCOMPLETE, ND6_REACHABLE, ND6_STALE, ND6_DELAY, ND6_PROBE) == (1, 2, 3, 4, 5)
 
 # Drop reasons, name -> description, in counter order (from dp_drop.h).
 DROP_REASONS = {dp_drop_symbol[i].decode().lower(): dp_drop_description[i].decode()
@@ -399,6 +405,19 @@ cdef class Dataplane:
                 self.dp.arp_max_tries = value
             elif name == "net.link.ether.inet.max_per_if":
                 self.dp.arp_max_per_if = value
+            elif name == "net.inet6.icmp6.nd6_basereachable":
+                self.dp.nd6_basereachable = value
+                if self.dp.ra_rand == 0:
+                    self.dp.ra_rand = <uint64_t>now_ns() | 1
+                nd6_new_reachable_time(self.dp)     # RFC 4861 6.3.2: a new one at once
+            elif name == "net.inet6.icmp6.nd6_delay":
+                self.dp.nd6_delay = value
+            elif name == "net.inet6.icmp6.nd6_umaxtries":
+                self.dp.nd6_umaxtries = value
+            elif name == "net.inet6.icmp6.nd6_mmaxtries":
+                self.dp.nd6_mmaxtries = value
+            elif name == "net.inet6.icmp6.nd6_gctimer":
+                self.dp.nd6_gctimer = value
             else:
                 raise KeyError(f"{name}: not a dataplane tunable")
         finally:
@@ -512,6 +531,7 @@ cdef class Dataplane:
                 "forwarded": self.dp.forwarded, "delivered_local": self.dp.delivered_local,
                 "fragments_created": self.dp.frags_created,
                 "nd6": {"received": self.dp.nd6_in, "solicitations_sent": self.dp.nd6_solicits,
+                        "probes_sent": self.dp.nd6_probes,
                         "advertisements_sent": self.dp.nd6_adverts, "entries": self.dp.nnd6},
                 "icmp6": {"echo_replies": self.dp.icmp6_echo_replies,
                           "unreachable": self.dp.icmp6_errors[ICMP6_DST_UNREACH],
@@ -527,13 +547,15 @@ cdef class Dataplane:
         finally:
             pthread_mutex_unlock(&self.dp.lock)
 
-    cdef dict _neighbour(self, str ip, int ifindex, bint reachable, const uint8_t *mac,
+    cdef dict _neighbour(self, str ip, int ifindex, str state, const uint8_t *mac,
                          int64_t expire_ns, int64_t now, int held):
-        """One row of arp_entries / nd6_entries (the tables share their states)."""
+        """One row of arp_entries / nd6_entries: an incomplete entry has no
+        MAC and no expiry; the others expire_ns (their state's deadline)."""
+        cdef bint resolved = state != "incomplete"
         return {"ip": ip, "interface": self.dp.ifs[ifindex].name.decode(),
-                "mac": ":".join(f"{b:02x}" for b in mac[:6]) if reachable else None,
-                "state": "reachable" if reachable else "incomplete",
-                "expires_in": max(0.0, (expire_ns - now) / 1e9) if reachable else None,
+                "mac": ":".join(f"{b:02x}" for b in mac[:6]) if resolved else None,
+                "state": state,
+                "expires_in": max(0.0, (expire_ns - now) / 1e9) if resolved else None,
                 "held": held}
 
     def arp_entries(self) -> list:
@@ -548,14 +570,16 @@ cdef class Dataplane:
                 e = &self.dp.arp[i]
                 if e.state == ARP_FREE:
                     continue
-                out.append(self._neighbour(_int2ip(e.ip), e.ifindex, e.state == ARP_REACHABLE,
+                out.append(self._neighbour(_int2ip(e.ip), e.ifindex,
+                                           "reachable" if e.state == ARP_REACHABLE else "incomplete",
                                            e.mac, e.expire_ns, now, mbufq_len(&e.hold)))
         finally:
             pthread_mutex_unlock(&self.dp.lock)
         return sorted(out, key=lambda d: (d["interface"], _ip2int(d["ip"])))
 
     def nd6_entries(self) -> list:
-        """The IPv6 neighbour cache, as arp_entries (`forwarder ndp -a`)."""
+        """The IPv6 neighbour cache, as arp_entries (`forwarder ndp -a`), in
+        RFC 4861's states (ND6_STATES)."""
         cdef int i
         cdef dp_nd6 *e
         out = []
@@ -567,7 +591,7 @@ cdef class Dataplane:
                 e = &self.dp.nd6[i]
                 if e.state == ND6_FREE:
                     continue
-                out.append(self._neighbour(_ip6str(e.ip.s6[:16]), e.ifindex, e.state == ND6_REACHABLE,
+                out.append(self._neighbour(_ip6str(e.ip.s6[:16]), e.ifindex, ND6_STATES[e.state],
                                            e.mac, e.expire_ns, now, mbufq_len(&e.hold)))
         finally:
             pthread_mutex_unlock(&self.dp.lock)

@@ -15,6 +15,7 @@ all read at scrape time.
     forwarder_icmp6_total{router,kind}          echo_replies, unreachable, packet_too_big, time_exceeded,
                                                 parameter_problem, ratelimited
     forwarder_nd6_total{router,kind}            received, solicitations_sent, advertisements_sent
+    forwarder_nd6_probes_total{router}          the unicast solicitations among solicitations_sent
     forwarder_arp_entries{router}, forwarder_nd6_entries{router}
     forwarder_reloads_total{router,result}      ok | failed
     forwarder_sysctl{router,name}               every tunable's current value
@@ -161,6 +162,11 @@ class RouterCollector(Collector):
         for k in ("received", "solicitations_sent", "advertisements_sent"):
             nd.add_metric([name, k], s["nd6"][k])
         yield nd
+        probes = CounterMetricFamily(
+            "forwarder_nd6_probes", "Unicast Neighbor Solicitations to neighbours in PROBE "
+            "(counted in forwarder_nd6_total's solicitations_sent too)", labels=["router"])
+        probes.add_metric([name], s["nd6"]["probes_sent"])
+        yield probes
         a = GaugeMetricFamily("forwarder_arp_entries", "ARP table entries", labels=["router"])
         a.add_metric([name], s["arp"]["entries"])
         yield a

@@ -183,6 +183,25 @@ TUNABLES: tuple[Tunable, ...] = (
             "Hop limit of IPv6 packets the router originates", True, "dataplane"),
     Tunable("net.inet6.icmp6.errppslimit", int, 0, 100000, 100,
             "Maximum number of ICMPv6 errors sent per second (0 = no limit)", True, "dataplane"),
+    # The IPv6 neighbour cache (netinet6/nd6.pxi), FreeBSD's names and defaults
+    # (RFC 4861 10's constants).  FreeBSD keeps BaseReachableTime per interface
+    # (nd_ifinfo.basereachable, `ndp -i`), with no sysctl: this one is named
+    # after that field and, like it, counts milliseconds.
+    Tunable("net.inet6.icmp6.nd6_basereachable", int, 1000, 3600000, 30000,
+            "BaseReachableTime in ms: a confirmed IPv6 neighbour is REACHABLE for "
+            "0.5 to 1.5 times this", True, "dataplane"),
+    Tunable("net.inet6.icmp6.nd6_delay", int, 1, 3600, 5,
+            "Seconds a STALE IPv6 neighbour in use waits in DELAY before it is probed",
+            True, "dataplane"),
+    Tunable("net.inet6.icmp6.nd6_umaxtries", int, 1, 100, 3,
+            "Unicast Neighbor Solicitations (1 s apart) a neighbour in PROBE gets before "
+            "it is freed", True, "dataplane"),
+    Tunable("net.inet6.icmp6.nd6_mmaxtries", int, 1, 100, 3,
+            "Multicast Neighbor Solicitations for an unresolved neighbour before its queued "
+            "packets get address unreachable", True, "dataplane"),
+    Tunable("net.inet6.icmp6.nd6_gctimer", int, 1, 86400 * 365, 86400,
+            "Seconds a STALE IPv6 neighbour is kept unused before it is freed", True,
+            "dataplane"),
     Tunable("net.link.ether.inet.max_age", int, 1, 86400 * 365, 1200,
             "Lifetime of a resolved ARP entry, in seconds", True, "dataplane"),
     Tunable("net.link.ether.inet.maxhold", int, 1, 10000, 16,

@@ -115,6 +115,10 @@ def test_every_tunable_accepts_exactly_its_documented_range() -> None:
         "net.inet.ip.ttl": (1, 255), "net.inet.icmp.icmplim": (0, 100000),
         "net.inet6.ip6.forwarding": (0, 1), "net.inet6.ip6.hlim": (1, 255),
         "net.inet6.icmp6.errppslimit": (0, 100000),
+        "net.inet6.icmp6.nd6_basereachable": (1000, 3600000),
+        "net.inet6.icmp6.nd6_delay": (1, 3600), "net.inet6.icmp6.nd6_umaxtries": (1, 100),
+        "net.inet6.icmp6.nd6_mmaxtries": (1, 100),
+        "net.inet6.icmp6.nd6_gctimer": (1, 86400 * 365),
         "net.link.ether.inet.max_age": (1, 86400 * 365),
         "net.link.ether.inet.maxhold": (1, 10000), "net.link.ether.inet.maxtries": (1, 100),
         "net.link.ether.inet.max_per_if": (1, 3072),
@@ -211,7 +215,8 @@ def test_metrics_export_each_counter_under_its_own_name() -> None:
             "ratelimited": 5}
     icmp6 = {"echo_replies": 51, "unreachable": 52, "packet_too_big": 53, "time_exceeded": 54,
              "parameter_problem": 55, "ratelimited": 56}
-    nd6 = {"received": 61, "solicitations_sent": 62, "advertisements_sent": 63, "entries": 64}
+    nd6 = {"received": 61, "solicitations_sent": 62, "advertisements_sent": 63, "entries": 64,
+           "probes_sent": 65}
     stats = {"interfaces": [iface], "drops": drops, "icmp": icmp, "forwarded": 41,
              "delivered_local": 42, "fragments_created": 43, "arp": {"entries": 2},
              "icmp6": icmp6, "nd6": nd6}
@@ -261,6 +266,7 @@ def test_metrics_export_each_counter_under_its_own_name() -> None:
     for k in ("received", "solicitations_sent", "advertisements_sent"):
         assert val("forwarder_nd6_total", kind=k) == nd6[k]
     assert val("forwarder_nd6_entries") == 64
+    assert val("forwarder_nd6_probes_total") == 65
     assert val("forwarder_dataplane_up") == 1
 
 

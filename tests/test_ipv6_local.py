@@ -98,10 +98,12 @@ def test_ping6_to_the_global_and_the_link_local_address(lab: RouterLab, router: 
     assert s1["nd6"]["advertisements_sent"] > s0["nd6"]["advertisements_sent"]
     assert s1["nd6"]["entries"] >= 1
     assert lab.run("h2", ["ping", "-6", "-c", "1", "-W", "2", R2]).returncode == 0
-    # ndp -a: the hosts, learned from their solicitations, with their MACs
+    # ndp -a: the hosts, learned from their solicitations, with their MACs:
+    # STALE (a solicitation confirms nothing), then DELAY once the first
+    # reply went out through the entry (nd6_delay, 5 s, before it is probed)
     table = {(e["ip"], e["interface"]): e for e in router.cli_json("ndp", "-a")}
     assert table[(H1, "tap1")]["mac"] == host_mac(lab, "h1")
-    assert table[(H1, "tap1")]["state"] == "reachable"
+    assert table[(H1, "tap1")]["state"] == "delay"
     text = router.cli("ndp", "-a").stdout
     assert any(ln.split()[:3] == [H1, host_mac(lab, "h1"), "tap1"] for ln in text.splitlines())
     # ndp -d forgets it (the next ping learns it again from h1's solicitation)

@@ -1,20 +1,66 @@
 # nd6.pxi -- Neighbor Discovery (RFC 4861; FreeBSD's netinet6/nd6.c and
 # nd6_nbr.c): the neighbour cache, Neighbor Solicitations answered and
-# sent, Neighbor Advertisements taken in, resolution with a hold queue.
+# sent, Neighbor Advertisements taken in, resolution with a hold queue,
+# and neighbour unreachability detection.
 #
 # The cache is the ARP table's twin (open addressing, linear probing,
 # backward-shift deletion; DP_ND6_MAX entries, at most arp_max_per_if per
-# interface; the same hold, retry and lifetime tunables), keyed by the
-# 16-byte address.  States: INCOMPLETE (asked, packets held) and REACHABLE
-# (answered; used until its lifetime ends, then asked again).  RFC 4861's
-# STALE/DELAY/PROBE states, which reconfirm a neighbour by unicast before
-# the lifetime ends, are not kept: an entry is asked for again by multicast
-# once it expires, as ARP entries are.
+# interface, ARP's maxhold packets held per entry), keyed by the 16-byte
+# address.  An entry is in one of RFC 4861's states (7.3.2):
+#
+#   INCOMPLETE  asked for by multicast (its solicited-node group), packets
+#               held; asked again once a second, nd6_mmaxtries times in all,
+#               then what was held gets address unreachable and the entry
+#               is freed.
+#   REACHABLE   confirmed by a solicited advertisement, for ReachableTime;
+#               then STALE.
+#   STALE       a MAC not confirmed lately: learned from a solicitation, a
+#               router solicitation or an advertisement that did not answer
+#               us, or REACHABLE timed out.  Still used; the first packet
+#               sent through it makes it DELAY.  Unused for nd6_gctimer
+#               seconds, it is freed.
+#   DELAY       used while STALE; waits nd6_delay seconds for a confirmation,
+#               then PROBE.
+#   PROBE       asked for by unicast (its own address, its cached MAC) when
+#               entering the state and then once per RetransTimer (1 s),
+#               nd6_umaxtries solicitations in all; RetransTimer after the
+#               last one unanswered, the entry is freed.
+#
+# Packets are sent to the cached MAC in STALE, DELAY and PROBE alike (7.3.3).
+# A solicited advertisement makes any entry REACHABLE.  An advertisement with
+# the Override flag and a new MAC replaces the cached one (REACHABLE if
+# solicited, else STALE); without Override a new MAC only makes a REACHABLE
+# entry STALE and is otherwise ignored (7.2.5).  A solicitation or router
+# solicitation with a source link-layer option makes a new entry STALE, and
+# an existing one STALE if the MAC differs (7.2.3, 6.2.6).
+#
+# Deliberate choices:
+#  - A solicited advertisement is the only confirmation: the router has no
+#    upper-layer hints (7.3.1) for the traffic it forwards, so a neighbour in
+#    use is probed by unicast about every ReachableTime + nd6_delay seconds.
+#  - ReachableTime is one value for the router, drawn uniformly from
+#    0.5..1.5 x nd6_basereachable (the xorshift jitter of nd6_ra.pxi) when
+#    the tunable changes and every two hours after, as FreeBSD redraws its
+#    per-interface one (6.3.2 asks for a new value at least every few hours).
+#  - STALE is timed from entering it, as FreeBSD's gctimer is: an entry that
+#    is used leaves STALE anyway.
+#  - A PROBE entry that is never answered is freed, not made INCOMPLETE: the
+#    next packet for the address makes a new entry and asks by multicast.
+#  - STALE entries are not evicted to make room: a full table (or interface
+#    share) refuses new neighbours, counted as ARP's are; nd6_gctimer bounds
+#    how long an unused entry stays.
+#  - Every timer is a deadline read by nd6_timer (each DP_TIMER_NS), which
+#    walks the table only when it holds an entry; the packet path only
+#    compares deadlines and never blocks, logs or allocates.
 #
 # Only on-link neighbours are learned (link-local, or inside a connected
 # prefix of the interface); ND messages are accepted only with hop limit
 # 255 (proof that they were not forwarded, RFC 4861 7.1.1), ICMPv6 code 0,
 # and options of non-zero length that fit; the others count as nd_malformed.
+
+cdef enum:
+    ND6_RETRANS_NS = 1000000000             # RetransTimer: RETRANS_TIMER, 1 s
+    ND6_RECALC_REACHABLE_S = 7200           # ReachableTime drawn again this often
 
 
 cdef inline uint32_t nd6_hash(int ifindex, const uint8_t *a) noexcept nogil:
@@ -97,31 +143,90 @@ cdef const uint8_t *nd6_lladdr_opt(const uint8_t *opts, int len, int want,
     return NULL
 
 
+cdef void nd6_new_reachable_time(dp_state *dp) noexcept nogil:
+    """Draw ReachableTime from BaseReachableTime (RFC 4861 6.3.2)."""
+    cdef int64_t base = <int64_t>dp.nd6_basereachable * 1000000
+    dp.nd6_reachable_ns = ra_random_ns(dp, base // 2, base + base // 2)
+    dp.nd6_recalc_ns = dp.now_ns + <int64_t>ND6_RECALC_REACHABLE_S * 1000000000
+
+
+cdef inline void nd6_to_reachable(dp_state *dp, dp_nd6 *e) noexcept nogil:
+    e.state = ND6_REACHABLE
+    e.tries = 0
+    e.expire_ns = dp.now_ns + dp.nd6_reachable_ns
+
+
+cdef inline void nd6_to_stale(dp_state *dp, dp_nd6 *e) noexcept nogil:
+    e.state = ND6_STALE
+    e.tries = 0
+    e.expire_ns = dp.now_ns + <int64_t>dp.nd6_gctimer * 1000000000
+
+
+cdef inline void nd6_to_delay(dp_state *dp, dp_nd6 *e) noexcept nogil:
+    e.state = ND6_DELAY
+    e.expire_ns = dp.now_ns + <int64_t>dp.nd6_delay * 1000000000
+
+
 cdef void nd6_flush_hold(dp_state *dp, dp_nd6 *e) noexcept nogil:
+    """Send what waited for e's MAC; sending through a STALE entry makes it
+    DELAY, as for any packet (7.3.3)."""
     cdef dp_ifnet *ifp = &dp.ifs[e.ifindex]
-    cdef mbuf *m = mbufq_dequeue(&e.hold)
+    cdef mbuf *m
+    if mbufq_len(&e.hold) == 0:
+        return
+    if e.state == ND6_STALE:
+        nd6_to_delay(dp, e)
+    m = mbufq_dequeue(&e.hold)
     while m != NULL:
         ether_output(dp, ifp, m, e.mac, ETHERTYPE_IPV6)
         m = mbufq_dequeue(&e.hold)
 
 
-cdef void nd6_learn(dp_state *dp, dp_ifnet *ifp, const uint8_t *a, const uint8_t *mac,
-                    bint create) noexcept nogil:
-    """a is at mac: update its entry (creating it if create), flush what waited."""
+cdef void nd6_cache_lladdr(dp_state *dp, dp_ifnet *ifp, const uint8_t *a,
+                           const uint8_t *mac) noexcept nogil:
+    """A solicitation (or router solicitation) from a says it is at mac
+    (7.2.3): a new entry, an INCOMPLETE one or one with another MAC becomes
+    STALE with mac; one that already has mac keeps its state."""
     cdef dp_nd6 *e = nd6_lookup(dp, ifp.index, a)
     cdef int why
     if e == NULL:
-        if not create:
-            return
         e = nd6_insert(dp, ifp.index, a, &why)
         if e == NULL:
             dp.drops[why] += 1
             return
+    elif e.state != ND6_INCOMPLETE and memcmp(e.mac, mac, ETHER_ADDR_LEN) == 0:
+        return
     memcpy(e.mac, mac, ETHER_ADDR_LEN)
-    e.state = ND6_REACHABLE
-    e.tries = 0
-    e.expire_ns = dp.now_ns + <int64_t>dp.arp_max_age * 1000000000
+    nd6_to_stale(dp, e)
     nd6_flush_hold(dp, e)
+
+
+cdef void nd6_na_update(dp_state *dp, dp_nd6 *e, const uint8_t *tll, uint32_t flags) noexcept nogil:
+    """An advertisement for e's address (7.2.5); tll its target link-layer
+    option, NULL without one."""
+    cdef bint solicited = (flags & ND_NA_FLAG_SOLICITED) != 0
+    cdef bint changed
+    if e.state == ND6_INCOMPLETE:
+        if tll == NULL:
+            return                      # no MAC to complete it with
+        memcpy(e.mac, tll, ETHER_ADDR_LEN)
+        if solicited:
+            nd6_to_reachable(dp, e)
+        else:
+            nd6_to_stale(dp, e)
+        nd6_flush_hold(dp, e)
+        return
+    changed = tll != NULL and memcmp(e.mac, tll, ETHER_ADDR_LEN) != 0
+    if changed and not (flags & ND_NA_FLAG_OVERRIDE):
+        if e.state == ND6_REACHABLE:
+            nd6_to_stale(dp, e)         # the MAC we have is in doubt; keep it
+        return
+    if changed:
+        memcpy(e.mac, tll, ETHER_ADDR_LEN)
+    if solicited:
+        nd6_to_reachable(dp, e)
+    elif changed:
+        nd6_to_stale(dp, e)
 
 
 cdef mbuf *nd6_new(dp_ifnet *ifp, int type, const uint8_t *src, const uint8_t *dst,
@@ -151,19 +256,28 @@ cdef mbuf *nd6_new(dp_ifnet *ifp, int type, const uint8_t *src, const uint8_t *d
     return m
 
 
-cdef void nd6_ns_output(dp_state *dp, dp_ifnet *ifp, const uint8_t *target) noexcept nogil:
-    """Ask the solicited-node group of target who has it (RFC 4861 7.2.2)."""
+cdef void nd6_ns_output(dp_state *dp, dp_ifnet *ifp, const uint8_t *target,
+                        const uint8_t *mac) noexcept nogil:
+    """Ask who has target (RFC 4861 7.2.2): with mac NULL, its solicited-node
+    group; else target itself at mac, the probe of a neighbour in PROBE
+    (7.3.3).  Both carry our source link-layer option."""
     cdef uint8_t group[16]
-    cdef uint8_t mac[6]
+    cdef uint8_t gmac[6]
+    cdef const uint8_t *dst = target
     cdef mbuf *m
-    in6_solicited_node(group, target)
-    m = nd6_new(ifp, ND_NEIGHBOR_SOLICIT, ifp6_src_for(ifp, target), group, target, 0,
+    if mac == NULL:
+        in6_solicited_node(group, target)
+        ether_mcast6(gmac, group)
+        dst = group
+        mac = gmac
+    m = nd6_new(ifp, ND_NEIGHBOR_SOLICIT, ifp6_src_for(ifp, target), dst, target, 0,
                 ND_OPT_SOURCE_LINKADDR)
     if m == NULL:
         dp.drops[DROP_NO_BUFFER] += 1
         return
-    ether_mcast6(mac, group)
     dp.nd6_solicits += 1
+    if dst == target:
+        dp.nd6_probes += 1
     ether_output(dp, ifp, m, mac, ETHERTYPE_IPV6)
 
 
@@ -197,7 +311,7 @@ cdef void nd6_ns_input(dp_state *dp, dp_ifnet *ifp, mbuf *m, int icmplen) noexce
         m_freem(m)                      # for another node of the link
         return
     if sll != NULL and not (sll[0] & 1):
-        nd6_learn(dp, ifp, ip6.ip6_src, sll, True)
+        nd6_cache_lladdr(dp, ifp, ip6.ip6_src, sll)
     if dad:
         memset(dst, 0, 16)
         dst[0] = 0xff
@@ -220,12 +334,14 @@ cdef void nd6_ns_input(dp_state *dp, dp_ifnet *ifp, mbuf *m, int icmplen) noexce
 
 
 cdef void nd6_na_input(dp_state *dp, dp_ifnet *ifp, mbuf *m, int icmplen) noexcept nogil:
-    """An advertisement: complete (or refresh) the entry of its target.
-    Unsolicited ones for neighbours we never asked about create nothing."""
+    """An advertisement: complete, confirm or update the entry of its
+    target (nd6_na_update).  One for a neighbour not in the cache creates
+    nothing (7.2.5)."""
     cdef ip6_hdr *ip6 = <ip6_hdr *>mdata(m)
     cdef nd_neighbor_solicit *na = <nd_neighbor_solicit *>(mdata(m) + IP6_HDR_LEN)
     cdef bint bad = False
     cdef const uint8_t *tll
+    cdef dp_nd6 *e
     if icmplen < ND_NA_LEN or in6_is_multicast(na.nd_ns_target) or (
             in6_is_multicast(ip6.ip6_dst) and ntohl(na.nd_ns_hdr.icmp6_data32) & ND_NA_FLAG_SOLICITED):
         dp_drop_m(dp, m, DROP_ND_MALFORMED)
@@ -239,8 +355,9 @@ cdef void nd6_na_input(dp_state *dp, dp_ifnet *ifp, mbuf *m, int icmplen) noexce
         dp_drop_m(dp, m, DROP_ND_NOT_ON_LINK)
         return
     dp.nd6_in += 1
-    if tll != NULL and not (tll[0] & 1):
-        nd6_learn(dp, ifp, na.nd_ns_target, tll, False)
+    e = nd6_lookup(dp, ifp.index, na.nd_ns_target)
+    if e != NULL and (tll == NULL or not (tll[0] & 1)):
+        nd6_na_update(dp, e, tll, ntohl(na.nd_ns_hdr.icmp6_data32))
     m_freem(m)
 
 
@@ -249,13 +366,11 @@ cdef void nd6_resolve(dp_state *dp, dp_ifnet *ifp, mbuf *m, const uint8_t *nexth
     most once a second (FreeBSD's nd6_resolve)."""
     cdef dp_nd6 *e = nd6_lookup(dp, ifp.index, nexthop)
     cdef int why
-    if e != NULL and e.state == ND6_REACHABLE:
-        if dp.now_ns < e.expire_ns:
-            ether_output(dp, ifp, m, e.mac, ETHERTYPE_IPV6)
-            return
-        e.state = ND6_INCOMPLETE        # expired: ask again before using it
-        e.tries = 0
-        e.last_req_ns = 0
+    if e != NULL and e.state != ND6_INCOMPLETE:
+        if e.state == ND6_STALE or (e.state == ND6_REACHABLE and dp.now_ns >= e.expire_ns):
+            nd6_to_delay(dp, e)         # used while stale: confirm it soon (7.3.3)
+        ether_output(dp, ifp, m, e.mac, ETHERTYPE_IPV6)
+        return
     if e == NULL:
         e = nd6_insert(dp, ifp.index, nexthop, &why)
         if e == NULL:
@@ -265,28 +380,41 @@ cdef void nd6_resolve(dp_state *dp, dp_ifnet *ifp, mbuf *m, const uint8_t *nexth
     while mbufq_full(&e.hold):
         dp_drop_m(dp, mbufq_dequeue(&e.hold), DROP_ND6_HOLD_OVERFLOW)
     mbufq_enqueue(&e.hold, m)
-    if e.tries == 0 or dp.now_ns - e.last_req_ns >= 1000000000:
+    if e.tries == 0 or dp.now_ns - e.last_req_ns >= ND6_RETRANS_NS:
         e.tries += 1
         e.last_req_ns = dp.now_ns
-        nd6_ns_output(dp, ifp, nexthop)
+        nd6_ns_output(dp, ifp, nexthop, NULL)
+
+
+cdef void nd6_probe(dp_state *dp, dp_nd6 *e) noexcept nogil:
+    """One unicast solicitation of a neighbour in PROBE; the next is due
+    RetransTimer later."""
+    e.tries += 1
+    e.last_req_ns = dp.now_ns
+    e.expire_ns = dp.now_ns + ND6_RETRANS_NS
+    nd6_ns_output(dp, &dp.ifs[e.ifindex], e.ip.s6, e.mac)
 
 
 cdef void nd6_timer(dp_state *dp) noexcept nogil:
-    """Solicit again once a second; after arp_max_tries give up on what was
-    held, with ICMPv6 address unreachable (RFC 4861 7.2.2); forget entries
-    a minute after they expired."""
+    """The deadlines of the states: INCOMPLETE asked again once a second and,
+    after nd6_mmaxtries, given up with ICMPv6 address unreachable for what
+    was held (RFC 4861 7.2.2); REACHABLE to STALE; STALE freed after
+    nd6_gctimer unused; DELAY to PROBE; PROBE asked again, or freed after
+    nd6_umaxtries."""
     cdef uint32_t i = 0
     cdef dp_nd6 *e
     cdef mbuf *m
     if dp.nnd6 == 0:
         return                          # an IPv4-only router never walks the 320 KB table
+    if dp.now_ns >= dp.nd6_recalc_ns:
+        nd6_new_reachable_time(dp)
     while i < DP_ND6_SIZE:
         e = &dp.nd6[i]
-        if e.state == ND6_INCOMPLETE and dp.now_ns - e.last_req_ns >= 1000000000:
-            if e.tries < dp.arp_max_tries:
+        if e.state == ND6_INCOMPLETE and dp.now_ns - e.last_req_ns >= ND6_RETRANS_NS:
+            if e.tries < dp.nd6_mmaxtries:
                 e.tries += 1
                 e.last_req_ns = dp.now_ns
-                nd6_ns_output(dp, &dp.ifs[e.ifindex], e.ip.s6)
+                nd6_ns_output(dp, &dp.ifs[e.ifindex], e.ip.s6, NULL)
             else:
                 # As in arp_timer: an error held here itself is not answered
                 # again, so the loop ends.
@@ -298,8 +426,17 @@ cdef void nd6_timer(dp_state *dp) noexcept nogil:
                     m = mbufq_dequeue(&e.hold)
                 nd6_remove(dp, e)
                 continue
-        elif e.state == ND6_REACHABLE and dp.now_ns >= e.expire_ns + 60 * <int64_t>1000000000:
-            if mbufq_len(&e.hold) == 0:
+        elif e.state >= ND6_REACHABLE and dp.now_ns >= e.expire_ns:
+            # Entries with a MAC hold no packets: removing one frees nothing.
+            if e.state == ND6_REACHABLE:
+                nd6_to_stale(dp, e)
+            elif e.state == ND6_DELAY:
+                e.state = ND6_PROBE
+                e.tries = 0
+                nd6_probe(dp, e)
+            elif e.state == ND6_PROBE and e.tries < dp.nd6_umaxtries:
+                nd6_probe(dp, e)
+            else:                       # STALE and unused, or PROBE unanswered
                 nd6_remove(dp, e)
                 continue
         i += 1

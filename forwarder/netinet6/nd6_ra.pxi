@@ -110,7 +110,7 @@ cdef void nd6_rs_input(dp_state *dp, dp_ifnet *ifp, mbuf *m, int icmplen) noexce
     dp.nd6_in += 1
     ifp.rs_received += 1
     if sll != NULL and not (sll[0] & 1) and ifp6_on_link(ifp, ip6.ip6_src):
-        nd6_learn(dp, ifp, ip6.ip6_src, sll, True)
+        nd6_cache_lladdr(dp, ifp, ip6.ip6_src, sll)
     m_freem(m)
     if not ifp.ra or ifp.ra_answer_ns:
         return
