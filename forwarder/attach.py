@@ -45,9 +45,7 @@ there once we removed them, and drops it).  Joining takes a few milliseconds.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
-import struct
 import logging
 import os
 import select
@@ -91,31 +89,7 @@ class Port:
     losses: int = 0
 
 
-def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
-    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
-
-
-def _bpf_redirect_prog(ifindex: int, peer: bool) -> int:
-    """r0 = bpf_redirect(ifindex, 0) (or bpf_redirect_peer); return r0."""
-    code = b"".join([_insn(0xB7, 1, imm=ifindex), _insn(0xB7, 2, imm=0),
-                     _insn(0x85, imm=155 if peer else 23), _insn(0x95)])
-    insns = ctypes.create_string_buffer(code)
-    lic = ctypes.create_string_buffer(b"GPL")
-    attr = ctypes.create_string_buffer(128)
-    struct.pack_into("<IIQQIIQII16s", attr, 0, 3, len(code) // 8, ctypes.addressof(insns),
-                     ctypes.addressof(lic), 0, 0, 0, 0, 0, b"fw_redirect")
-    fd = _libc.syscall(321, 5, attr, 128)
-    if fd < 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-    return fd
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-METHOD = os.environ.get("FORWARDER_ATTACH_TC", "mirred")
-
-
-def _redirect(ipr, from_index: int, to_index: int, peer: bool = False) -> None:
+def _redirect(ipr, from_index: int, to_index: int) -> None:
     """Every frame arriving on ``from_index`` leaves by ``to_index``."""
     try:
         ipr.tc("add", "ingress", from_index, TC_INGRESS)
@@ -126,14 +100,6 @@ def _redirect(ipr, from_index: int, to_index: int, peer: bool = False) -> None:
         # start it again with only our filter
         ipr.tc("del", "ingress", from_index, TC_INGRESS)
         ipr.tc("add", "ingress", from_index, TC_INGRESS)
-    if METHOD == "bpf":
-        fd = _bpf_redirect_prog(to_index, peer)
-        try:
-            ipr.tc("add-filter", "bpf", from_index, parent=TC_INGRESS, prio=TC_PRIO,
-                   protocol=ETH_P_ALL, fd=fd, name="fw_redirect", direct_action=True)
-        finally:
-            os.close(fd)
-        return
     ipr.tc("add-filter", "u32", from_index, parent=TC_INGRESS, prio=TC_PRIO,
            protocol=ETH_P_ALL, keys=["0x0/0x0+0"], target=0x10001,
            action=[{"kind": "mirred", "direction": "egress", "action": "redirect",
@@ -191,7 +157,7 @@ def join(port: Port, mtu: int | None) -> LinkSeen | None:
             log.info("port %s: removed %s from %s (the router answers ARP and ND there, "
                      "not the kernel)", port.name, ", ".join(gone), port.link)
         _redirect(ipr, idx, port.tap_index)
-        _redirect(ipr, port.tap_index, idx, peer=True)
+        _redirect(ipr, port.tap_index, idx)
         link = ipr.get_links(idx)[0]
         return LinkSeen(index=idx, mac=link.get_attr("IFLA_ADDRESS"), mtu=link.get_attr("IFLA_MTU"))
 
