@@ -202,9 +202,9 @@ class Attacher:
 
     def waiting_text(self) -> str:
         have = len(self.ports) - len(self.missing)
-        total = f"{have} of {self.expected}" if self.expected else f"{have} of {len(self.ports)}"
-        return (f"{', '.join(p.link for p in self.missing)} ({total} attached, "
-                f"{time.monotonic() - self.started:.0f} s of {self.timeout:g})")
+        clab = f"; CLAB_INTFS={self.expected}" if self.expected else ""
+        return (f"{', '.join(p.link for p in self.missing)} ({have} of {len(self.ports)} "
+                f"attached{clab}, {time.monotonic() - self.started:.0f} s of {self.timeout:g})")
 
     # --- the work ------------------------------------------------------------------------
 
@@ -255,6 +255,10 @@ class Attacher:
 
     def start(self) -> None:
         """Join what is there now, then watch from a thread of its own."""
+        if self.expected and self.expected != len(self.ports):
+            log.warning("CLAB_INTFS=%d, but %d ports attach (%s): containerlab and this "
+                        "config disagree on the links", self.expected, len(self.ports),
+                        ", ".join(p.link for p in self.ports))
         self.scan()
         self._thread = threading.Thread(target=self._run, name="attach", daemon=True)
         self._thread.start()

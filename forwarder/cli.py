@@ -223,8 +223,15 @@ def format_stats(s: dict) -> str:
         lines.append(f"{i['name']:<12}{i['rx_packets']:>12}{i['rx_bytes']:>14}{i['rx_nobuf']:>10}"
                      f"{i['rx_errors']:>8}{i['tx_packets']:>12}{i['tx_bytes']:>14}{i['tx_errors']:>8}")
     for i in s["interfaces"]:
-        if i.get("link", "up") != "up":
+        a = i.get("attach")
+        if a is not None and i["link"] == "down":
+            lines.append(f"{i['name']}: link down: {a['link']} is not there (gone {a['losses']} "
+                         "times); what would leave by it is dropped as interface_down")
+        elif i.get("link", "up") != "up":
             lines.append(f"{i['name']}: device {i['link']}, no longer polled")
+        if a is not None:
+            lines.append(f"{i['name']}: attached to {a['link']} (joined {a['joins']} times, "
+                         f"gone {a['losses']})")
     lines.append("")
     lines.append(f"{'interface':<12}{'offloads':<38}{'rx gso':>10}{'segments':>12}"
                  f"{'tx gso':>10}{'segments':>12}{'sw gso':>10}{'sw csum':>10}")

@@ -478,8 +478,8 @@ class _Reader:
         connected6: list[tuple[IPv6Network, IPv6Interface, int]] = []
         for i, table in enumerate(self.array_of_tables("interface")):
             path: tuple[str | int, ...] = ("interface", i)
-            self.unknown_keys(table, ("name", "addresses", "mtu", "mac", "netns", "offload",
-                                      "ra", "attach"), path)
+            self.unknown_keys(table, ("name", "addresses", "mtu", "mac", "netns", "attach",
+                                      "offload", "ra"), path)
             name = self.string(table, "name", path, required=True)
             if name is not None:
                 if not 1 <= len(name) < IFNAMSIZ:

@@ -91,6 +91,11 @@ def handlers(router: "Router") -> dict[str, Callable[..., Any]]:
 
     def stats(describe: bool = False) -> dict:
         s = router.dp.stats()
+        ports = router.attached_ports()
+        for i in s["interfaces"]:
+            p = ports.get(i["name"])
+            i["attach"] = None if p is None else {"link": p.link, "joins": p.joins,
+                                                  "losses": p.losses}
         if describe:
             s["drop_reasons"] = dict(DROP_REASONS)
         s["reloads"] = {"ok": router.reloads.ok, "failed": router.reloads.failed,

@@ -573,6 +573,10 @@ class Router:
         """Every attached port joined, or attach_timeout passed."""
         return self.attacher is None or self.attacher.ready
 
+    def attached_ports(self) -> dict[str, attach.Port]:
+        """The attached ports by name (their joins and losses)."""
+        return {} if self.attacher is None else {p.name: p for p in self.attacher.ports}
+
     def waiting_for(self) -> str | None:
         """What the router still waits for, as a phrase; None when nothing."""
         if self.attacher is None or not self.attacher.missing:

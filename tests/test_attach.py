@@ -9,6 +9,7 @@ config).  Hosts are real kernels; ping, traceroute and iperf3 run across.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -187,3 +188,44 @@ def test_a_deleted_interface_is_down_then_forwards_again_when_it_comes_back(
     log = router.log_text()
     assert log.count("port eth1: eth1 is gone; port down until it comes back") == 1
     assert re.search(r"port eth1: attached to eth1 .* again", log), log
+
+
+def test_after_attach_timeout_the_router_goes_on_and_still_attaches_late_links(
+        tmp_path) -> None:
+    """An interface that never came within attach_timeout: the router says so
+    once, is ready without it, and joins it when it does come."""
+    with nn.Topology() as topo:
+        _late_links(make_lab(topo, n_hosts=2, attach=(1, 2), name="late"), tmp_path)
+
+
+def _late_links(lab: RouterLab, tmp_path) -> None:
+    topology = lab.topo
+    sock = tmp_path / "late.sock"
+    doc = lab.config_doc(sock)
+    doc["router"]["attach_timeout"] = 1
+    cfg = tmp_path / "router.toml"
+    cfg.write_text(to_toml(doc))
+    os.environ["CLAB_INTFS"] = "3"                     # containerlab says 3; the config has 2
+    try:
+        r = launch(topology.popen, lab.router_ns, cfg, sock, kind=RunningRouter, wait=False)
+    finally:
+        del os.environ["CLAB_INTFS"]
+    try:
+        assert r.cli("health", check=False).returncode == 1
+        lab.hand_over(lab.host("h1"))
+        r.wait_log(r"attach_timeout \(1 s\) passed: forwarding without eth2; still watching", 5)
+        assert r.cli("health").stdout.startswith("healthy: dataplane went round") and \
+            "still waiting for eth2 (1 of 2 attached" in r.cli("health").stdout
+        log = r.log_text()
+        assert "CLAB_INTFS=3, but 2 ports attach" in log, log
+        assert re.search(r"waiting for eth1, eth2 \(0 of 2 attached; CLAB_INTFS=3", log), log
+        lab.hand_over(lab.host("h2"))
+        r.wait_log(r"port eth2: attached to eth2", 5)
+        lab.configure_hosts()
+        assert lab.ping("h1", "10.2.0.2", count=1, wait=2).returncode == 0
+        assert {i["name"]: (i["link"], i["attach"]) for i in r.stats()["interfaces"]} == {
+            "eth1": ("up", {"link": "eth1", "joins": 1, "losses": 0}),
+            "eth2": ("up", {"link": "eth2", "joins": 1, "losses": 0})}
+    finally:
+        code, out = r.stop()
+    assert code == 0, out

@@ -119,7 +119,8 @@ type = "unreachable"
     tap0, tap1 = cfg.interfaces
     assert tap0 == Interface(name="tap0", addresses=(IPv4Interface("10.1.0.1/24"),
                                                      IPv4Interface("192.168.7.1/30")),
-                             mtu=9000, mac="02:aa:00:00:00:01", netns="/proc/1/ns/net")
+                             mtu=9000, mac="02:aa:00:00:00:01", netns="/proc/1/ns/net",
+                             mtu_configured=True)
     assert tap0.netns_path == "/proc/1/ns/net"
     assert tap1.netns_path == "/var/run/netns/h2"
     assert tap1.mtu == 1500 and tap1.mac_generated and tap1.mac == generate_mac("tap1", "edge-1")
@@ -263,7 +264,7 @@ def test_router_name_required_and_valid(tmp_path: Path) -> None:
 
 def test_router_unknown_key_and_level(tmp_path: Path) -> None:
     expect(tmp_path, ROUTER + 'colour = "red" #!\n', "router.colour",
-           "unknown key (allowed: name, socket, log_level)")
+           "unknown key (allowed: name, socket, log_level, attach_timeout)")
     expect(tmp_path, ROUTER + 'log_level = "loud" #!\n', "router.log_level",
            "'loud' is not a log level (debug, info, warning, error, critical)")
     expect(tmp_path, ROUTER + 'socket = "r1.sock" #!\n', "router.socket", "absolute path")
@@ -287,7 +288,7 @@ def test_interface_as_plain_table(tmp_path: Path) -> None:
 
 def test_interface_unknown_key(tmp_path: Path) -> None:
     expect(tmp_path, TWO_LINKS + 'speed = 10 #!\n', "interface[1].speed",
-           "unknown key (allowed: name, addresses, mtu, mac, netns, offload, ra)")
+           "unknown key (allowed: name, addresses, mtu, mac, netns, attach, offload, ra)")
 
 
 def test_interface_name_too_long(tmp_path: Path) -> None:
