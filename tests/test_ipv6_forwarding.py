@@ -160,6 +160,34 @@ def test_packet_too_big_then_path_mtu_discovery(lab: RouterLab, router: RunningR
     assert ping6(lab, "h1", H[3], "-s", "1400").returncode == 0
 
 
+def test_tcp_across_the_1280_link_finds_its_path_mtu(lab: RouterLab,
+                                                    router: RunningRouter) -> None:
+    """iperf3 -6 h1 -> h3 with h3 on a 1500-byte interface behind the router's
+    1280-byte link: both ends agree on 1440-byte segments, which the link
+    cannot take; the router answers packet too big (per segment, never
+    fragmenting), h1's TCP shrinks its segments, and the data flows."""
+    h3, fresh = lab.host("h3"), "2001:db8:3::3"      # an address no path MTU was learned for
+    nn.configure_host_ipv6(h3.ifname, h3.netns, [f"{fresh}/64"])
+    nn.link_set(h3.ifname, h3.netns, mtu=1500)        # h3 advertises MSS 1440
+    p0 = router.stats()["icmp6"]["packet_too_big"]
+    server = lab.topo.popen(h3.netns, ["iperf3", "-s", "-1", "-p", "5303"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)
+        cp = lab.run("h1", ["iperf3", "-6", "-c", fresh, "-p", "5303", "-t", "2", "-J"],
+                     timeout=60)
+        doc = json.loads(cp.stdout)
+        assert "error" not in doc, doc.get("error")
+        assert doc["end"]["sum_received"]["bits_per_second"] > 50e6
+    finally:
+        server.wait(10)
+        nn.link_set(h3.ifname, h3.netns, mtu=1280)
+    assert router.stats()["icmp6"]["packet_too_big"] > p0
+    with nn.iproute(lab.host("h1").netns) as ipr:
+        route = ipr.route("get", dst=fresh, family=socket.AF_INET6)[0]
+    assert dict(route.get_attr("RTA_METRICS")["attrs"]).get("RTAX_MTU") == 1280
+
+
 def test_extension_headers_pass_through_untouched(lab: RouterLab, router: RunningRouter) -> None:
     """Hop-by-Hop, Destination Options, Routing (segments left 0) and
     Fragment headers are not the router's business (RFC 8200 4): the

@@ -115,6 +115,17 @@ def test_ping6_to_the_global_and_the_link_local_address(lab: RouterLab, router: 
     assert cp.returncode == 1 and "is not an IPv6 address" in cp.stderr
 
 
+def test_ndisc6_resolves_the_router(lab: RouterLab, router: RunningRouter) -> None:
+    """ndisc6 (the ndisc6 package) solicits the router's address as an
+    operator would and prints the link-layer address of its advertisement."""
+    cp = lab.run("h1", ["ndisc6", "-1", "-r", "3", "-w", "1000", R1, "tap1"], timeout=15)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert "Target link-layer address: " + router_mac(1).upper() in cp.stdout, cp.stdout
+    cp = lab.run("h1", ["ndisc6", "-1", "-r", "1", "-w", "500", "2001:db8:1::99", "tap1"],
+                 timeout=15)
+    assert cp.returncode != 0 and "Target link-layer address" not in cp.stdout, cp.stdout
+
+
 def test_neighbor_advertisement_is_well_formed(lab: RouterLab, router: RunningRouter) -> None:
     """The answer to a solicitation: from the target, hop limit 255, flags
     R, S and O, the target link-layer option with the router's MAC."""
