@@ -6,6 +6,8 @@ all read at scrape time.
     forwarder_interface_{rx_nobuf,rx_errors,tx_errors}_total{router,interface}
     forwarder_interface_{rx,tx}_gso{,_segments}_total{router,interface}   super-frames, their segments
     forwarder_interface_{gso,csum}_software_total{router,interface}       offload work done here
+    forwarder_interface_up{router,interface}    1 while its link is up (an attached port: joined)
+    forwarder_attach_{joins,losses}_total{router,interface}   an attached port's interface came, went
     forwarder_drops_total{router,reason}        one series per drop reason (HELP says what each means)
     forwarder_icmp_total{router,kind}           unreachable, time_exceeded, echo_replies, ratelimited
     forwarder_forwarded_packets_total, forwarder_delivered_local_total,
@@ -19,7 +21,8 @@ all read at scrape time.
     forwarder_arp_entries{router}, forwarder_nd6_entries{router}
     forwarder_reloads_total{router,result}      ok | failed
     forwarder_sysctl{router,name}               every tunable's current value
-    forwarder_dataplane_up{router}              1 when healthy (progress in the last 2 s)
+    forwarder_dataplane_up{router}              1 when healthy (progress in the last 2 s, and
+                                                the attached interfaces came or attach_timeout passed)
     forwarder_dataplane_progress_age_seconds{router}
 
 The dataplane's counters are read under its lock.  A scrape waits at most
@@ -113,7 +116,8 @@ class RouterCollector(Collector):
         # Health first: it must not wait for the dataplane's lock.
         age = r.dp.progress_age()
         up = GaugeMetricFamily("forwarder_dataplane_up",
-                               "1 when the forwarding loop made progress in the last 2 s",
+                               "1 when the forwarding loop made progress in the last 2 s and the "
+                               "attached interfaces are there (or attach_timeout passed)",
                                labels=["router"])
         up.add_metric([name], 1 if r.healthy() else 0)
         yield up
@@ -132,6 +136,19 @@ class RouterCollector(Collector):
                                     labels=["router", "interface"])
             for i in s["interfaces"]:
                 c.add_metric([name, i["name"]], i[key])
+            yield c
+        link = GaugeMetricFamily("forwarder_interface_up", "1 while the interface's link is up "
+                                 "(an attached port: while its interface is joined)",
+                                 labels=["router", "interface"])
+        for i in s["interfaces"]:
+            link.add_metric([name, i["name"]], 1 if i["link"] == "up" else 0)
+        yield link
+        ports = r.attached_ports()
+        for key, doc in (("joins", "times an attached port's interface was joined"),
+                         ("losses", "times an attached port's interface went away")):
+            c = CounterMetricFamily(f"forwarder_attach_{key}", doc, labels=["router", "interface"])
+            for p in ports.values():
+                c.add_metric([name, p.name], getattr(p, key))
             yield c
         d = CounterMetricFamily("forwarder_drops", DROPS_HELP, labels=["router", "reason"])
         for reason, v in s["drops"].items():

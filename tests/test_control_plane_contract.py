@@ -210,6 +210,7 @@ INTERFACE_SERIES = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "rx_nobu
 def test_metrics_export_each_counter_under_its_own_name() -> None:
     iface = {k: 10 + i for i, k in enumerate(INTERFACE_SERIES)}
     iface["name"] = "tap1"
+    iface["link"] = "down"
     drops = {r: 100 + i for i, r in enumerate(DROP_REASONS)}
     icmp = {"errors_sent": 7, "unreachable": 3, "time_exceeded": 4, "echo_replies": 9,
             "ratelimited": 5}
@@ -226,6 +227,7 @@ def test_metrics_export_each_counter_under_its_own_name() -> None:
         config=SimpleNamespace(router=SimpleNamespace(name="rX")),
         dp=SimpleNamespace(progress_age=lambda: 0.01, stats=lambda: stats),
         healthy=lambda: True, reloads=SimpleNamespace(ok=6, failed=2),
+        attached_ports=lambda: {"tap1": SimpleNamespace(name="tap1", joins=3, losses=2)},
         sysctl=sysctl.SysctlTree({"net.inet.ip.ttl": 33}, physmem=1 << 30))
     reg = CollectorRegistry()
     reg.register(metrics.RouterCollector(router))
@@ -268,6 +270,9 @@ def test_metrics_export_each_counter_under_its_own_name() -> None:
     assert val("forwarder_nd6_entries") == 64
     assert val("forwarder_nd6_probes_total") == 65
     assert val("forwarder_dataplane_up") == 1
+    assert val("forwarder_interface_up", interface="tap1") == 0
+    assert val("forwarder_attach_joins_total", interface="tap1") == 3
+    assert val("forwarder_attach_losses_total", interface="tap1") == 2
 
 
 # --- a real router ----------------------------------------------------------------------
