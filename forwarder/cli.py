@@ -272,6 +272,12 @@ def format_stats(s: dict) -> str:
     if r:
         lines.append(f"reloads: {r['ok']} ok, {r['failed']} failed"
                      + (f" (last error: {r['last_error']})" if r["last_error"] else ""))
+    ri = s.get("route_import")
+    if ri:
+        skipped = ", ".join(f"{v} {k}" for k, v in sorted(ri["skipped"].items()))
+        lines.append(f"route import from {ri['netns']}: {ri['routes']} routes; {ri['imported']} "
+                     f"installed, {ri['removed']} removed, {ri['resyncs']} resyncs, "
+                     f"{ri['overruns']} overruns" + (f"; skipped: {skipped}" if skipped else ""))
     return "\n".join(lines)
 
 
@@ -282,9 +288,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def format_routes(routes: list[dict]) -> str:
-    lines = [f"{'destination':<20}{'gateway':<17}{'interface':<12}type"]
+    lines = [f"{'destination':<20}{'gateway':<17}{'interface':<12}{'type':<12}origin"]
     for r in routes:
-        lines.append(f"{r['prefix']:<20}{r['via'] or '-':<17}{r['interface'] or '-':<12}{r['type']}")
+        origin = r.get("origin", "")
+        if r.get("shadows"):
+            origin += f" (over {r['shadows']})"
+        lines.append(f"{r['prefix']:<20}{r['via'] or '-':<17}{r['interface'] or '-':<12}"
+                     f"{r['type']:<12}{origin}")
     return "\n".join(lines)
 
 

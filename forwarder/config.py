@@ -5,6 +5,7 @@ The contract (see configs/router.toml for a commented example)::
     [router]            name (required), socket, log_level, attach_timeout
     [sysctl]            FreeBSD tunable names, dotted or quoted keys
     [metrics]           listen = "127.0.0.1:9477"   (optional)
+    [control_plane]     netns, import_routes, tables, protocols   (optional; forwarder/cplane.py)
     [[interface]]       name, addresses (IPv4 and/or IPv6), mtu, mac, netns | attach,
                         offload, ra
     [[route]]           prefix (IPv4 or IPv6) + exactly one of via / interface / type
@@ -174,6 +175,30 @@ class Metrics:
         return None if self.listen is None else _split_hostport(self.listen)
 
 
+# rtm_protocol numbers (linux/rtnetlink.h, and the routing daemons' own in
+# /etc/iproute2/rt_protos): what [control_plane] protocols names
+RTPROT = {"redirect": 1, "kernel": 2, "boot": 3, "static": 4, "ra": 9, "dhcp": 16,
+          "zebra": 11, "bird": 12, "babel": 42, "bgp": 186, "isis": 187, "ospf": 188,
+          "rip": 189, "eigrp": 192}
+RTPROT_NAMES = {v: k for k, v in RTPROT.items()}
+
+
+@dataclass(frozen=True)
+class ControlPlane:
+    """[control_plane]: the namespace of the ports' mirrors and of the routing
+    daemons, whose kernel routes are imported (forwarder/cplane.py)."""
+    netns: str | None = None          # None: no control plane
+    import_routes: bool = True
+    tables: tuple[int, ...] = (254,)  # the kernel's main table
+    protocols: tuple[str, ...] = ()   # rtm_protocol names to import; empty: all
+
+    @property
+    def netns_path(self) -> str | None:
+        if self.netns is None:
+            return None
+        return self.netns if "/" in self.netns else str(NETNS_DIR / self.netns)
+
+
 @dataclass(frozen=True)
 class Config:
     path: Path | None
@@ -182,6 +207,7 @@ class Config:
     routes: tuple[Route, ...]
     sysctl: dict[str, int] = field(default_factory=dict)   # values set by the file and -o
     metrics: Metrics = Metrics()
+    control_plane: ControlPlane = ControlPlane()
 
     def interface(self, name: str) -> Interface:
         for itf in self.interfaces:
@@ -366,11 +392,13 @@ class _Reader:
 
     # sections
     def read(self, overrides: list[str]) -> Config | None:
-        self.unknown_keys(self.doc, ("router", "sysctl", "metrics", "interface", "route"), ())
+        self.unknown_keys(self.doc, ("router", "sysctl", "metrics", "interface", "route",
+                                     "control_plane"), ())
         values = self.read_sysctl()
         self.apply_overrides(values, overrides)
         router = self.read_router()
         metrics = self.read_metrics()
+        control_plane = self.read_control_plane()
         interfaces = self.read_interfaces(router.name if router else "")
         routes = self.read_routes(interfaces)
         self.check_limits(values, interfaces, routes)
@@ -378,7 +406,7 @@ class _Reader:
             return None
         return Config(path=Path(self.file) if self.file else None, router=router,
                       interfaces=tuple(interfaces), routes=tuple(routes),
-                      sysctl=values, metrics=metrics)
+                      sysctl=values, metrics=metrics, control_plane=control_plane)
 
     def read_router(self) -> RouterConfig | None:
         path = ("router",)
@@ -424,6 +452,43 @@ class _Reader:
                 self.error(path + ("listen",), str(e))
                 listen = None
         return Metrics(listen=listen)
+
+    def read_control_plane(self) -> ControlPlane:
+        path = ("control_plane",)
+        table = self.table(path)
+        if table is None:
+            return ControlPlane()
+        self.unknown_keys(table, ("netns", "import_routes", "tables", "protocols"), path)
+        netns = self.string(table, "netns", path, required=True)
+        if netns is not None:
+            netns = self.check_netns(netns, path + ("netns",))
+        import_routes = self.boolean(table, "import_routes", path, True)
+        tables: list[int] = []
+        raw = table.get("tables", [254])
+        if not isinstance(raw, list) or not raw:
+            self.error(path + ("tables",), "a list of kernel table numbers (e.g. [254], the "
+                       "main table)")
+        else:
+            for k, t in enumerate(raw):
+                if isinstance(t, bool) or not isinstance(t, int) or not 1 <= t < 2**32 or t == 255:
+                    self.error(path + ("tables", k), f"{t!r}: a kernel table number 1..2^32-1, "
+                               "not 255 (the local table: the kernel's own addresses)")
+                else:
+                    tables.append(t)
+        protocols: list[str] = []
+        raw = table.get("protocols", [])
+        if not isinstance(raw, list):
+            self.error(path + ("protocols",), "a list of route protocol names (e.g. [\"bgp\", "
+                       "\"ospf\"]; empty: all)")
+        else:
+            for k, p in enumerate(raw):
+                if p not in RTPROT:
+                    self.error(path + ("protocols", k), f"{p!r} is not a route protocol "
+                               f"({', '.join(sorted(RTPROT))})")
+                else:
+                    protocols.append(p)
+        return ControlPlane(netns=netns, import_routes=import_routes, tables=tuple(tables),
+                            protocols=tuple(protocols))
 
     def read_sysctl(self) -> dict[str, int]:
         table = self.table(("sysctl",))

@@ -101,6 +101,10 @@ def handlers(router: "Router") -> dict[str, Callable[..., Any]]:
         s["reloads"] = {"ok": router.reloads.ok, "failed": router.reloads.failed,
                         "last_error": router.reloads.last_error}
         s["router"] = router.config.router.name
+        if router.importer is not None:
+            s["route_import"] = {**router.importer.stats.as_dict(),
+                                 "routes": len(router.imported),
+                                 "netns": router.config.control_plane.netns}
         return s
 
     def health() -> dict:

@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 
-from forwarder import attach, mbufs, netns
+from forwarder import attach, cplane, mbufs, netns
 from forwarder.config import Config, ConfigError, Interface, load_config, unusable_gateway
 from forwarder.dataplane import MAX_STALL, Dataplane
 from forwarder.route import RouteTable
@@ -119,6 +119,12 @@ class Router:
     _stall_thread: threading.Thread | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock)
     attacher: attach.Attacher | None = None
+    # Routes copied from the control plane's kernel (forwarder/cplane.py):
+    # prefix -> (next-hop spec, origin such as "bgp"); config and runtime
+    # routes for the same prefix win, the imported one waits behind them.
+    imported: dict[str, tuple[dict, str]] = field(default_factory=dict)
+    mirrors: "cplane.Mirrors | None" = None
+    importer: "cplane.RouteImporter | None" = None
     _tap_index: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -150,8 +156,23 @@ class Router:
         self._watcher = threading.Thread(target=self._watch, name="zone-watcher", daemon=True)
         self._watcher.start()
         self._start_attacher()
+        self._start_control_plane()
         log.info("router %s forwarding on %s", self.config.router.name,
                  ", ".join(self.ifindex) or "no interfaces")
+
+    def _start_control_plane(self) -> None:
+        """[control_plane]: the ports' mirrors, then the route import."""
+        cp = self.config.control_plane
+        if cp.netns is None:
+            return
+        if "/" not in cp.netns and not netns.netns_exists(cp.netns):
+            netns.create_netns(cp.netns)
+            log.info("control plane: created namespace %s", cp.netns)
+        self.mirrors = cplane.Mirrors(self.config)
+        self.mirrors.create()
+        if cp.import_routes:
+            self.importer = cplane.RouteImporter(self, self.mirrors)
+            self.importer.start()
 
     def _start_attacher(self) -> None:
         ports = [attach.Port(name=itf.name, link=itf.attach, tap=itf.tap,
@@ -231,6 +252,10 @@ class Router:
         self._stopping.set()
         if self.attacher is not None:
             self.attacher.stop()
+        if self.importer is not None:
+            self.importer.stop()
+        if self.mirrors is not None:
+            self.mirrors.close()
         if self.dp.resume():
             log.warning("dataplane stall ended by shutdown")
         if self._stall_thread is not None:
@@ -356,17 +381,75 @@ class Router:
             table.delete(net)
             self.runtime_routes.pop(net, None)
             self.config_routes.pop(net, None)
+            if net in self.imported:            # the imported route behind it comes back
+                table.add(net, self.imported[net][0])
         log.info("route delete %s", net)
 
     def route_list(self) -> list[dict]:
+        """Every route with its origin: connected, local, static (the config),
+        runtime (`forwarder route add`), or the protocol of an imported one."""
         names = {v: k for k, v in self.ifindex.items()}
+        static = {str(r.prefix) for r in self.config.routes}
         out = []
         for r in [*self.routes.routes(), *self.routes6.list()]:
             r = dict(r)
             r["interface"] = names.get(r.pop("ifindex"), None)
             r.pop("index", None)
+            p = r["prefix"]
+            if p in self.runtime_routes:
+                r["origin"] = "runtime"
+            elif p in self.config_routes:
+                r["origin"] = ("static" if p in static else
+                               "local" if r["type"] == "local" else "connected")
+            else:
+                r["origin"] = self.imported[p][1] if p in self.imported else "?"
+            if p in self.imported and r["origin"] != self.imported[p][1]:
+                r["shadows"] = self.imported[p][1]      # an imported route waits behind it
             out.append(r)
         return out
+
+    # --- imported routes (forwarder/cplane.py) ---------------------------------------
+
+    def _shadowed(self, prefix: str) -> bool:
+        return prefix in self.config_routes or prefix in self.runtime_routes
+
+    def import_route(self, prefix: str, nh: dict, origin: str) -> bool:
+        """Install (or replace) a route from the control plane's kernel, unless a
+        config or runtime route has the prefix.  True when the table changed."""
+        with self._lock:
+            if self.imported.get(prefix) == (nh, origin):
+                return False
+            self.imported[prefix] = (nh, origin)
+            if self._shadowed(prefix):
+                return False
+            limit = self.sysctl.get("net.route.max_routes")
+            table = self._table(prefix)
+            if prefix not in table and len(self.routes) + len(self.routes6) >= limit:
+                log.warning("route import: %s not installed: the table is full "
+                            "(net.route.max_routes %d)", prefix, limit)
+                return False
+            table.add(prefix, nh)
+        return True
+
+    def withdraw_route(self, prefix: str) -> bool:
+        """The kernel deleted an imported route; True when the table changed."""
+        with self._lock:
+            if self.imported.pop(prefix, None) is None or self._shadowed(prefix):
+                return False
+            table = self._table(prefix)
+            if table.get(prefix) is None:
+                return False
+            table.delete(prefix)
+        return True
+
+    def sync_imported(self, want: dict[str, tuple[dict, str]]) -> tuple[int, int]:
+        """Make the imported routes ``want`` (a full dump): (installed, removed)."""
+        added = removed = 0
+        for prefix in [p for p in self.imported if p not in want]:
+            removed += self.withdraw_route(prefix)
+        for prefix, (nh, origin) in want.items():
+            added += self.import_route(prefix, nh, origin)
+        return added, removed
 
     # --- tunables -----------------------------------------------------------------
 
@@ -533,6 +616,11 @@ class Router:
                 changes.append(f"{b.name} ra {'on' if b.ra else 'off'}")
         current = {r["prefix"] for r in [*self.routes.routes(), *self.routes6.list()]}
         for prefix in sorted(current - set(specs), key=lambda p: -ip_network(p).prefixlen):
+            if prefix in self.imported:         # the kernel's route takes the prefix again
+                if self.config_routes.get(prefix, self.runtime_routes.get(prefix)) is not None:
+                    self._table(prefix).add(prefix, self.imported[prefix][0])
+                    changes.append(f"route ~{prefix} ({self.imported[prefix][1]})")
+                continue
             self._table(prefix).delete(prefix)
             changes.append(f"route -{prefix}")
         for prefix, nh in specs.items():

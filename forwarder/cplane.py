@@ -1,0 +1,324 @@
+"""The control plane: a mirror of every port in a namespace of its own, and
+the routes that namespace's kernel holds, copied into the dataplane.
+
+Routing daemons (FRR, BIRD) speak to the kernel: they install what they learn
+as kernel routes over interfaces they see.  VPP's linux-cp answers that with a
+TAP "mirror" per dataplane port in a control-plane namespace; this module does
+the same, in two parts:
+
+* :class:`Mirrors`: for every port, a TAP in ``[control_plane] netns`` with the
+  port's name, MAC, MTU and addresses, up.  The daemons bind to these, and the
+  kernel there has the ports' connected prefixes, so a route ``via 10.2.0.2
+  dev tap2`` resolves as it would on the router itself.  The router holds the
+  mirrors' file descriptors; what the kernel sends on a mirror is not read yet
+  (the punt and inject path is the next step), so today the daemons' peers
+  must be reached some other way, and routes are what crosses over.
+* :class:`RouteImporter`: a netlink listener in that namespace (pyroute2, its
+  own thread, never the forwarding thread) that mirrors RTM_NEWROUTE and
+  RTM_DELROUTE of the chosen tables into the dataplane's IPv4 and IPv6 tables
+  through :meth:`forwarder.router.Router.import_route`.  A gateway route is
+  resolved to the port by the mirror its RTA_OIF names; blackhole, unreachable
+  and prohibit keep their type; routes over other links, local/broadcast/
+  multicast types, link-local and multicast prefixes, and the kernel's own
+  connected routes (proto kernel: the dataplane has those from the config)
+  are skipped and counted.  Config and runtime routes win over imported ones
+  for the same prefix (an imported route waits behind them, and takes the
+  prefix when they go).
+
+What the kernel forces on every such consumer (FRR, zebra-rs and VPP's
+linux_nl all learned it):
+
+* multicast netlink has no flow control: the socket gets a large receive
+  buffer (SO_RCVBUFFORCE, 128 MiB; each notification costs some 800 bytes of
+  it), and an overrun (ENOBUFS on read) is met with a full re-dump, applied as
+  mark and sweep (:meth:`RouteImporter.resync`).  The listening socket is a
+  plain netlink socket read here, its messages decoded with pyroute2's
+  parser: pyroute2's own reader keeps an overrun to itself, and a lost
+  notification must not go unnoticed;
+* the kernel deletes the IPv4 routes over a link that goes down without
+  sending RTM_DELROUTE: every link event of that namespace triggers the same
+  re-dump;
+* a route's several next hops (RTA_MULTIPATH, ECMP) and next-hop objects
+  (RTA_NH_ID, FRR's default) are not in the dataplane's tables yet: the first
+  next hop of a multipath route is used (counted as ``multipath_first_only``),
+  a route given only by a next-hop id is skipped (``nexthop_object``).  With
+  net.ipv4.nexthop_compat_mode at its default (1) the kernel still spells out
+  the next hops of such routes, so FRR's routes come through.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from ipaddress import ip_network
+from typing import TYPE_CHECKING, Any
+
+from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE, RTMGRP_LINK
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+
+from forwarder import netns
+from forwarder.config import RTPROT, RTPROT_NAMES, Config
+
+if TYPE_CHECKING:
+    from forwarder.router import Router
+
+log = logging.getLogger("forwarder.cplane")
+
+RCVBUF = 128 << 20                  # bytes, as VPP's linux-nl: ~800 bytes of buffer per route
+RECV_SIZE = 1 << 20
+SO_RCVBUFFORCE = 33
+RESYNC_DELAY = 0.2                  # seconds: let a burst of link events settle first
+IFA_F_NODAD = 0x02
+RTN_TYPES = {1: "unicast", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
+
+
+def proto_name(num: int) -> str:
+    return RTPROT_NAMES.get(num, str(num))
+
+
+# --- mirrors --------------------------------------------------------------------------
+
+@dataclass
+class Mirror:
+    port: str
+    fd: int
+    index: int                      # its ifindex in the control-plane namespace
+
+
+class Mirrors:
+    """A TAP per port in the control-plane namespace: name, MAC, MTU, addresses."""
+
+    def __init__(self, config: Config) -> None:
+        self.netns = config.control_plane.netns_path
+        self.by_index: dict[int, Mirror] = {}
+        self._config = config
+
+    def create(self) -> None:
+        assert self.netns is not None
+        try:
+            for itf in self._config.interfaces:
+                fd = netns.tap_open(itf.name, self.netns)
+                with netns.iproute(self.netns) as ipr:
+                    idx = ipr.link_lookup(ifname=itf.name)[0]
+                    ipr.link("set", index=idx, address=itf.mac, mtu=itf.mtu)
+                    for a in (*itf.addresses, *itf.addresses6):
+                        ipr.addr("add", index=idx, address=str(a.ip),
+                                 prefixlen=a.network.prefixlen,
+                                 **({"flags": IFA_F_NODAD} if a.version == 6 else {}))
+                    ipr.link("set", index=idx, state="up")
+                self.by_index[idx] = Mirror(itf.name, fd, idx)
+                log.info("mirror %s in %s: mac %s mtu %d, %s", itf.name,
+                         self._config.control_plane.netns, itf.mac, itf.mtu,
+                         ", ".join(str(a) for a in (*itf.addresses, *itf.addresses6)) or
+                         "no address")
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for m in self.by_index.values():
+            with contextlib.suppress(OSError):
+                os.close(m.fd)
+        self.by_index.clear()
+
+
+# --- route import ------------------------------------------------------------------------
+
+@dataclass
+class ImportStats:
+    imported: int = 0               # routes installed or replaced from the kernel
+    removed: int = 0                # ... and taken out again
+    resyncs: int = 0                # full re-dumps (start, overruns, link events)
+    overruns: int = 0               # ENOBUFS: notifications lost
+    skipped: dict[str, int] = field(default_factory=dict)   # by reason
+
+    def skip(self, why: str) -> None:
+        self.skipped[why] = self.skipped.get(why, 0) + 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"imported": self.imported, "removed": self.removed, "resyncs": self.resyncs,
+                "overruns": self.overruns, "skipped": dict(self.skipped)}
+
+
+class RouteImporter:
+    """Kernel routes of the control-plane namespace into the dataplane."""
+
+    def __init__(self, router: "Router", mirrors: Mirrors) -> None:
+        cp = router.config.control_plane
+        self.router = router
+        self.mirrors = mirrors
+        self.netns = cp.netns_path
+        self.tables = set(cp.tables)
+        self.protocols = {RTPROT[p] for p in cp.protocols}
+        self.stats = ImportStats()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._resync_at: float | None = None
+
+    # --- parsing -------------------------------------------------------------------
+
+    def parse(self, msg: Any) -> tuple[str, dict | None, str] | None:
+        """(prefix, next-hop spec, origin) of a route message, or None when it
+        is not one to import (counted by reason).  A spec of None: a delete."""
+        table = msg.get_attr("RTA_TABLE") or msg["table"]
+        if table not in self.tables:
+            return None                             # another table: not ours to count
+        kind = RTN_TYPES.get(msg["type"])
+        if kind is None:
+            self.stats.skip("type")                 # local, broadcast, multicast, throw...
+            return None
+        proto = msg["proto"]
+        if proto == RTPROT["kernel"]:
+            return None                             # connected: the dataplane has it
+        if self.protocols and proto not in self.protocols:
+            self.stats.skip("protocol")
+            return None
+        family = msg["family"]
+        dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if family == socket.AF_INET else "::")
+        net = ip_network(f"{dst}/{msg['dst_len']}", strict=False)
+        if net.is_link_local or net.is_multicast:
+            self.stats.skip("scope")
+            return None
+        origin = proto_name(proto)
+        if msg["event"] == "RTM_DELROUTE":
+            return str(net), None, origin
+        if kind != "unicast":
+            return str(net), {"type": kind}, origin
+        if msg.get_attr("RTA_NH_ID") and not (msg.get_attr("RTA_OIF") or
+                                              msg.get_attr("RTA_MULTIPATH")):
+            self.stats.skip("nexthop_object")
+            return None
+        oif, gw = msg.get_attr("RTA_OIF"), msg.get_attr("RTA_GATEWAY")
+        paths = msg.get_attr("RTA_MULTIPATH")
+        if paths:
+            self.stats.skip("multipath_first_only")
+            first = paths[0]
+            oif = first["oif"]
+            gw = first.get_attr("RTA_GATEWAY")
+        mirror = self.mirrors.by_index.get(oif)
+        if mirror is None:
+            self.stats.skip("not_a_mirror")         # over lo, or a link of the namespace's own
+            return None
+        nh: dict[str, Any] = {"type": "forward", "ifindex": self.router.ifindex[mirror.port]}
+        if gw:
+            nh["via"] = gw
+        return str(net), nh, origin
+
+    # --- applying --------------------------------------------------------------------
+
+    def dump(self, ipr: Any) -> dict[str, tuple[dict, str]]:
+        """Every importable route the kernel holds now."""
+        want: dict[str, tuple[dict, str]] = {}
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for msg in ipr.get_routes(family=family):
+                msg["event"] = "RTM_NEWROUTE"
+                got = self.parse(msg)
+                if got is not None and got[1] is not None:
+                    want[got[0]] = (got[1], got[2])
+        return want
+
+    def resync(self, ipr: Any) -> None:
+        """Mark and sweep: the dataplane's imported routes become the kernel's."""
+        self.stats.resyncs += 1
+        added, removed = self.router.sync_imported(self.dump(ipr))
+        self.stats.imported += added
+        self.stats.removed += removed
+        log.info("route import: %d routes from %s (+%d, -%d)",
+                 len(self.router.imported), self.router.config.control_plane.netns,
+                 added, removed)
+
+    def apply(self, msg: Any) -> None:
+        got = self.parse(msg)
+        if got is None:
+            return
+        prefix, nh, origin = got
+        if nh is None:
+            if self.router.withdraw_route(prefix):
+                self.stats.removed += 1
+        elif self.router.import_route(prefix, nh, origin):
+            self.stats.imported += 1
+
+    # --- the thread ---------------------------------------------------------------------
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Listen, then read the whole table once; returns when that is applied.
+        (The socket lives in the thread that reads it: pyroute2's sockets
+        belong to the thread that made them.)"""
+        ready = threading.Event()
+        failed: list[BaseException] = []
+        self._thread = threading.Thread(target=self._run, args=(ready, failed),
+                                        name="route-import", daemon=True)
+        self._thread.start()
+        if not ready.wait(timeout):
+            raise RuntimeError(f"route import: no first dump of {self.netns} within {timeout} s")
+        if failed:
+            raise failed[0]
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    def _listen(self) -> socket.socket:
+        """A netlink socket in the control plane's namespace on route and link events."""
+        with netns.enter_netns(self.netns):
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                 socket.NETLINK_ROUTE)
+        try:
+            sock.bind((0, RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_LINK))
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+            except OSError:                     # without CAP_NET_ADMIN: what rmem_max allows
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _run(self, ready: threading.Event, failed: list[BaseException]) -> None:
+        try:
+            sock = self._listen()
+            with netns.iproute(self.netns) as dumper:      # listening first: nothing missed
+                self.resync(dumper)
+        except BaseException as e:  # noqa: BLE001 - start() raises it
+            failed.append(e)
+            ready.set()
+            return
+        ready.set()
+        marshal = MarshalRtnl()
+        try:
+            while not self._stop.is_set():
+                readable, _, _ = select.select([sock], [], [], 0.2)
+                if readable:
+                    try:
+                        data = sock.recv(RECV_SIZE)
+                    except OSError as e:
+                        if e.errno != errno.ENOBUFS:
+                            raise
+                        self.stats.overruns += 1
+                        log.warning("route import: netlink overrun (notifications lost); "
+                                    "reading the whole table again")
+                        self._resync_at = time.monotonic()
+                        continue
+                    for msg in marshal.parse(data):
+                        event = msg.get("event")
+                        if event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
+                            self.apply(msg)
+                        elif event in ("RTM_NEWLINK", "RTM_DELLINK"):
+                            # the kernel drops routes over a downed link without a word
+                            self._resync_at = self._resync_at or time.monotonic() + RESYNC_DELAY
+                if self._resync_at is not None and time.monotonic() >= self._resync_at:
+                    self._resync_at = None
+                    with netns.iproute(self.netns) as dumper:
+                        self.resync(dumper)
+        except Exception:  # noqa: BLE001 - said once; the dataplane keeps its routes
+            log.exception("route import stopped")
+        finally:
+            sock.close()
