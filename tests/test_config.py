@@ -148,7 +148,7 @@ def test_parse_config_from_text_without_file() -> None:
     with pytest.raises(ConfigError) as e:
         parse_config("bogus = 1\n" + ROUTER)
     assert str(e.value) == "<config>:1: bogus: unknown key (allowed: router, sysctl, " \
-                           "metrics, interface, route)"
+                           "metrics, interface, route, control_plane)"
 
 
 # --- sysctl table ---------------------------------------------------------------------
@@ -249,7 +249,7 @@ def test_not_utf8(tmp_path: Path) -> None:
 
 def test_unknown_top_level_key(tmp_path: Path) -> None:
     expect(tmp_path, ROUTER + '\n[routes] #!\nprefix = "1.0.0.0/8"\n',
-           "routes", "unknown key (allowed: router, sysctl, metrics, interface, route)")
+           "routes", "unknown key (allowed: router, sysctl, metrics, interface, route, control_plane)")
 
 
 def test_missing_router(tmp_path: Path) -> None:
@@ -864,3 +864,29 @@ def test_attach_problems(tmp_path: Path, extra: str, key: str, message: str) -> 
 def test_attach_timeout_range(tmp_path: Path) -> None:
     expect(tmp_path, ROUTER + 'attach_timeout = -1 #!\n', "router.attach_timeout",
            "-1 out of range (0..86400)")
+
+
+# --- the control plane ------------------------------------------------------------------
+
+def test_control_plane_section() -> None:
+    cfg = parse_config(ROUTER + '\n[control_plane]\nnetns = "r1-cp"\ntables = [254, 100]\n'
+                       'protocols = ["bgp", "ospf"]\n')
+    cp = cfg.control_plane
+    assert (cp.netns, cp.import_routes, cp.tables, cp.protocols) == \
+        ("r1-cp", True, (254, 100), ("bgp", "ospf"))
+    assert cp.netns_path == "/var/run/netns/r1-cp"
+    assert parse_config(ROUTER).control_plane.netns is None
+    off = parse_config(ROUTER + '[control_plane]\nnetns = "/proc/7/ns/net"\nimport_routes = false\n')
+    assert (off.control_plane.netns_path, off.control_plane.import_routes) == ("/proc/7/ns/net", False)
+
+
+@pytest.mark.parametrize("body,key,message", [
+    ('tables = [255] #!\n', "control_plane.tables[0]", "not 255 (the local table"),
+    ('tables = 254 #!\n', "control_plane.tables", "a list of kernel table numbers"),
+    ('protocols = ["bgp", "bpg"] #!\n', "control_plane.protocols[1]",
+     "'bpg' is not a route protocol (babel, bgp, bird,"),
+    ('colour = "red" #!\n', "control_plane.colour", "unknown key (allowed: netns, import_routes, "
+                                                    "tables, protocols)"),
+])
+def test_control_plane_problems(tmp_path: Path, body: str, key: str, message: str) -> None:
+    expect(tmp_path, ROUTER + '[control_plane]\nnetns = "cp"\n' + body, key, message)
