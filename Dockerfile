@@ -4,6 +4,10 @@
 #   docker run -d --name router --cap-add NET_ADMIN --device /dev/net/tun \
 #       --device-cgroup-rule 'c 10:200 rwm' mbuma-forwarder
 #
+# Its default config attaches the router's ports to the container's eth1 and
+# eth2: give it two networks with those interface names (configs/compose.yaml,
+# configs/containerlab.clab.yml, docs/containers.md); until then it waits for them.
+#
 # Two stages: `build` compiles the Cython extensions into a wheel (and collects
 # the wheels of the runtime dependencies beside it); the runtime stage installs
 # those wheels offline and has no compiler.  tests/test_container.py parses this
@@ -33,10 +37,12 @@ RUN pip wheel --no-cache-dir --disable-pip-version-check --wheel-dir /wheels .
 # --- runtime -------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="mbuma-forwarder" \
-      org.opencontainers.image.description="Userspace IPv4 router between Linux TAP devices on FreeBSD-style mbufs"
-# iproute2: `ip` to bridge TAPs with the container's interfaces (configs/compose.yaml)
-# and to look around with `docker exec`.  The router itself talks netlink directly.
-# Not pinned, as above.
+      org.opencontainers.image.description="Userspace IPv4/IPv6 router on FreeBSD-style mbufs"
+# iproute2: not needed by the router, which talks netlink itself (its ports attach
+# to eth1/eth2 with tc filters it adds through pyroute2), but kept for looking
+# around with `docker exec`: `ip -br link` (which interfaces the runtime handed
+# over), `tc filter show dev eth1 ingress` (the router's redirect).  Not pinned,
+# as above.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends iproute2 \
@@ -46,15 +52,17 @@ RUN apt-get update \
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --disable-pip-version-check --no-index --find-links /wheels \
         /wheels/mbuma_forwarder-*.whl
-# The default config: two TAPs left in the container's own namespace.  Replace it
-# with a bind mount (-v ./router.toml:/etc/forwarder/router.toml:ro).
+# The default config: two ports attached to the container's eth1 and eth2, the
+# interfaces Compose, containerlab or Multus hand it.  Replace it with a bind mount
+# (-v ./router.toml:/etc/forwarder/router.toml:ro).
 COPY configs/container.toml /etc/forwarder/router.toml
 ENV PYTHONUNBUFFERED=1
 # The router is PID 1: it installs handlers for SIGTERM/SIGINT (stop, exit 0)
 # and SIGHUP (reload), and stops within a second, well inside `docker stop`'s 10 s.
 STOPSIGNAL SIGTERM
 # `forwarder health` finds the only control socket in /run/forwarder and exits 0
-# when the dataplane went round in the last 2 s.
+# when the dataplane went round in the last 2 s; 1, "not ready: waiting for ...",
+# while attached interfaces are still missing (until [router] attach_timeout).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
     CMD ["forwarder", "health"]
 ENTRYPOINT ["forwarder"]

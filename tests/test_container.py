@@ -14,10 +14,21 @@ No Docker daemon runs on these machines, so the recipe itself is run:
   to that namespace); the HEALTHCHECK command runs inside the same namespaces,
   as Docker runs it; then the STOPSIGNAL stops the router.
 
-Two topologies: configs/compose.yaml's (its router entrypoint bridges the TAPs
-with the "container's" interfaces; its client commands run in the client
-namespaces) and the documented /proc/PID/ns/net one.  Traffic only flows
-between namespaces made here; the root namespace is never configured.
+Three topologies:
+
+* configs/compose.yaml's: the router's "container" namespace gets a veth per
+  network, named by the network's interface_name and carrying the address
+  Docker would give it; the image runs as it is (its default config attaches
+  its ports to those veths); the client commands run in the client namespaces;
+* configs/containerlab.clab.yml's: the router starts first, with the topology's
+  config bound over its own and CLAB_INTFS set; its veths come 2 s later, made
+  beside each host, moved into the router's namespace and renamed, as
+  containerlab wires a node; then the hosts' `exec` commands run;
+* the documented /proc/PID/ns/net one.
+
+The Kubernetes manifests of docs/containers.md are parsed and checked against
+each other and the config they carry (no cluster runs here).  Traffic only
+flows between namespaces made here; the root namespace is never configured.
 """
 from __future__ import annotations
 
@@ -31,11 +42,12 @@ import subprocess
 import sys
 import sysconfig
 import time
+import tomllib
 import zipfile
 from dataclasses import dataclass, field
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network, ip_interface
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import pytest
 
@@ -49,13 +61,17 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE = ROOT / "configs" / "compose.yaml"
+CLAB = ROOT / "configs" / "containerlab.clab.yml"
 CONTAINER_TOML = ROOT / "configs" / "container.toml"
 DOCS = ROOT / "docs" / "containers.md"
 
 COMPILERS = ("gcc", "cc", "c++", "g++", "clang", "build-essential", "cython")
-# What a slim Debian image has on PATH besides Python, as far as these commands
-# need it: the compose entrypoint uses sh, ip and awk.
+# What a slim Debian image has on PATH besides Python (and `ip`, from the image's
+# iproute2), as far as commands run "inside" it may want them.  The router itself
+# needs none of them: the image's ENTRYPOINT + CMD run with nothing before them.
 RUNTIME_TOOLS = ("sh", "ip", "awk", "cat", "ls", "env", "sleep")
+# containerlab's veths, unless a link sets its own `mtu`.
+CLAB_VETH_MTU = 9500
 
 requires_root_netns = pytest.mark.skipif(
     not netns_available() or not shutil.which("unshare") or not shutil.which("nsenter"),
@@ -516,7 +532,14 @@ def test_dockerignore_sends_sources_only(tmp_path: Path) -> None:
 def test_container_config_is_self_contained() -> None:
     config = load_config(CONTAINER_TOML)
     assert len(config.interfaces) == 2
-    assert all(itf.netns is None for itf in config.interfaces), "TAPs stay in the router's netns"
+    # every port attaches to an interface the runtime hands the container: none
+    # moves a TAP elsewhere, and nothing needs to exist before the router starts
+    assert [(itf.name, itf.attach) for itf in config.interfaces] == [("eth1", "eth1"),
+                                                                   ("eth2", "eth2")]
+    assert all(itf.netns is None for itf in config.interfaces)
+    assert not any(itf.mtu_configured for itf in config.interfaces), \
+        "the ports take the MTU of the runtime's interfaces"
+    assert config.router.attach_timeout > 0
     # `forwarder health` with no arguments finds the only socket in /run/forwarder
     assert config.router.socket.parent == Path("/run/forwarder")
     # FORWARDER_OPTS words are valid -o overrides for it
@@ -566,16 +589,41 @@ def test_docs_show_the_run_line_and_the_options() -> None:
         assert needle in text, needle
 
 
+def doc_blocks(text: str, lang: str) -> list[str]:
+    """The fenced code blocks of one language in a Markdown text (also those
+    indented under a list item), dedented."""
+    import textwrap
+    return [textwrap.dedent(m.group(2)) for m in
+            re.finditer(rf"^( *)```{lang}\n(.*?)^\1```", text, re.M | re.S)]
+
+
+def doc_section(text: str, title: str) -> str:
+    """A level-2 section of a Markdown text, from its title to the next one."""
+    m = re.search(rf"^## {re.escape(title)}.*?(?=^## |\Z)", text, re.M | re.S)
+    assert m, f"no section '## {title}' in docs/containers.md"
+    return m.group(0)
+
+
 def test_docs_match_the_dockerfile_and_compose(dockerfile: Dockerfile, compose: dict) -> None:
-    """The HEALTHCHECK and the bridging prelude shown in the docs are the real ones."""
+    """The HEALTHCHECK, the router's networks block and the default config's ports
+    shown in the docs are the real ones; no bridging prelude is left."""
+    import yaml
     text = DOCS.read_text()
     health = dockerfile.final.last("HEALTHCHECK")
     assert health is not None
     flags = " ".join(f"--{k}={v}" for k, v in health.flags.items())
     shown = " ".join(f"HEALTHCHECK {flags} {health.value}".split())
     assert shown in " ".join(text.split()), shown
-    prelude = compose_text(compose["services"]["router"]["entrypoint"][2])
-    assert prelude in text, "docs/containers.md shows another prelude than configs/compose.yaml"
+    networks = compose["services"]["router"]["networks"]
+    shown_yaml = [d for b in doc_blocks(text, "yaml") for d in yaml.safe_load_all(b)]
+    assert any(isinstance(d, dict) and d.get("services", {}).get("router", {}).get("networks")
+               == networks for d in shown_yaml), \
+        "docs/containers.md shows another router networks block than configs/compose.yaml"
+    ports = tomllib.loads(CONTAINER_TOML.read_text())["interface"]
+    assert any(tomllib.loads(b).get("interface") == ports for b in doc_blocks(text, "toml")), \
+        "docs/containers.md shows other [[interface]] tables than configs/container.toml"
+    for gone in ("FORWARDER_BRIDGES", "br-tap", "ip tuntap add", 'exec "$@"'):
+        assert gone not in text, gone
 
 
 # --- compose ----------------------------------------------------------------------------
@@ -593,21 +641,34 @@ def compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
 
 
-def test_compose_router_runs_the_image(compose: dict, dockerfile: Dockerfile) -> None:
+def test_compose_router_runs_the_image(compose: dict) -> None:
+    """The router service is the image as it is (its ENTRYPOINT, CMD and default
+    config), and each of its networks names the interface a port attaches to,
+    with Docker's address for the router on that port's subnet."""
     router = compose["services"]["router"]
     assert router["build"]["dockerfile"] == "Dockerfile"
     assert (COMPOSE.parent / router["build"]["context"] / "Dockerfile").resolve() == DOCKERFILE
     assert "NET_ADMIN" in router["cap_add"]
     assert any(d.startswith("/dev/net/tun") for d in router["devices"])
     assert "c 10:200 rwm" in router["device_cgroup_rules"]
-    entry = dockerfile.final.last("ENTRYPOINT").exec_form()  # type: ignore[union-attr]
-    # the prelude ends by exec'ing the image's ENTRYPOINT; CMD comes from the image
-    assert router["entrypoint"][-len(entry):] == entry
-    assert "command" not in router
-    assert compose_text(router["entrypoint"][2]).rstrip().endswith('exec "$@"')
+    # no prelude: the image's ENTRYPOINT with the image's CMD
+    assert "entrypoint" not in router and "command" not in router
+    assert "volumes" not in router, "the image's own config: configs/container.toml"
+    ports = {itf.attach: itf for itf in load_config(CONTAINER_TOML).interfaces}
+    names = [spec.get("interface_name") for spec in router["networks"].values()]
+    assert sorted(names, key=str) == sorted(ports), \
+        f"interface_name of the router's networks {names} != the config's attach {sorted(ports)}"
+    for net, spec in router["networks"].items():
+        subnet = IPv4Network(compose["networks"][net]["ipam"]["config"][0]["subnet"])
+        itf = ports[spec["interface_name"]]
+        assert [a.network for a in itf.addresses] == [subnet], (net, itf.addresses)
+        docker_addr = ip_interface(f"{spec['ipv4_address']}/{subnet.prefixlen}")
+        assert docker_addr.network == subnet and docker_addr not in itf.addresses, spec
     for name, svc in compose["services"].items():
         for net in svc.get("networks", {}):
             assert net in compose["networks"], (name, net)
+        if name != "router":
+            assert svc["depends_on"]["router"]["condition"] == "service_healthy", name
 
 
 # --- running the image ------------------------------------------------------------------
@@ -739,27 +800,57 @@ def topo() -> Iterator[nn.Topology]:
         t.close()
 
 
+def router_links(netns: str) -> dict[str, dict[str, Any]]:
+    """Every link of a namespace: its kind, MAC and addresses (both families), by name."""
+    out = {}
+    with nn.iproute(netns) as ipr:
+        for link in ipr.get_links():
+            info = link.get_attr("IFLA_LINKINFO")
+            out[link.get_attr("IFLA_IFNAME")] = {
+                "index": link["index"], "kind": info.get_attr("IFLA_INFO_KIND") if info else None,
+                "mac": link.get_attr("IFLA_ADDRESS"), "mtu": link.get_attr("IFLA_MTU"),
+                "addresses": [f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
+                              for a in ipr.get_addr(index=link["index"])],
+                "qdiscs": [q.get_attr("TCA_KIND") for q in ipr.get_qdiscs(index=link["index"])
+                           if q["index"] == link["index"]]}
+    return out
+
+
+def ping(netns: str, dst: str, *extra: str, count: int = 3) -> subprocess.CompletedProcess[str]:
+    return nn.run_in_netns(netns, ["ping", "-n", "-c", str(count), "-i", "0.2", "-W", "2",
+                                   *extra, dst], timeout=30)
+
+
 @requires_root_netns
 def test_image_runs_the_compose_topology(image: Image, compose: dict, topo: nn.Topology,
                                          tmp_path: Path) -> None:
-    """compose.yaml, replayed: the router's entrypoint (bridging prelude + the
-    image's ENTRYPOINT) with the image's CMD and default config; two clients."""
+    """compose.yaml, replayed: the image's ENTRYPOINT + CMD with its default config,
+    nothing before them; a veth per network named by its interface_name, with the
+    address Docker gives the router there; two clients."""
     services, networks = compose["services"], compose["networks"]
     router = services["router"]
     subnets = {name: IPv4Network(n["ipam"]["config"][0]["subnet"]) for name, n in networks.items()}
 
-    # Docker's part: one namespace per container, each network a link to the router.
+    # Docker's part: one namespace per container, each network a link to the router,
+    # named in the router's namespace as the network's interface_name says.
     r_ns = topo.netns("router")
     clients = {name: svc for name, svc in services.items() if name != "router"}
     client_ns = {name: topo.netns(name) for name in clients}
-    for k, (net, spec) in enumerate(router["networks"].items()):
+    docker_addr = {}
+    for net, spec in router["networks"].items():
         peers = [c for c, svc in clients.items() if net in svc["networks"]]
         assert len(peers) == 1, f"one client per network in this replay ({net}: {peers})"
         c = peers[0]
         plen = subnets[net].prefixlen
-        topo.veth(f"eth{k}", r_ns, "eth0", client_ns[c],
-                  addresses_a=[f"{spec['ipv4_address']}/{plen}"],
+        ifname = spec["interface_name"]
+        # IPv4 only: Docker turns IPv6 off on an interface it gives only an IPv4
+        # address (Engine 26.0.2 and later)
+        docker_addr[ifname] = f"{spec['ipv4_address']}/{plen}"
+        topo.veth(ifname, r_ns, "eth0", client_ns[c], addresses_a=[docker_addr[ifname]],
                   addresses_b=[f"{clients[c]['networks'][net]['ipv4_address']}/{plen}"])
+    before = router_links(r_ns)
+    assert {n: before[n]["addresses"] for n in docker_addr} == \
+        {n: [a] for n, a in docker_addr.items()}
     # The clients' own commands (their routes via the router).
     for name, svc in clients.items():
         topo.popen(client_ns[name], [compose_text(w) for w in svc["command"]],
@@ -771,33 +862,45 @@ def test_image_runs_the_compose_topology(image: Image, compose: dict, topo: nn.T
             time.sleep(0.05)
     env = image.env(**{k: compose_text(str(v)) for k, v in router["environment"].items()})
     env["FORWARDER_OPTS"] += " -o net.inet.ip.ttl=99"
-    # The image's CMD, plus an extra argument as `docker run IMAGE CMD... -o ...` adds it.
-    argv = ([compose_text(w) for w in router["entrypoint"]] + image.cmd
-            + ["-o", "net.inet.ip.ttl=33"])
+    # The image's ENTRYPOINT + CMD, plus an extra argument as `docker run IMAGE CMD... -o ...`
+    # adds it; the image's own config.
+    argv = image.entrypoint + image.cmd + ["-o", "net.inet.ip.ttl=33"]
     ctr = start_container(image, topo, r_ns, argv, image.copied_file(image.cmd[-1]),
                           tmp_path, env)
     took = ctr.wait_healthy()
     health = image.df.final.last("HEALTHCHECK")
     assert took < seconds(health.flags["timeout"]), took          # type: ignore[union-attr]
-    # the process Docker would signal is the router itself (sh exec'd it)
+    # the process Docker would signal is the router itself
     cmdline = Path(f"/proc/{ctr.pid}/cmdline").read_bytes().split(b"\0")
     assert any(w.endswith(b"/forwarder") for w in cmdline) and b"run" in cmdline, cmdline
     assert ctr.pid_in_namespace() == 1
-    # the prelude bridged each TAP with the interface on its subnet
-    for tap in ("tap1", "tap2"):
-        out = run(["ip", "-n", r_ns, "-o", "link", "show", tap]).stdout
-        assert f"master br-{tap}" in out, out
 
     # forwarding between the two clients, and the router answering itself
     (c1, net1), (c2, net2) = [(c, next(iter(clients[c]["networks"]))) for c in clients]
     a1 = clients[c1]["networks"][net1]["ipv4_address"]
     a2 = clients[c2]["networks"][net2]["ipv4_address"]
     for src, dst in ((c1, a2), (c2, a1), (c1, str(next(subnets[net1].hosts())))):
-        cp = nn.run_in_netns(client_ns[src], ["ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", dst],
-                             timeout=30)
+        cp = ping(client_ns[src], dst)
         assert cp.returncode == 0, f"{src} -> {dst}\n{cp.stdout}\n{ctr.log.read_text()}"
     stats = json.loads(ctr.exec(["forwarder", "stats", "--json"]).stdout)
     assert stats["forwarded"] >= 6, stats
+
+    # attached, not bridged: the kernel of the router's namespace keeps no address on
+    # the interfaces Docker handed it (the log says what went), and no bridge exists
+    links = router_links(r_ns)
+    log = ctr.log.read_text()
+    attached = {itf.attach: itf for itf in load_config(image.copied_file(image.cmd[-1])).interfaces}
+    ports = {i["name"]: i for i in stats["interfaces"]}
+    for ifname, addr in docker_addr.items():
+        itf = attached[ifname]
+        assert links[ifname]["addresses"] == [], (ifname, links[ifname])
+        assert links[ifname]["kind"] == "veth" and "ingress" in links[ifname]["qdiscs"]
+        assert f"port {itf.name}: removed {addr} from {ifname}" in log, log
+        tap = links[itf.tap]
+        assert tap["kind"] == "tun" and tap["addresses"] == [], tap
+        # the port took its interface's MAC
+        assert ports[itf.name]["mac"] == links[ifname]["mac"] and ports[itf.name]["link"] == "up"
+    assert [n for n, link in links.items() if link["kind"] == "bridge"] == [], links
 
     # boot tunables: extra arguments win over FORWARDER_OPTS, which wins over the file
     values = dict(line.split(": ") for line in ctr.exec(
@@ -812,6 +915,8 @@ def test_image_runs_the_compose_topology(image: Image, compose: dict, topo: nn.T
     assert code == 0, out
     assert took < 5, took
     assert "Traceback" not in out, out
+    after = router_links(r_ns)                   # the filters went with the router
+    assert all("ingress" not in after[n]["qdiscs"] for n in docker_addr), after
     if not cli_wired():
         pytest.skip("forwarder.cli does not call container.expand_argv yet: "
                     "FORWARDER_OPTS was not checked (everything else passed)")
@@ -844,6 +949,295 @@ def test_image_moves_taps_into_namespaces_by_path(image: Image, topo: nn.Topolog
     assert ctr.zombies() == []
     code, took, out = ctr.stop()
     assert code == 0 and took < 5, (code, took, out)
+
+
+# --- containerlab ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def clab() -> dict:
+    import yaml
+    return yaml.safe_load(CLAB.read_text())
+
+
+def clab_router(clab: dict) -> tuple[str, dict]:
+    """The node that runs this image: its name and its definition."""
+    nodes = clab["topology"]["nodes"]
+    found = [(n, spec) for n, spec in nodes.items() if spec.get("image") == "mbuma-forwarder"]
+    assert len(found) == 1, f"one node of image mbuma-forwarder: {list(nodes)}"
+    return found[0]
+
+
+def clab_links(clab: dict, node: str) -> list[tuple[str, str, str, int]]:
+    """(node's interface, peer node, peer's interface, MTU) for each link of
+    ``node``, brief ("a:eth1") or extended ({node, interface}) endpoints alike."""
+    out = []
+    for link in clab["topology"]["links"]:
+        ends = [tuple(e.split(":", 1)) if isinstance(e, str) else (e["node"], e["interface"])
+                for e in link["endpoints"]]
+        assert len(ends) == 2, link
+        for (n1, i1), (n2, i2) in (ends, ends[::-1]):
+            if n1 == node:
+                out.append((i1, n2, i2, link.get("mtu", CLAB_VETH_MTU)))
+    return out
+
+
+def clab_bound_config(clab: dict, dest: str) -> Path:
+    """The file of this repository the router node binds at ``dest``."""
+    _, spec = clab_router(clab)
+    for bind in spec.get("binds", []):
+        src, target, *_ = bind.split(":")
+        if target == dest:
+            path = (CLAB.parent / src).resolve()       # relative to the topology file
+            assert path.is_file() and ROOT in path.parents, bind
+            return path
+    raise AssertionError(f"the router node binds nothing at {dest}: {spec.get('binds')}")
+
+
+def clab_host_setup(spec: dict) -> tuple[dict[str, IPv4Interface], list[tuple[str, str]]]:
+    """A host node's exec commands: its addresses by interface, its (prefix, via) routes."""
+    addrs, routes = {}, []
+    for command in spec.get("exec", []):
+        words = shlex.split(command)
+        if words[:3] == ["ip", "addr", "add"] and words[4] == "dev":
+            addrs[words[5]] = IPv4Interface(words[3])
+        elif words[:3] == ["ip", "route", "add"] and words[4] == "via":
+            routes.append((words[3], words[5]))
+        else:
+            raise AssertionError(f"exec command the test does not know: {command}")
+    return addrs, routes
+
+
+def test_containerlab_topology_wires_the_router(clab: dict, compose: dict, image_cmd_config: str,
+                                                dockerfile: Dockerfile) -> None:
+    """The router node runs this image with a config of this repository bound where
+    the image's CMD reads it; that config's `attach` names are exactly the node's
+    link endpoints; the healthcheck is the image's; the hosts' exec commands put
+    them on their link's subnet with a route via the router's port there."""
+    assert clab["name"]
+    name, node = clab_router(clab)
+    assert node["kind"] == "linux"
+    assert node["image"] == compose["services"]["router"]["image"]
+    assert node.get("image-pull-policy") == "Never"         # a local build, never pulled
+    assert "cmd" not in node and "entrypoint" not in node, "the image's ENTRYPOINT + CMD"
+    config = load_config(clab_bound_config(clab, image_cmd_config))
+    links = clab_links(clab, name)
+    ports = {itf.attach: itf for itf in config.interfaces}
+    assert None not in ports, "every port attaches to a link of the topology"
+    assert sorted(ports) == sorted(i for i, _, _, _ in links), (sorted(ports), links)
+    assert config.router.socket.parent == Path("/run/forwarder")
+    # the healthcheck: the image's HEALTHCHECK command, in containerlab's CMD form
+    hc = node["healthcheck"]
+    health = dockerfile.final.last("HEALTHCHECK")
+    assert health is not None
+    assert hc["test"] == ["CMD", *healthcheck_command(health)] == ["CMD", "forwarder", "health"]
+    assert all(isinstance(hc[k], int) for k in ("start-period", "interval", "timeout", "retries"))
+    assert 1 <= hc["timeout"] < hc["interval"]
+    # the hosts
+    for router_if, host, host_if, _ in links:
+        spec = clab["topology"]["nodes"][host]
+        assert spec["kind"] == "linux", host
+        addrs, routes = clab_host_setup(spec)
+        port = ports[router_if]
+        assert addrs[host_if].network in [a.network for a in port.addresses], (host, addrs)
+        assert addrs[host_if] not in port.addresses, (host, addrs)
+        assert routes and all(via == str(port.addresses[0].ip) for _, via in routes), routes
+        for prefix, _ in routes:
+            assert any(IPv4Network(prefix) == a.network for p in config.interfaces
+                       for a in p.addresses if p is not port), (host, prefix)
+
+
+@pytest.fixture(scope="module")
+def image_cmd_config(dockerfile: Dockerfile) -> str:
+    """Where the image's CMD reads its config (/etc/forwarder/router.toml)."""
+    ins = dockerfile.final.last("CMD")
+    assert ins is not None
+    words = ins.exec_form()
+    assert words is not None and "-c" in words
+    return words[words.index("-c") + 1]
+
+
+def forwarder_commands() -> set[str]:
+    import argparse
+    from forwarder.cli import build_parser
+    actions = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return set(actions[0].choices)
+
+
+def check_clab_command(line: str, clab: dict, image_name: str) -> None:
+    """One command shown for the containerlab example: it must name this topology,
+    its nodes, their addresses, and commands `forwarder` has."""
+    words = shlex.split(line)
+    nodes = clab["topology"]["nodes"]
+    router, _ = clab_router(clab)
+    addresses = {str(a.ip) for n, spec in nodes.items() if n != router
+                 for a in clab_host_setup(spec)[0].values()}
+    if words[:3] == ["docker", "build", "-t"]:
+        assert words[3] == image_name and words[4] == ".", line
+    elif words[:1] == ["containerlab"] and words[1] in ("deploy", "destroy"):
+        assert words[2] == "-t" and (ROOT / words[3]).resolve() == CLAB, line
+    elif words[:2] == ["docker", "exec"]:
+        prefix = f"clab-{clab['name']}-"
+        assert words[2].startswith(prefix) and words[2][len(prefix):] in nodes, line
+        node, argv = words[2][len(prefix):], words[3:]
+        if argv[0] == "forwarder":
+            assert node == router and argv[1] in forwarder_commands(), line
+        elif argv[0] == "ping":
+            assert node != router and argv[-1] in addresses, line
+        else:
+            raise AssertionError(f"a command the test does not know: {line}")
+    else:
+        raise AssertionError(f"a command the test does not know: {line}")
+
+
+def test_docs_show_containerlab_commands_that_exist(clab: dict) -> None:
+    """The commands docs/containers.md and the topology's header show for the
+    containerlab example name this topology file, its lab and nodes, the hosts'
+    addresses and real `forwarder` commands; and the MTU example is a valid link."""
+    import yaml
+    image_name = clab_router(clab)[1]["image"]
+    section = doc_section(DOCS.read_text(), "containerlab")
+    lines = [line.strip() for block in doc_blocks(section, "sh") for line in block.splitlines()
+             if line.strip()]
+    header = [line[1:].strip() for line in CLAB.read_text().splitlines()
+              if line.startswith("#   ") and line[1:].strip().split()[0] in ("docker",
+                                                                         "containerlab")]
+    assert lines and header
+    for line in lines + header:
+        check_clab_command(line, clab, image_name)
+    assert "forwarder health" in section and "CLAB_INTFS" in section and "9500" in section
+    shown = [d for b in doc_blocks(section, "yaml") for d in yaml.safe_load_all(b)]
+    links = [d["links"] for d in shown if isinstance(d, dict) and "links" in d]
+    assert links, "the section shows the extended link form"
+    for link in links[0]:
+        assert link["type"] == "veth" and link["mtu"] == 1500
+        ends = {(e["node"], e["interface"]) for e in link["endpoints"]}
+        topo_ends = {tuple(e.split(":", 1)) for topo_link in clab["topology"]["links"]
+                     for e in topo_link["endpoints"]}
+        assert ends <= topo_ends, ends
+
+
+@requires_root_netns
+def test_image_runs_the_containerlab_topology(image: Image, clab: dict, topo: nn.Topology,
+                                              tmp_path: Path) -> None:
+    """containerlab.clab.yml, replayed: the router node starts first with the bound
+    config and CLAB_INTFS, and is not ready; 2 s later each link is a veth pair made
+    beside its host (MTU 9500), one end moved into the router's namespace and
+    renamed; then the hosts' exec commands.  Ping across, jumbo frames too."""
+    name, node = clab_router(clab)
+    config_path = clab_bound_config(clab, image.cmd[image.cmd.index("-c") + 1])
+    config = load_config(config_path)
+    links = clab_links(clab, name)
+    r_ns = topo.netns(name)
+    hosts = {h: clab["topology"]["nodes"][h] for _, h, _, _ in links}
+    host_ns = {h: topo.netns(h) for h in hosts}
+    health = node["healthcheck"]["test"][1:]                 # its CMD form, run as Docker does
+    env = image.env(CLAB_INTFS=str(len(links)),
+                    **{k: str(v) for k, v in node.get("env", {}).items()})
+    t0 = time.monotonic()
+    ctr = start_container(image, topo, r_ns, image.entrypoint + image.cmd, config_path,
+                          tmp_path, env)
+    # not ready while containerlab has not wired it yet
+    missing = ", ".join(itf.attach for itf in config.interfaces if itf.attach)
+    want = f"not ready: waiting for {missing} (0 of {len(links)} attached"
+    deadline = time.monotonic() + 20
+    while True:
+        assert ctr.proc.poll() is None, ctr.log.read_text()
+        cp = ctr.exec(health)
+        if want in cp.stderr:
+            break
+        assert time.monotonic() < deadline, f"{cp.returncode} {cp.stderr}\n{ctr.log.read_text()}"
+        time.sleep(0.2)
+    assert cp.returncode == 1, cp
+    time.sleep(max(0.0, 2 - (time.monotonic() - t0)))
+    # containerlab's part: each link a veth pair, created, moved, renamed, up
+    for k, (router_if, host, host_if, mtu) in enumerate(links):
+        beside = f"clab-{k}"
+        nn.add_veth(host_if, host_ns[host], beside, host_ns[host])
+        nn.link_set(host_if, host_ns[host], mtu=mtu)
+        nn.link_set(beside, host_ns[host], mtu=mtu)
+        nn.link_move(beside, r_ns, host_ns[host], rename=router_if)
+        nn.link_set(router_if, r_ns, up=True)
+        nn.link_set(host_if, host_ns[host], up=True)
+    # then each host's exec commands
+    for host, spec in hosts.items():
+        for command in spec["exec"]:
+            cp = nn.run_in_netns(host_ns[host], shlex.split(command), timeout=10)
+            assert cp.returncode == 0, (host, command, cp.stderr)
+    deadline = time.monotonic() + 20
+    while (cp := ctr.exec(health)).returncode != 0:
+        assert time.monotonic() < deadline, f"{cp.stderr}\n{ctr.log.read_text()}"
+        time.sleep(0.2)
+    log = ctr.log.read_text()
+    assert want.replace("not ready: ", "") in log, log       # the router's own wait log
+
+    # across the router, both ways, and to it; 9000-byte packets fit the 9500 links
+    addrs = {h: clab_host_setup(spec)[0] for h, spec in hosts.items()}
+    (h1, if1), (h2, if2) = [(h, i) for _, h, i, _ in links]
+    for src, dst in ((h1, addrs[h2][if2].ip), (h2, addrs[h1][if1].ip),
+                     (h1, config.interfaces[0].addresses[0].ip)):
+        cp = ping(host_ns[src], str(dst))
+        assert cp.returncode == 0, f"{src} -> {dst}\n{cp.stdout}\n{ctr.log.read_text()}"
+    cp = ping(host_ns[h1], str(addrs[h2][if2].ip), "-M", "do", "-s", "8972", count=2)
+    assert cp.returncode == 0, f"{cp.stdout}\n{ctr.log.read_text()}"
+    stats = json.loads(ctr.exec(["forwarder", "stats", "--json"]).stdout)
+    ports = {i["name"]: i for i in stats["interfaces"]}
+    r_links = router_links(r_ns)
+    for router_if, _, _, mtu in links:              # the ports took containerlab's MTU
+        itf = next(i for i in config.interfaces if i.attach == router_if)
+        assert mtu == CLAB_VETH_MTU and not itf.mtu_configured
+        assert ports[itf.name]["mtu"] == mtu and ports[itf.name]["link"] == "up"
+        assert r_links[itf.tap]["mtu"] == mtu
+        assert re.search(rf"port {itf.name}: attached to {router_if} .*mtu {mtu}\)", log), log
+        assert r_links[router_if]["addresses"] == [], r_links[router_if]   # no link-local either
+    assert [n for n, link in r_links.items() if link["kind"] == "bridge"] == []
+    code, took, out = ctr.stop()
+    assert code == 0 and took < 5, (code, took, out)
+
+
+# --- Kubernetes (docs/containers.md) ----------------------------------------------------
+
+def test_docs_kubernetes_manifests_fit_together(image_cmd_config: str, dockerfile: Dockerfile,
+                                                tmp_path: Path) -> None:
+    """The Multus example: the NetworkAttachmentDefinitions the pod's annotation names
+    exist and give interfaces without addresses; the annotation's interface names are
+    the `attach` names of the config the pod mounts where the image's CMD reads it;
+    NET_ADMIN, a /dev/net/tun device from the plugin the text configures, and a
+    readiness probe that is the image's health check."""
+    import yaml
+    section = doc_section(DOCS.read_text(), "Kubernetes")
+    blocks = [b for b in doc_blocks(section, "yaml") if "NetworkAttachmentDefinition" in b]
+    assert len(blocks) == 1, "one block of manifests"
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(blocks[0])}
+    nads = {n: json.loads(d["spec"]["config"]) for (k, n), d in docs.items()
+            if k == "NetworkAttachmentDefinition"}
+    for n, cni in nads.items():
+        assert cni["type"] in ("macvlan", "bridge") and cni["ipam"] == {}, (n, cni)
+    pod = next(d for (k, _), d in docs.items() if k == "Pod")
+    wanted = json.loads(pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"])
+    assert sorted(w["name"] for w in wanted) == sorted(nads)
+    (ctr,) = pod["spec"]["containers"]
+    assert "NET_ADMIN" in ctr["securityContext"]["capabilities"]["add"]
+    assert not ctr["securityContext"].get("privileged")
+    health = dockerfile.final.last("HEALTHCHECK")
+    assert health is not None
+    assert ctr["readinessProbe"]["exec"]["command"] == healthcheck_command(health)
+    # the config: a ConfigMap mounted as the directory of the CMD's config file
+    (mount,) = ctr["volumeMounts"]
+    assert mount["mountPath"] == os.path.dirname(image_cmd_config) and "subPath" not in mount
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
+    cm = docs[("ConfigMap", volume["configMap"]["name"])]
+    path = tmp_path / os.path.basename(image_cmd_config)
+    path.write_text(cm["data"][path.name])
+    config = load_config(path)
+    assert sorted(w["interface"] for w in wanted) == sorted(
+        itf.attach for itf in config.interfaces), (wanted, config.interfaces)
+    assert all(itf.attach for itf in config.interfaces)
+    # /dev/net/tun from the device plugin configured in the text
+    m = re.search(r"--device '(\{.*?\})'", section)
+    assert m, "the text shows the device plugin's --device"
+    device = json.loads(m.group(1))
+    assert [p["path"] for g in device["groups"] for p in g["paths"]] == ["/dev/net/tun"]
+    assert ctr["resources"]["limits"] == {f"squat.ai/{device['name']}": 1}
 
 
 def test_installed_image_imports_without_a_compiler(image: Image, tmp_path: Path) -> None:
