@@ -9,10 +9,20 @@ the same, in two parts:
 * :class:`Mirrors`: for every port, a TAP in ``[control_plane] netns`` with the
   port's name, MAC, MTU and addresses, up.  The daemons bind to these, and the
   kernel there has the ports' connected prefixes, so a route ``via 10.2.0.2
-  dev tap2`` resolves as it would on the router itself.  The router holds the
-  mirrors' file descriptors; what the kernel sends on a mirror is not read yet
-  (the punt and inject path is the next step), so today the daemons' peers
-  must be reached some other way, and routes are what crosses over.
+  dev tap2`` resolves as it would on the router itself.  Each mirror is an
+  interface of the dataplane too (``mirror_of``, hidden from the port list):
+  the dataplane *punts* to it what arrives on the port for the router itself
+  and it does not answer (TCP and UDP to its addresses: BGP, BFD; 224.0.0.0/24
+  and ff02::/16 groups: OSPF; ICMP other than echo requests), and a copy of
+  each ARP reply and Neighbor Advertisement so that the mirror's kernel learns
+  its neighbours; what that kernel sends on the mirror is *injected*: written
+  out of the port unchanged.  Echo requests, ARP and ND for the router's
+  addresses and Router Advertisements stay the dataplane's.  The mirror TAP
+  has a virtio-net header without offloads: the kernel hands over segmented,
+  checksummed frames, and takes super-frames punted whole.  Punts and injects
+  are counted per port (``punted``, ``injected``, ``punt_errors``: a mirror
+  whose kernel does not keep up drops there, and the forwarding loop never
+  waits for it).
 * :class:`RouteImporter`: a netlink listener in that namespace (pyroute2, its
   own thread, never the forwarding thread) that mirrors RTM_NEWROUTE and
   RTM_DELROUTE of the chosen tables into the dataplane's IPv4 and IPv6 tables
@@ -99,11 +109,18 @@ class Mirrors:
         self.by_index: dict[int, Mirror] = {}
         self._config = config
 
-    def create(self) -> None:
+    def create(self, dp: Any, ifindex: dict[str, int]) -> None:
+        """Before the forwarding loop starts: each mirror is added to ``dp``."""
         assert self.netns is not None
         try:
             for itf in self._config.interfaces:
-                fd = netns.tap_open(itf.name, self.netns)
+                fd = netns.tap_open(itf.name, self.netns, extra_flags=netns.IFF_VNET_HDR)
+                self.by_index[-fd] = Mirror(itf.name, fd, -1)    # closed on failure from here
+                netns.tap_set_offload(fd, 0)     # its kernel segments and checksums for us
+                # a mirror taken down and up again keeps its IPv6 addresses, as IPv4 ones
+                with contextlib.suppress(OSError):
+                    netns._write_proc(self.netns,
+                                      f"/proc/sys/net/ipv6/conf/{itf.name}/keep_addr_on_down", 1)
                 with netns.iproute(self.netns) as ipr:
                     idx = ipr.link_lookup(ifname=itf.name)[0]
                     ipr.link("set", index=idx, address=itf.mac, mtu=itf.mtu)
@@ -112,7 +129,11 @@ class Mirrors:
                                  prefixlen=a.network.prefixlen,
                                  **({"flags": IFA_F_NODAD} if a.version == 6 else {}))
                     ipr.link("set", index=idx, state="up")
+                del self.by_index[-fd]
                 self.by_index[idx] = Mirror(itf.name, fd, idx)
+                dp.add_interface(fd, f"{itf.name[:12]}~cp", bytes.fromhex(itf.mac.replace(":", "")),
+                                 itf.mtu, [], vnet_hdr=True, offloads=0,
+                                 mirror_of=ifindex[itf.name])
                 log.info("mirror %s in %s: mac %s mtu %d, %s", itf.name,
                          self._config.control_plane.netns, itf.mac, itf.mtu,
                          ", ".join(str(a) for a in (*itf.addresses, *itf.addresses6)) or

@@ -18,7 +18,7 @@ from forwarder.route cimport rtable
 from forwarder.route6 cimport rt6table
 
 cdef enum:
-    DP_MAX_IFS = 64             # net.link.max_interfaces is bounded by this
+    DP_MAX_IFS = 128            # ports (net.link.max_interfaces: half) and their mirrors
     DP_MAX_ADDRS = 8
     DP_MTU_MIN = 68             # RFC 791: every link carries 68 bytes unfragmented
     DP_MTU_MAX = 16000          # the largest frame read fits a 16k jumbo cluster
@@ -128,6 +128,8 @@ cdef struct dp_ifnet:
     int narp                    # ARP entries on this interface (capped by arp_max_per_if)
     int lost_errno              # the device went away (its namespace died): 0 while up
     int link_down               # an attached port whose interface is gone (set_link)
+    int mirror                  # a port: its mirror's index (forwarder/cplane.py), -1 none
+    int mirror_of               # a mirror: its port's index (what it sends goes out there), -1
     # offloads (net/if_tap.pxi)
     int vnet_hdrlen             # VIRTIO_NET_HDR_LEN when opened with IFF_VNET_HDR, else 0
     uint32_t offloads           # TUN_F_* the kernel accepted: what it may hand us

@@ -162,7 +162,7 @@ def _int2ip(v) -> str:
 
 # Limits the C state fixes; the tunable registry and the config take their
 # ranges from these.
-MAX_INTERFACES = DP_MAX_IFS
+MAX_INTERFACES = DP_MAX_IFS // 2          # each port may have a mirror (forwarder/cplane.py)
 MAX_ADDRESSES = DP_MAX_ADDRS
 MTU_MIN = DP_MTU_MIN
 MTU_MAX = DP_MTU_MAX
@@ -231,13 +231,16 @@ cdef class Dataplane:
 
     def add_interface(self, int fd, str name, bytes mac, int mtu, addrs, *, addrs6=(), bint ra=False,
                       bint vnet_hdr=False, unsigned int offloads=0,
-                      unsigned int refused=0) -> int:
+                      unsigned int refused=0, int mirror_of=-1) -> int:
         """Attach an open, non-blocking TAP fd.  addrs: [(address, prefixlen)]
         as strings/ints; addrs6 the same for IPv6 (the link-local address
         is derived from mac).  vnet_hdr: the TAP was opened with IFF_VNET_HDR;
         offloads: the TUN_F_* bits TUNSETOFFLOAD accepted (refused: those it
-        did not, for the stats).  Returns the interface index used by
-        routes."""
+        did not, for the stats).  mirror_of: this TAP is the mirror of port
+        mirror_of in the control plane's namespace (forwarder/cplane.py):
+        what is read from it goes out of that port, and that port's traffic
+        for the router's daemons is written to it.  Returns the interface
+        index used by routes."""
         cdef dp_ifnet *ifp
         cdef epoll_event ev
         cdef int idx
@@ -250,10 +253,14 @@ cdef class Dataplane:
             idx = self.dp.nifs
             if idx >= DP_MAX_IFS:
                 raise ValueError(f"at most {DP_MAX_IFS} interfaces")
+            if mirror_of >= idx or (mirror_of >= 0 and self.dp.ifs[mirror_of].mirror >= 0):
+                raise ValueError(f"mirror_of {mirror_of}: not a port without a mirror")
             ifp = &self.dp.ifs[idx]
             memset(ifp, 0, sizeof(dp_ifnet))
             ifp.fd = fd
             ifp.index = idx
+            ifp.mirror = -1
+            ifp.mirror_of = mirror_of
             strncpy(ifp.name, name.encode()[:15], 15)
             memcpy(ifp.mac, <const char *>mac, 6)
             ifp.vnet_hdrlen = VIRTIO_NET_HDR_LEN if vnet_hdr else 0
@@ -273,6 +280,8 @@ cdef class Dataplane:
             if epoll_ctl(self.dp.epfd, EPOLL_CTL_ADD, fd, &ev) != 0:
                 raise OSError(errno, f"epoll_ctl({name})")
             tap_fill_spares(ifp)
+            if mirror_of >= 0:
+                self.dp.ifs[mirror_of].mirror = idx
             self.dp.nifs += 1
         finally:
             pthread_mutex_unlock(&self.dp.lock)
@@ -495,6 +504,7 @@ cdef class Dataplane:
     def stats(self) -> dict:
         cdef int i
         cdef dp_ifnet *ifp
+        cdef dp_ifnet *m
         from forwarder.netns import tun_flag_names
         with nogil:
             pthread_mutex_lock(&self.dp.lock)
@@ -502,6 +512,9 @@ cdef class Dataplane:
             ifs = []
             for i in range(self.dp.nifs):
                 ifp = &self.dp.ifs[i]
+                if ifp.mirror_of >= 0:
+                    continue                    # a mirror: counted in its port's row
+                m = &self.dp.ifs[ifp.mirror] if ifp.mirror >= 0 else NULL
                 ifs.append({
                     "name": ifp.name.decode(), "index": i, "mtu": ifp.mtu,
                     "rx_packets": ifp.rx_packets, "rx_bytes": ifp.rx_bytes,
@@ -519,6 +532,9 @@ cdef class Dataplane:
                     "gso_software": ifp.gso_sw, "csum_software": ifp.csum_sw,
                     "link_local": _ip6str(ifp.lladdr6.s6[:16]),
                     "ra": bool(ifp.ra), "ra_sent": ifp.ra_sent, "rs_received": ifp.rs_received,
+                    "punted": m.tx_packets if m != NULL else 0,
+                    "punt_errors": m.tx_errors if m != NULL else 0,
+                    "injected": m.rx_packets if m != NULL else 0,
                 })
             drops = {name: self.dp.drops[i] for i, name in enumerate(DROP_REASONS)}
             icmp = {"echo_replies": self.dp.icmp_out[ICMP_ECHOREPLY],

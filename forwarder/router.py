@@ -140,12 +140,15 @@ class Router:
         try:
             for itf in self.config.interfaces:
                 self._attach(itf)
+            self._start_mirrors()
             self.config_routes = self._route_specs(self.config)
             for prefix, nh in self.config_routes.items():
                 self._table(prefix).add(prefix, nh)
             for name in DATAPLANE_TUNABLES:
                 self.dp.set(name, self.sysctl.get(name))
         except BaseException:
+            if self.mirrors is not None:
+                self.mirrors.close()
             self._close_taps()
             raise
         self.sysctl.add_hook(self._on_sysctl)
@@ -160,8 +163,8 @@ class Router:
         log.info("router %s forwarding on %s", self.config.router.name,
                  ", ".join(self.ifindex) or "no interfaces")
 
-    def _start_control_plane(self) -> None:
-        """[control_plane]: the ports' mirrors, then the route import."""
+    def _start_mirrors(self) -> None:
+        """[control_plane]: the ports' mirrors, before the forwarding loop runs."""
         cp = self.config.control_plane
         if cp.netns is None:
             return
@@ -169,7 +172,13 @@ class Router:
             netns.create_netns(cp.netns)
             log.info("control plane: created namespace %s", cp.netns)
         self.mirrors = cplane.Mirrors(self.config)
-        self.mirrors.create()
+        self.mirrors.create(self.dp, self.ifindex)
+
+    def _start_control_plane(self) -> None:
+        """[control_plane]: the route import, once the loop runs."""
+        cp = self.config.control_plane
+        if cp.netns is None:
+            return
         if cp.import_routes:
             self.importer = cplane.RouteImporter(self, self.mirrors)
             self.importer.start()
@@ -227,9 +236,12 @@ class Router:
         if itf.netns:
             netns.link_move(itf.name, itf.netns_path)
             netns.link_set(itf.name, itf.netns_path, up=True)
-        log.info("interface %s up: %s mtu %d mac %s offloads %s%s", itf.name,
-                 ", ".join([*map(str, itf.addresses), *map(str, itf.addresses6),
-                            str(itf.link_local)]), itf.mtu, itf.mac,
+        later = itf.attach and itf.mac_generated      # the attached interface's, once joined
+        log.info("interface %s up: %s mtu %s mac %s offloads %s%s", itf.name,
+                 ", ".join([*map(str, itf.addresses), *map(str, itf.addresses6)]
+                           + ([] if later else [str(itf.link_local)])),
+                 itf.mtu if itf.mtu_configured or not itf.attach else f"{itf.mtu} (until attached)",
+                 f"of {itf.attach}" if later else itf.mac,
                  ", ".join(netns.tun_flag_names(accepted)) or "off",
                  f" (kernel side in {itf.netns})" if itf.netns else
                  f" (TAP {itf.tap}, attaches to {itf.attach})" if itf.attach else "")
@@ -254,8 +266,6 @@ class Router:
             self.attacher.stop()
         if self.importer is not None:
             self.importer.stop()
-        if self.mirrors is not None:
-            self.mirrors.close()
         if self.dp.resume():
             log.warning("dataplane stall ended by shutdown")
         if self._stall_thread is not None:
@@ -274,6 +284,8 @@ class Router:
             self._thread = None
         self.dp.flush()
         self._close_taps()
+        if self.mirrors is not None:            # after the loop: it may still write to them
+            self.mirrors.close()
         self.sysctl.remove_hook(self._on_sysctl)
         log.info("router %s stopped", self.config.router.name)
 
@@ -424,7 +436,7 @@ class Router:
                 return False
             limit = self.sysctl.get("net.route.max_routes")
             table = self._table(prefix)
-            if prefix not in table and len(self.routes) + len(self.routes6) >= limit:
+            if prefix not in table and len(self.routes) + len(self.routes6) + 1 > limit:
                 log.warning("route import: %s not installed: the table is full "
                             "(net.route.max_routes %d)", prefix, limit)
                 return False

@@ -398,7 +398,7 @@ def test_route_add_and_del_change_forwarding_live(lab, router):
         listed = {r["prefix"]: r for r in router.cli_json("route")}
         r77 = listed["10.77.0.0/24"]
         assert (r77["via"], r77["interface"], r77["type"]) == ("10.3.0.2", "tap3", "forward")
-        assert re.search(r"^10\.77\.0\.0/24 +10\.3\.0\.2 +tap3 +forward$",
+        assert re.search(r"^10\.77\.0\.0/24 +10\.3\.0\.2 +tap3 +forward +runtime$",
                          router.cli("route", "list").stdout, re.M)
         cp = lab.ping("h1", "10.77.0.2", count=2, wait=2)
         assert cp.returncode == 0 and "2 received" in cp.stdout, cp.stdout

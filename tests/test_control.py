@@ -126,7 +126,7 @@ def test_sighup_with_a_good_config_applies_it(router):
         assert "10.88.0.0/16" in prefixes(router)
         assert router.sysctl("net.inet.icmp.icmplim") == "net.inet.icmp.icmplim: 150\n"
         listed = router.cli("route", "list").stdout
-        assert re.search(r"^10\.88\.0\.0/16 +10\.2\.0\.2 +tap2 +forward$", listed, re.M), listed
+        assert re.search(r"^10\.88\.0\.0/16 +10\.2\.0\.2 +tap2 +forward +static$", listed, re.M), listed
         router.wait_log(r"reload of .*router\.toml ok: .*route \+10\.88\.0\.0/16", since=mark)
     finally:
         router.config.write_text(good)

@@ -350,9 +350,9 @@ def test_route_add_respects_the_table_limit_but_replaces_when_full(router):
 @requires_netns
 def test_route_json_and_refusal_shapes(router):
     listed = router.cli_json("route")
-    assert {tuple(sorted(r)) for r in listed} == {("interface", "prefix", "type", "via")}
+    assert {tuple(sorted(r)) for r in listed} == {("interface", "origin", "prefix", "type", "via")}
     assert {"prefix": "10.20.0.0/16", "via": "10.2.0.2", "interface": "tap2",
-            "type": "forward"} in listed
+            "type": "forward", "origin": "static"} in listed
     refused(router.cli("route", "del", "10.66.0.0/16", check=False), 1,
             "forwarder route: no route for 10.66.0.0/16\n")
 

@@ -1,6 +1,7 @@
-"""Routes from the control plane's kernel: [control_plane] mirrors every port
-into a namespace of its own and copies the routes its kernel holds into the
-dataplane (forwarder/cplane.py).
+"""The control plane (forwarder/cplane.py): [control_plane] mirrors every port
+into a namespace of its own, copies the routes its kernel holds into the
+dataplane, and carries the routing daemons' own traffic through the mirrors
+(punted to them, injected from them).
 
 Routes are added in that namespace as a routing daemon would add them (over
 netlink, with its protocol number); hosts h1 and h2 are real kernels, and
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import time
 from typing import Iterator
 
@@ -191,3 +193,88 @@ def test_twenty_thousand_imported_routes_converge(lab: RouterLab, cp: str,
     assert done.returncode == 0, done.stderr[-2000:]
     router.wait_for(lambda: router.stats()["route_import"]["routes"] == 0, 60,
                     what="all imported routes withdrawn")
+
+
+# --- punt and inject: the daemons' own traffic ------------------------------------------------
+
+ECHO_SERVER = r"""
+import socket, sys
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(family, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(4)
+print("listening", flush=True)
+for _ in range(int(sys.argv[3])):
+    c, _ = s.accept()
+    c.sendall(b"mirror says " + c.recv(100))
+    c.close()
+"""
+
+
+def tcp_ask(ns: str, addr: str, port: int, text: bytes) -> bytes:
+    """A TCP exchange from a host's namespace, as a BGP peer would open one."""
+    with nn.enter_netns(ns):
+        s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.settimeout(5)
+        s.connect((addr, port))
+        s.sendall(text)
+        return s.recv(100)
+    finally:
+        s.close()
+
+
+def port_row(r: RunningRouter, name: str) -> dict:
+    return next(i for i in r.stats()["interfaces"] if i["name"] == name)
+
+
+def test_tcp_to_the_router_reaches_the_control_plane_and_its_answers_come_back(
+        lab: RouterLab, cp: str, router: RunningRouter) -> None:
+    """TCP to the router's addresses (BGP's way in) is punted to the mirror;
+    the control plane's kernel answers through it, resolving the host with
+    ARP and ND of its own (the dataplane copies the replies to it)."""
+    server = lab.topo.popen(cp, [sys.executable, "-c", ECHO_SERVER, "::", "1790", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert server.stdout.readline().strip() == "listening"
+        a = port_row(router, "tap2")
+        assert tcp_ask(lab.host("h2").netns, "10.2.0.1", 1790, b"hello") == b"mirror says hello"
+        assert tcp_ask(lab.host("h2").netns, "2001:db8:2::1", 1790, b"six") == b"mirror says six"
+        b = port_row(router, "tap2")
+        assert b["punted"] - a["punted"] >= 6 and b["injected"] - a["injected"] >= 6, (a, b)
+        assert b["punt_errors"] == 0
+    finally:
+        server.wait(10)
+    with nn.iproute(cp) as ipr:                     # its kernel learned h2 from the copies
+        learned = {n.get_attr("NDA_DST") for n in ipr.get_neighbours(
+            ifindex=ipr.link_lookup(ifname="tap2")[0]) if n.get_attr("NDA_LLADDR")}
+    assert {"10.2.0.2", "2001:db8:2::2"} <= learned, learned
+    # echo requests stay the dataplane's: answered, not punted
+    time.sleep(0.5)                                 # (the connections' last segments first)
+    a = port_row(router, "tap2")
+    e0 = router.stats()["icmp"]["echo_replies"]
+    assert lab.ping("h2", "10.2.0.1", count=2, wait=2, extra=["-i", "0.2"]).returncode == 0
+    assert router.stats()["icmp"]["echo_replies"] - e0 == 2
+    assert port_row(router, "tap2")["punted"] == a["punted"]
+
+
+def test_link_local_multicast_goes_to_the_control_plane(lab: RouterLab, cp: str,
+                                                       router: RunningRouter) -> None:
+    """OSPF's 224.0.0.5 and ff02::5 (IP protocol 89), as a neighbour sends them."""
+    from scapy.layers.inet import IP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+    from scapy.packet import Raw
+    from tests.wire import Sniffer, host_mac
+    src = host_mac(lab, "h2")
+    frames = [Ether(src=src, dst="01:00:5e:00:00:05") / IP(src="10.2.0.2", dst="224.0.0.5", ttl=1,
+                                                           proto=89) / Raw(b"ospf hello v2"),
+              Ether(src=src, dst="33:33:00:00:00:05") / IPv6(src="fe80::2", dst="ff02::5",
+                                                             hlim=1, nh=89) / Raw(b"v3")]
+    with Sniffer(cp, "tap2") as mirror, Sniffer(lab.host("h2").netns, "tap2") as h2:
+        for f in frames:
+            h2.send(bytes(f))
+        got = mirror.collect(lambda p: Raw in p and p[Raw].load in (b"ospf hello v2", b"v3"),
+                             timeout=2, want=2)
+    assert sorted(p[Raw].load for p in got) == [b"ospf hello v2", b"v3"]

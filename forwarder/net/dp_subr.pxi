@@ -28,6 +28,25 @@ cdef mbuf *dp_new_packet(int len) noexcept nogil:
     return m
 
 
+cdef void dp_punt(dp_state *dp, dp_ifnet *ifp, mbuf *m, bint l3) noexcept nogil:
+    """To the port's mirror in the control-plane namespace, the frame as it
+    arrived (forwarder/cplane.py); l3: m starts at its IP header, the
+    Ethernet header still in the leading space ether_input stepped over.
+    Written as any transmit (the mirror counts it; a full mirror is a write
+    error there, never a wait)."""
+    if l3:
+        m.m_data -= ETHER_HDR_LEN
+        m.m_len += ETHER_HDR_LEN
+        m.m_pkthdr.len += ETHER_HDR_LEN
+    dp_transmit(dp, &dp.ifs[ifp.mirror], m)
+
+
+cdef void dp_inject(dp_state *dp, dp_ifnet *mifp, mbuf *m) noexcept nogil:
+    """What the mirror's kernel sent (its routing daemons' packets, its ARP
+    and ND): out of the port, unchanged."""
+    dp_transmit(dp, &dp.ifs[mifp.mirror_of], m)
+
+
 cdef void dp_transmit(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
     """writev() the chain (a complete frame) to the TAP, behind its
     virtio-net header when the TAP has one (tap_output_hdr); m is consumed."""

@@ -157,6 +157,9 @@ cdef void arp_input(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
         dp.arp_replies += 1
         dp_transmit(dp, ifp, m)
         return
+    if ifp.mirror >= 0 and ntohs(ah.ar_op) == ARPOP_REPLY:
+        dp_punt(dp, ifp, m, False)      # the mirror's kernel asked (cplane.py)
+        return
     m_freem(m)
 
 

@@ -48,6 +48,9 @@ cdef void ip_input(dp_state *dp, dp_ifnet *ifp, mbuf *m, bint l2group) noexcept 
         ip_local(dp, ifp, m, dst)
         return
     if l2group:
+        if ifp.mirror >= 0 and (dst >> 8) == 0xE00000:
+            dp_punt(dp, ifp, m, True)           # 224.0.0.0/24: OSPF, VRRP... to the daemons
+            return
         dp_drop_m(dp, m, DROP_LINK_BROADCAST)   # RFC 1812 5.3.4
         return
     if in_martian_dst(dst):
@@ -63,14 +66,22 @@ cdef void ip_input(dp_state *dp, dp_ifnet *ifp, mbuf *m, bint l2group) noexcept 
 
 
 cdef void ip_local(dp_state *dp, dp_ifnet *ifp, mbuf *m, uint32_t dst) noexcept nogil:
-    """For us: ICMP goes to icmp_input (whole datagrams only: fragments are
-    not reassembled); everything else is counted and dropped."""
+    """For us: ICMP echo goes to icmp_input (whole datagrams only: fragments
+    are not reassembled); with a control plane (cplane.py) everything else
+    goes to the port's mirror, where the routing daemons are; without one it
+    is counted and dropped."""
     cdef ip_hdr *ip = <ip_hdr *>mdata(m)
+    cdef int hlen = ip_hl(ip)
+    cdef bint whole = not (ntohs(ip.ip_off) & (IP_MF | IP_OFFMASK))
     # (ip_offload_input completed any ICMP checksum the sender left open.)
-    if ip.ip_p != IPPROTO_ICMP or (ntohs(ip.ip_off) & (IP_MF | IP_OFFMASK)):
-        dp_drop_m(dp, m, DROP_LOCAL_NOT_ECHO)
+    if ip.ip_p == IPPROTO_ICMP and whole and (ifp.mirror < 0 or (
+            m.m_len > hlen and (<uint8_t *>ip)[hlen] == ICMP_ECHO)):
+        icmp_input(dp, ifp, m, dst)
         return
-    icmp_input(dp, ifp, m, dst)
+    if ifp.mirror >= 0:
+        dp_punt(dp, ifp, m, True)
+        return
+    dp_drop_m(dp, m, DROP_LOCAL_NOT_ECHO)
 
 
 cdef void ip_forward(dp_state *dp, dp_ifnet *ifp, mbuf *m, const rt_nexthop *nh,

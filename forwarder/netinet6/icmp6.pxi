@@ -127,6 +127,9 @@ cdef void icmp6_input(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
             nd6_rs_input(dp, ifp, m, icmplen)
         return
     if ic.icmp6_type != ICMP6_ECHO_REQUEST or ic.icmp6_code != 0:
+        if ifp.mirror >= 0:
+            dp_punt(dp, ifp, m, True)       # errors, RAs of other routers, MLD: the kernel's
+            return
         dp_drop_m(dp, m, DROP_LOCAL_NOT_ECHO)
         return
     if in6_is_unspecified(ip6.ip6_src):

@@ -54,6 +54,8 @@ cdef void ip6_input(dp_state *dp, dp_ifnet *ifp, mbuf *m, bint l2group) noexcept
     if in6_is_multicast(ip6.ip6_dst):
         if ifp6_in_group(ifp, ip6.ip6_dst):
             ip6_local(dp, ifp, m)
+        elif ifp.mirror >= 0 and (ip6.ip6_dst[1] & 0x0F) == 2:
+            dp_punt(dp, ifp, m, True)       # link-scope groups (OSPFv3 ff02::5...): the daemons'
         else:
             dp_drop_m(dp, m, DROP_IP_BROADCAST_DESTINATION)    # not forwarded, and not ours
         return
@@ -93,6 +95,9 @@ cdef void ip6_local(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
     cdef int nxt = ip6.ip6_nxt
     if nxt == IPPROTO_ICMPV6:
         icmp6_input(dp, ifp, m)
+        return
+    if ifp.mirror >= 0:
+        dp_punt(dp, ifp, m, True)           # TCP, UDP, OSPFv3...: the daemons' (cplane.py)
         return
     dp.drops[DROP_LOCAL_NOT_ECHO] += 1
     if nxt == IPPROTO_UDP:

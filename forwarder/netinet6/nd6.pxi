@@ -358,6 +358,9 @@ cdef void nd6_na_input(dp_state *dp, dp_ifnet *ifp, mbuf *m, int icmplen) noexce
     e = nd6_lookup(dp, ifp.index, na.nd_ns_target)
     if e != NULL and (tll == NULL or not (tll[0] & 1)):
         nd6_na_update(dp, e, tll, ntohl(na.nd_ns_hdr.icmp6_data32))
+    if ifp.mirror >= 0:
+        dp_punt(dp, ifp, m, True)           # the mirror's kernel may have asked (cplane.py)
+        return
     m_freem(m)
 
 
