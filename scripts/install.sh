@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the router, its lab and its tests need (run as root on Debian).
-#   Debian tools: iproute2, ping, traceroute, iperf3, ndisc6, gcc, pip, venv, Python headers
-#   (only those missing).
+#   Debian tools: iproute2, ping, traceroute, iperf3, ndisc6, frr, bird2, gcc, pip, venv,
+#   Python headers (only those missing).  frr and bird2 are the routing daemons the
+#   control-plane tests run in namespaces; their packages' services are not started here.
 #   Python: this package, built in place with its Cython extensions, plus the lab extra
 #   (scapy, numpy, matplotlib, psutil: `forwarder lab`) and the test extra.
 set -euo pipefail
@@ -13,6 +14,8 @@ command -v ping >/dev/null       || need+=(iputils-ping)
 command -v traceroute >/dev/null || need+=(traceroute)
 command -v iperf3 >/dev/null     || need+=(iperf3)
 command -v rdisc6 >/dev/null     || need+=(ndisc6)
+[ -x /usr/lib/frr/bgpd ]         || need+=(frr)
+command -v bird >/dev/null       || need+=(bird2)
 command -v gcc >/dev/null        || need+=(gcc)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 # the container tests install the wheel into a fresh venv (Debian splits ensurepip out)
@@ -23,6 +26,12 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "install.sh: installing Debian packages: ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
+    # no daemon of these packages may start in this (root) namespace: policy-rc.d says no
+    policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy"
+        trap 'rm -f "$policy"' EXIT
+    fi
     apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
