@@ -205,17 +205,29 @@ class Router:
             self.dp.set_mtu(self.ifindex[itf.name], seen.mtu)
         mac = mac_bytes(seen.mac) if itf.mac_generated else None
         self.dp.set_link(self.ifindex[itf.name], True, mac)
+        self._mirror_link(port.name, True)
 
     def _lost(self, port: attach.Port) -> None:
         """Its interface went away: port down, its neighbours forgotten (the
         next one on that link may be another host)."""
         self.dp.set_link(self.ifindex[port.name], False)
+        self._mirror_link(port.name, False)
         for e in self.dp.arp_entries():
             if e["interface"] == port.name:
                 self.dp.arp_delete(e["ip"], port.name)
         for e in self.dp.nd6_entries():
             if e["interface"] == port.name:
                 self.dp.nd6_delete(e["ip"], port.name)
+
+    def _mirror_link(self, port: str, up: bool) -> None:
+        """A port's mirror follows its link: the routing daemons see it go down
+        (and the kernel drops the routes over it, which the import follows)."""
+        if self.mirrors is None:
+            return
+        try:
+            netns.link_set(port, self.config.control_plane.netns_path, up=up)
+        except OSError as e:
+            log.warning("mirror %s: could not set it %s: %s", port, "up" if up else "down", e)
 
     def _attach(self, itf: Interface) -> None:
         fd = netns.tap_open(itf.tap, extra_flags=netns.IFF_VNET_HDR if itf.offload else 0)
