@@ -31,6 +31,7 @@ interface {ifname}
  ip ospf area 0
 {extra}router ospf
  ospf router-id {router_id}
+ timers throttle spf 0 50 500
  redistribute connected
 """
 
