@@ -243,7 +243,7 @@ def test_tcp_to_the_router_reaches_the_control_plane_and_its_answers_come_back(
         assert tcp_ask(lab.host("h2").netns, "2001:db8:2::1", 1790, b"six") == b"mirror says six"
         b = port_row(router, "tap2")
         assert b["punted"] - a["punted"] >= 6 and b["injected"] - a["injected"] >= 6, (a, b)
-        assert b["punt_errors"] == 0
+        assert b["punt_errors"] == a["punt_errors"]
     finally:
         server.wait(10)
     with nn.iproute(cp) as ipr:                     # its kernel learned h2 from the copies
