@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 
 from forwarder import attach, cplane, mbufs, netns
-from forwarder.config import Config, ConfigError, Interface, load_config, unusable_gateway
+from forwarder.config import Config, Interface, load_config, unusable_gateway
 from forwarder.dataplane import MAX_STALL, Dataplane
 from forwarder.route import RouteTable
 from forwarder.route6 import Route6Table

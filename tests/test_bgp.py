@@ -15,7 +15,8 @@ from forwarder import netns as nn
 from forwarder.lab.path import host_path
 from forwarder.lab.run import run_load
 from forwarder.lab.spec import LoadSpec
-from tests.daemons import Bird, Frr, bird, frr, have_bird, have_frr
+from forwarder.lab.daemons import (Bird, Frr, bgpd_conf, bird, bird_bgp_conf, frr, have_bird,
+                                   have_frr)
 from tests.routerlab import RunningRouter, start_router
 from tests.topology import RouterLab, make_lab, requires_netns, topology  # noqa: F401
 
@@ -27,32 +28,6 @@ N = 1000
 PREFIXES = [f"100.{64 + i // 256}.{i % 256}.0/24" for i in range(N)]
 TARGET = "100.66.7.1"                      # inside PREFIXES[2 * 256 + 7], owned by h2
 
-BGPD = """hostname cp
-router bgp 65001
- bgp router-id 10.2.0.1
- no bgp ebgp-requires-policy
- neighbor 10.2.0.2 remote-as 65002
- neighbor 10.2.0.2 timers 3 9
- address-family ipv4 unicast
- exit-address-family
-"""
-
-
-def bird_conf() -> str:
-    routes = "\n".join(f"  route {p} blackhole;" for p in PREFIXES)
-    return f"""router id 10.2.0.2;
-protocol device {{}}
-protocol static announced {{
-  ipv4;
-{routes}
-}}
-protocol bgp up {{
-  local 10.2.0.2 as 65002;
-  neighbor 10.2.0.1 as 65001;
-  hold time 9;
-  ipv4 {{ import none; export all; next hop self; }};
-}}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +55,9 @@ def daemons(lab: RouterLab, cp: str, router: RunningRouter,
     work = tmp_path_factory.mktemp("daemons")
     with nn.iproute(lab.host("h2").netns) as ipr:          # h2 owns one announced address
         ipr.addr("add", index=ipr.link_lookup(ifname="lo")[0], address=TARGET, prefixlen=32)
-    with frr(cp, work, BGPD) as f, bird(lab.host("h2").netns, work, bird_conf()) as b:
+    with frr(cp, work, bgpd_conf("10.2.0.1", 65001, "10.2.0.2", 65002)) as f, \
+            bird(lab.host("h2").netns, work,
+                 bird_bgp_conf("10.2.0.2", 65002, "10.2.0.1", 65001, PREFIXES)) as b:
         yield f, b
 
 

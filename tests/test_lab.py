@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from forwarder import lab as labpkg
 from forwarder import netns as nn
 from forwarder.config import load_config, parse_config
+from forwarder.lab.daemons import have_bird, have_frr
 from forwarder.lab.process import forwarder_argv
 from forwarder.lab.tomlwrite import to_toml
 from forwarder.lab.topology import LAB_TOML, host_address, lab_from_config, load_lab_config
@@ -213,6 +214,21 @@ def test_lab_wired_as_a_container_runtime_wires_it(tmp_path):
     assert re.search(r"\[3/6\] ping\s+h1 -> h3 10\.3\.0\.2: 3/3 received", out), out
     assert re.search(r"^\s+traceroute6\s+h1 -> h3: 1 2001:db8:1::1 .*\|\s+2 2001:db8:3::2",
                      out, re.M), out
+    assert "router exit 0; no namespace left behind" in out
+
+
+@requires_netns
+@pytest.mark.skipif(not (have_frr() and have_bird()), reason="needs frr and bird2 (install.sh)")
+def test_lab_with_bgp_fills_the_table_from_a_bird_neighbour(tmp_path):
+    cp = subprocess.run([*LAB, "--bgp", "-d", "0.3", "-r", "2000"],
+                        capture_output=True, text=True, timeout=120)
+    out = cp.stdout
+    assert cp.returncode == 0, out + cp.stderr
+    assert re.search(r"\[1/7\] namespaces .*fw[0-9a-f]{6}-cp \(its control plane\)", out), out
+    assert re.search(r"\[3/7\] bgp\s+BIRD in h2 \(AS 65002\) -> FRR bgpd in the control plane "
+                     r"\(AS 65001\): session up after [\d.]+ s, 200 of 200 prefixes in the "
+                     r"dataplane after [\d.]+ s; h1 -> 100\.64\.7\.1: 3/3 received", out), out
+    assert "[7/7] cleanup      stopping the daemons and the router" in out
     assert "router exit 0; no namespace left behind" in out
 
 

@@ -11,7 +11,7 @@ from typing import Iterator
 import pytest
 
 from forwarder import netns as nn
-from tests.daemons import Frr, frr, have_frr
+from forwarder.lab.daemons import Frr, frr, have_frr
 from tests.routerlab import RunningRouter, start_router
 from tests.topology import RouterLab, make_lab, requires_netns, topology  # noqa: F401
 

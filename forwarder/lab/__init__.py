@@ -21,6 +21,7 @@ before it (dependencies run one way)::
     plot.py                  PNGs of a run and of a sweep (matplotlib)
     run.py                   one load, and a sweep of them
     bench.py                 the router vs kernel forwarding vs a C copy loop
+    daemons.py               FRR and BIRD in namespaces (the control plane's peers)
     demo.py                  `forwarder lab`: ping, traceroute, load, report
     cli.py                   the lab, loadgen and bench subcommands
 

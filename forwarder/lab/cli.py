@@ -78,7 +78,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
     try:
         with cleanup_signals():
             return run_lab(args.config, spec, _say, made, keep=args.keep, json_path=args.json,
-                           plot_path=args.plot, attach=args.attach)
+                           plot_path=args.plot, attach=args.attach, with_bgp=args.bgp)
     except KeyboardInterrupt as e:
         left = [n for n in made if nn.netns_exists(n)]
         what = "terminated" if isinstance(e, Terminated) else "interrupted"
@@ -107,6 +107,9 @@ def add_lab(sub: Any) -> None:
     p.add_argument("--attach", action="store_true",
                    help="wire it as a container runtime does: the router attaches to veths "
                    "eth1, eth2, ... handed to its namespace after it started")
+    p.add_argument("--bgp", action="store_true",
+                   help="give the router a control plane: FRR's bgpd there peers with BIRD on "
+                   "the second host, which announces 200 prefixes (needs frr and bird2)")
     g = p.add_argument_group("load test")
     g.add_argument("-P", "--proto", choices=PROTOCOLS, default="udp")
     g.add_argument("--family", type=int, choices=FAMILIES, default=4,

@@ -4,6 +4,10 @@
     forwarder lab --keep          ... then stay up until Ctrl-C (prints how to enter hosts)
     forwarder lab -c FILE         another topology (default: the shipped lab.toml)
 
+With ``--bgp`` the router gets a control plane (forwarder/cplane.py) and one
+more step: FRR's bgpd in it peers with BIRD on the second host, which
+announces 200 prefixes; the table fills, and the first host pings into one.
+
 Six steps, each one line of output: [1/6] the namespaces and [2/6] the router
 (:func:`forwarder.lab.topology.lab_up`: ``forwarder run`` inside the router's
 namespace, exactly as a user would run it, its control socket in a temporary
@@ -16,7 +20,10 @@ and on SIGTERM.
 """
 from __future__ import annotations
 
+import contextlib
 import re
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -31,11 +38,14 @@ from forwarder.lab.topology import LAB_TOML, Lab, LabHost, lab_up
 
 Say = Callable[[str], None]
 STEPS = ("namespaces", "router", "ping", "traceroute", "load", "cleanup")
+STEPS_BGP = ("namespaces", "router", "bgp", "ping", "traceroute", "load", "cleanup")
+BGP_PREFIXES = [f"100.64.{i}.0/24" for i in range(200)]
+BGP_TARGET = "100.64.7.1"                     # in BGP_PREFIXES, owned by the BGP neighbour
 
 
-def step(what: str) -> str:
+def step(what: str, steps: tuple[str, ...] = STEPS) -> str:
     """The label of a step: "[3/6] ping        "."""
-    return f"[{STEPS.index(what) + 1}/{len(STEPS)}] {what:<12}"
+    return f"[{steps.index(what) + 1}/{len(steps)}] {what:<12}"
 
 
 def target(dst: LabHost, family: int) -> str:
@@ -46,8 +56,8 @@ def target(dst: LabHost, family: int) -> str:
 
 
 def ping(lab: Lab, src: LabHost, dst: LabHost, count: int = 3,
-         family: int = 4) -> tuple[bool, str]:
-    cp = lab.ping(src.name, target(dst, family), count=count, wait=2,
+         family: int = 4, target_ip: str | None = None) -> tuple[bool, str]:
+    cp = lab.ping(src.name, target_ip or target(dst, family), count=count, wait=2,
                   extra=["-i", "0.2"] + (["-6"] if family == 6 else []))
     m = re.search(r"(\d+) packets transmitted, (\d+) received", cp.stdout)
     rtt = re.search(r"= ([\d.]+)/([\d.]+)/([\d.]+)", cp.stdout)
@@ -70,8 +80,43 @@ def traceroute(lab: Lab, src: LabHost, dst: LabHost, family: int = 4) -> tuple[b
     return ok, hops
 
 
+def bgp(lab: Lab, say: Say, stack: contextlib.ExitStack, steps: tuple[str, ...]) -> bool:
+    """FRR's bgpd in the router's control plane, BIRD on the second host
+    announcing BGP_PREFIXES; the table fills, the first host pings into one."""
+    from forwarder.lab.daemons import (bgpd_conf, bird, bird_bgp_conf, frr, have_bird,
+                                       have_frr)
+    if not (have_frr() and have_bird()):
+        say(step("bgp", steps) + " needs frr and bird2 (scripts/install.sh installs them)")
+        return False
+    assert lab.router is not None and lab.control_plane is not None and len(lab.hosts) > 1
+    src, peer = lab.hosts[0], lab.hosts[1]
+    mine, theirs = str(peer.router.ip), str(peer.address.ip)
+    with nn.iproute(peer.netns) as ipr:
+        ipr.addr("add", index=ipr.link_lookup(ifname="lo")[0], address=BGP_TARGET, prefixlen=32)
+    work = Path(tempfile.mkdtemp(prefix=f"{lab.topo.prefix}bgp-"))
+    stack.callback(shutil.rmtree, work, ignore_errors=True)
+    t0 = time.monotonic()
+    stack.enter_context(frr(lab.control_plane, work, bgpd_conf(mine, 65001, theirs, 65002)))
+    b = stack.enter_context(bird(peer.netns, work, bird_bgp_conf(theirs, 65002, mine, 65001,
+                                                                 BGP_PREFIXES)))
+    took = b.wait_established("up", 30)
+    deadline = time.monotonic() + 30
+    learnt = 0
+    while time.monotonic() < deadline:
+        learnt = sum(r.get("origin") == "bgp" for r in lab.router.call("route.list"))
+        if learnt >= len(BGP_PREFIXES):
+            break
+        time.sleep(0.1)
+    filled = time.monotonic() - t0
+    good, text = ping(lab, src, peer, target_ip=BGP_TARGET)
+    say(step("bgp", steps) + f" BIRD in {peer.name} (AS 65002) -> FRR bgpd in the control "
+        f"plane (AS 65001): session up after {took:.1f} s, {learnt} of {len(BGP_PREFIXES)} "
+        f"prefixes in the dataplane after {filled:.1f} s; {src.name} -> {BGP_TARGET}: {text}")
+    return good and learnt >= len(BGP_PREFIXES)
+
+
 def run_demo(lab: Lab, spec: LoadSpec, say: Say, *, json_path: str | None = None,
-             plot_path: str | None = None) -> bool:
+             plot_path: str | None = None, steps: tuple[str, ...] = STEPS) -> bool:
     """Steps 3 to 5 on a lab that is up; True when each of them worked."""
     assert lab.router is not None
     ok = True
@@ -81,14 +126,15 @@ def run_demo(lab: Lab, spec: LoadSpec, say: Say, *, json_path: str | None = None
     for family in families:
         good, text = ping(lab, src, far, family=family)
         ok &= good
-        say((step("ping") if family == 4 else f"{'':6}{'ping6':<12}")
+        say((step("ping", steps) if family == 4 else f"{'':6}{'ping6':<12}")
             + f" {src.name} -> {far.name} {target(far, family)}: {text}")
     for family in families:
         good, hops = traceroute(lab, src, far, family)
         ok &= good
-        say((step("traceroute") if family == 4 else f"{'':6}{'traceroute6':<12}")
+        say((step("traceroute", steps) if family == 4 else f"{'':6}{'traceroute6':<12}")
             + f" {src.name} -> {far.name}: " + ("  |  ".join(hops) or "no hops"))
-    say(step("load") + f" {src.name} -> {near.name} {target(near, spec.family)}: {spec.proto} "
+    say(step("load", steps) + f" {src.name} -> {near.name} {target(near, spec.family)}: "
+        f"{spec.proto} "
         f"{spec.sizes} B, {spec.flows} flows, {spec.duration:g} s {fmt_offered(spec.rate)}")
     r = run_load(spec, host_path(lab, src.name, near.name, spec.family),
                  progress=Progress("load", spec.duration))
@@ -128,19 +174,22 @@ def keep_message(lab: Lab) -> str:
 
 def run_lab(config: str | Path | None, spec: LoadSpec, say: Say, made: list[str], *,
             keep: bool = False, json_path: str | None = None,
-            plot_path: str | None = None, attach: bool = False) -> int:
+            plot_path: str | None = None, attach: bool = False, with_bgp: bool = False) -> int:
     """The whole demo; ``made`` learns the lab's namespaces (for a report after
     an interruption).  Exit status: 0 when every step worked."""
     say(f"forwarder lab: {config or LAB_TOML}")
-    with lab_up(config, report=lambda what, text: say(step(what) + " " + text),
-                attach=attach) as lab:
+    steps = STEPS_BGP if with_bgp else STEPS
+    with lab_up(config, report=lambda what, text: say(step(what, steps) + " " + text),
+                attach=attach, control_plane=with_bgp) as lab, contextlib.ExitStack() as daemons:
         made[:] = lab.namespaces
-        ok = run_demo(lab, spec, say, json_path=json_path, plot_path=plot_path)
+        ok = bgp(lab, say, daemons, steps) if with_bgp else True
+        ok &= run_demo(lab, spec, say, json_path=json_path, plot_path=plot_path, steps=steps)
         if keep:
             say(keep_message(lab))
             while True:
                 time.sleep(3600)
-        say(step("cleanup") + f" stopping the router, removing {len(lab.namespaces)} namespaces")
+        say(step("cleanup", steps) + " stopping " + ("the daemons and " if with_bgp else "")
+            + f"the router, removing {len(lab.namespaces)} namespaces")
     code = lab.router.proc.returncode if lab.router else None
     left = [n for n in made if nn.netns_exists(n)]
     say(f"      done: router exit {code}; " + (f"left behind: {left}" if left else

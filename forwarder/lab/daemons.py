@@ -1,4 +1,5 @@
-"""Real routing daemons in namespaces, for tests: FRR (zebra + bgpd) and BIRD 2.
+"""Real routing daemons in namespaces, for the lab and the tests: FRR (zebra +
+bgpd or ospfd) and BIRD 2, from Debian's packages (scripts/install.sh).
 
     with frr(cp_ns, tmp, bgpd_conf) as f, bird(peer_ns, tmp, bird_conf) as b:
         b.wait_established("up")
@@ -24,6 +25,40 @@ from typing import Iterator
 from forwarder import netns as nn
 
 FRR_LIB = Path("/usr/lib/frr")
+
+
+def bgpd_conf(router_id: str, local_as: int, neighbor: str, peer_as: int) -> str:
+    """FRR bgpd: one eBGP neighbour, everything it announces accepted (a lab,
+    not the Internet: no policy), short timers."""
+    return f"""hostname {router_id}
+router bgp {local_as}
+ bgp router-id {router_id}
+ no bgp ebgp-requires-policy
+ neighbor {neighbor} remote-as {peer_as}
+ neighbor {neighbor} timers 3 9
+ address-family ipv4 unicast
+ exit-address-family
+"""
+
+
+def bird_bgp_conf(router_id: str, local_as: int, neighbor: str, peer_as: int,
+                  prefixes: list[str]) -> str:
+    """BIRD announcing ``prefixes`` (static, blackhole here: the router must
+    only learn them) to one eBGP neighbour, next hop itself."""
+    routes = "\n".join(f"  route {p} blackhole;" for p in prefixes)
+    return f"""router id {router_id};
+protocol device {{}}
+protocol static announced {{
+  ipv4;
+{routes}
+}}
+protocol bgp up {{
+  local {router_id} as {local_as};
+  neighbor {neighbor} as {peer_as};
+  hold time 9;
+  ipv4 {{ import none; export all; next hop self; }};
+}}
+"""
 
 
 def have_frr() -> bool:
@@ -115,7 +150,7 @@ class Bird:
         t0 = time.monotonic()
         while "Established" not in self.state(protocol):
             if time.monotonic() - t0 > timeout:
-                raise AssertionError(f"BGP {protocol} not established within {timeout} s: "
+                raise RuntimeError(f"BGP {protocol} not established within {timeout} s: "
                                      + self.birdc("show", "protocols", "all", protocol))
             time.sleep(0.2)
         return time.monotonic() - t0
