@@ -112,8 +112,7 @@ def _no_ipv6_of_its_own(ipr, index: int, name: str) -> None:
     ipr.link("set", index=index, af_spec={"attrs": [["AF_INET6", {"attrs": [
         ["IFLA_INET6_ADDR_GEN_MODE", IN6_ADDR_GEN_MODE_NONE]]}]]})
     with contextlib.suppress(OSError):
-        with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w") as f:
-            f.write("1")
+        netns._write_proc(None, f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", 1)
 
 
 def _remove_addresses(ipr, index: int) -> list[str]:

@@ -62,6 +62,13 @@ MULTICAST6 = IPv6Network("ff00::/8")
 IPV4_MAPPED = IPv6Network("::ffff:0:0/96")
 SLAAC_PREFIXLEN = 64                      # RFC 4862 5.5.3 with RFC 4291's 64-bit IDs
 
+def netns_file(spec: str | None) -> str | None:
+    """A namespace given by name (under /var/run/netns) or path, as a file."""
+    if spec is None:
+        return None
+    return spec if "/" in spec else str(NETNS_DIR / spec)
+
+
 # --- errors --------------------------------------------------------------------
 
 
@@ -150,9 +157,7 @@ class Interface:
     @property
     def netns_path(self) -> str | None:
         """The namespace as a file: names live under /var/run/netns."""
-        if self.netns is None:
-            return None
-        return self.netns if "/" in self.netns else str(NETNS_DIR / self.netns)
+        return netns_file(self.netns)
 
 
 @dataclass(frozen=True)
@@ -194,9 +199,7 @@ class ControlPlane:
 
     @property
     def netns_path(self) -> str | None:
-        if self.netns is None:
-            return None
-        return self.netns if "/" in self.netns else str(NETNS_DIR / self.netns)
+        return netns_file(self.netns)
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,6 @@ RCVBUF = 128 << 20                  # bytes, as VPP's linux-nl: ~800 bytes of bu
 RECV_SIZE = 1 << 20
 SO_RCVBUFFORCE = 33
 RESYNC_DELAY = 0.2                  # seconds: let a burst of link events settle first
-IFA_F_NODAD = 0x02
 RTN_TYPES = {1: "unicast", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
 
 
@@ -94,19 +93,13 @@ def proto_name(num: int) -> str:
 
 # --- mirrors --------------------------------------------------------------------------
 
-@dataclass
-class Mirror:
-    port: str
-    fd: int
-    index: int                      # its ifindex in the control-plane namespace
-
-
 class Mirrors:
     """A TAP per port in the control-plane namespace: name, MAC, MTU, addresses."""
 
     def __init__(self, config: Config) -> None:
         self.netns = config.control_plane.netns_path
-        self.by_index: dict[int, Mirror] = {}
+        self.by_index: dict[int, str] = {}      # a mirror's ifindex there -> its port
+        self._fds: list[int] = []
         self._config = config
 
     def create(self, dp: Any, ifindex: dict[str, int]) -> None:
@@ -115,7 +108,7 @@ class Mirrors:
         try:
             for itf in self._config.interfaces:
                 fd = netns.tap_open(itf.name, self.netns, extra_flags=netns.IFF_VNET_HDR)
-                self.by_index[-fd] = Mirror(itf.name, fd, -1)    # closed on failure from here
+                self._fds.append(fd)
                 netns.tap_set_offload(fd, 0)     # its kernel segments and checksums for us
                 # a mirror taken down and up again keeps its IPv6 addresses, as IPv4 ones
                 with contextlib.suppress(OSError):
@@ -127,10 +120,9 @@ class Mirrors:
                     for a in (*itf.addresses, *itf.addresses6):
                         ipr.addr("add", index=idx, address=str(a.ip),
                                  prefixlen=a.network.prefixlen,
-                                 **({"flags": IFA_F_NODAD} if a.version == 6 else {}))
+                                 **({"flags": netns.IFA_F_NODAD} if a.version == 6 else {}))
                     ipr.link("set", index=idx, state="up")
-                del self.by_index[-fd]
-                self.by_index[idx] = Mirror(itf.name, fd, idx)
+                self.by_index[idx] = itf.name
                 dp.add_interface(fd, f"{itf.name[:12]}~cp", bytes.fromhex(itf.mac.replace(":", "")),
                                  itf.mtu, [], vnet_hdr=True, offloads=0,
                                  mirror_of=ifindex[itf.name])
@@ -143,9 +135,10 @@ class Mirrors:
             raise
 
     def close(self) -> None:
-        for m in self.by_index.values():
+        for fd in self._fds:
             with contextlib.suppress(OSError):
-                os.close(m.fd)
+                os.close(fd)
+        self._fds.clear()
         self.by_index.clear()
 
 
@@ -222,11 +215,11 @@ class RouteImporter:
             first = paths[0]
             oif = first["oif"]
             gw = first.get_attr("RTA_GATEWAY")
-        mirror = self.mirrors.by_index.get(oif)
-        if mirror is None:
+        port = self.mirrors.by_index.get(oif)
+        if port is None:
             self.stats.skip("not_a_mirror")         # over lo, or a link of the namespace's own
             return None
-        nh: dict[str, Any] = {"type": "forward", "ifindex": self.router.ifindex[mirror.port]}
+        nh: dict[str, Any] = {"type": "forward", "ifindex": self.router.ifindex[port]}
         if gw:
             nh["via"] = gw
         return str(net), nh, origin

@@ -382,10 +382,10 @@ class Router:
         nh = self._nexthop(self.config, type_, gw, interface, scope)
         table = self._table(str(net))
         with self._lock:
-            limit = self.sysctl.get("net.route.max_routes")
-            if str(net) not in table and len(self.routes) + len(self.routes6) >= limit:
+            if self._table_full(str(net)):
                 raise ValueError(f"route table full: {len(self.routes) + len(self.routes6)} "
-                                 f"routes, net.route.max_routes is {limit}")
+                                 f"routes, net.route.max_routes is "
+                                 f"{self.sysctl.get('net.route.max_routes')}")
             table.add(str(net), nh)
             self.runtime_routes[str(net)] = nh
             # Overrides a config route: a reload puts the config's back.
@@ -434,6 +434,12 @@ class Router:
 
     # --- imported routes (forwarder/cplane.py) ---------------------------------------
 
+    def _table_full(self, prefix: str) -> bool:
+        """A new prefix would take the tables past net.route.max_routes (both
+        families count); replacing a route that is there never does."""
+        return prefix not in self._table(prefix) and \
+            len(self.routes) + len(self.routes6) >= self.sysctl.get("net.route.max_routes")
+
     def _shadowed(self, prefix: str) -> bool:
         return prefix in self.config_routes or prefix in self.runtime_routes
 
@@ -446,13 +452,12 @@ class Router:
             self.imported[prefix] = (nh, origin)
             if self._shadowed(prefix):
                 return False
-            limit = self.sysctl.get("net.route.max_routes")
-            table = self._table(prefix)
-            if prefix not in table and len(self.routes) + len(self.routes6) + 1 > limit:
+            if self._table_full(prefix):
                 log.warning("route import: %s not installed: the table is full "
-                            "(net.route.max_routes %d)", prefix, limit)
+                            "(net.route.max_routes %d)", prefix,
+                            self.sysctl.get("net.route.max_routes"))
                 return False
-            table.add(prefix, nh)
+            self._table(prefix).add(prefix, nh)
         return True
 
     def withdraw_route(self, prefix: str) -> bool:

@@ -104,6 +104,10 @@ class RunningRouter(RouterProcess):
     def stats(self) -> dict:
         return self.cli_json("stats")  # type: ignore[return-value]
 
+    def interface(self, name: str) -> dict:
+        """One port's row of ``stats``."""
+        return next(i for i in self.stats()["interfaces"] if i["name"] == name)
+
     def zones(self) -> dict[str, dict]:
         return {z["name"]: z for z in self.cli_json("vmstat", "-z")}  # type: ignore[union-attr]
 
@@ -170,11 +174,17 @@ def start_router(lab: RouterLab, workdir: Path, *, sysctl: dict[str, int] | None
                  routes: Sequence[dict[str, str]] = (), metrics: str | None = None,
                  extra_config: str = "", extra_argv: Sequence[str] = (),
                  addresses: dict[str, Sequence[str]] | None = None,
-                 offload: Offload = None, timeout: float = 20) -> RunningRouter:
+                 offload: Offload = None, timeout: float = 20,
+                 control_plane: str | None = None,
+                 protocols: Sequence[str] = ()) -> RunningRouter:
     """Run a router for ``lab`` (config and log in ``workdir``) and wait until
     it is healthy; then configure the hosts.  ``extra_config`` is appended
     to the generated config; ``extra_argv`` goes to `forwarder run` (``-o``);
-    ``addresses`` adds router addresses to interfaces by name."""
+    ``addresses`` adds router addresses to interfaces by name;
+    ``control_plane`` is its [control_plane] netns, importing ``protocols``."""
+    if control_plane is not None:
+        extra_config += f'\n[control_plane]\nnetns = "{control_plane}"\n' + (
+            f"protocols = {json.dumps(list(protocols))}\n" if protocols else "")
     text = lab_config(lab, workdir / f"{lab.name}.sock", sysctl, routes, metrics, extra_config,
                       addresses, offload)
     router = lab.start_router(workdir, text, argv=extra_argv, timeout=timeout, kind=RunningRouter)

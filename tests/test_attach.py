@@ -8,10 +8,8 @@ config).  Hosts are real kernels; ping, traceroute and iperf3 run across.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
-import subprocess
 import time
 from typing import Iterator
 
@@ -22,7 +20,7 @@ from forwarder import netns as nn
 from forwarder.lab.process import launch
 from forwarder.lab.tomlwrite import to_toml
 from tests.routerlab import RunningRouter
-from tests.wire import Sniffer, arp_frame, host_mac
+from tests.wire import Sniffer, arp_frame, host_mac, iperf3
 from tests.topology import RouterLab, make_lab, requires_netns, topology  # noqa: F401
 
 pytestmark = requires_netns
@@ -73,10 +71,6 @@ def zones_back_at_rest(router: RunningRouter) -> Iterator[None]:
         yield
 
 
-def port(r: RunningRouter, name: str) -> dict:
-    return next(i for i in r.stats()["interfaces"] if i["name"] == name)
-
-
 def router_link(lab: RouterLab, name: str) -> tuple[int, str, list[str]]:
     """An interface of the router's namespace: its index, MAC and addresses."""
     with nn.iproute(lab.router_ns) as ipr:
@@ -114,7 +108,7 @@ def test_the_routers_mac_on_an_attached_link_is_the_veths(lab: RouterLab,
                                                           router: RunningRouter) -> None:
     for name, gw in (("eth1", "10.1.0.1"), ("eth3", "10.3.0.1")):
         _, mac, _ = router_link(lab, name)
-        assert port(router, name)["mac"] == mac
+        assert router.interface(name)["mac"] == mac
         lab.ping(f"h{name[-1]}", gw, count=1)
         with nn.iproute(lab.host(f"h{name[-1]}").netns) as ipr:
             learned = {n.get_attr("NDA_DST"): n.get_attr("NDA_LLADDR")
@@ -136,28 +130,20 @@ def test_the_namespaces_kernel_holds_no_address_on_attached_links(
             s.send(arp_frame(1, mac, "10.3.0.2", target))
         replies = s.collect(lambda p: ARP in p and p[ARP].op == 2, timeout=1.5, want=2)
     assert [(p[ARP].psrc, p[ARP].hwsrc) for p in replies] == \
-        [("10.3.0.1", port(router, "eth3")["mac"])]
+        [("10.3.0.1", router.interface("eth3")["mac"])]
 
 
 def test_tcp_super_frames_cross_the_tc_redirect(lab: RouterLab, router: RunningRouter) -> None:
-    a = port(router, "eth1")
-    server = lab.topo.popen(lab.host("h2").netns, ["iperf3", "-s", "-1", "-p", "5401"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.3)
-        cp = lab.run("h1", ["iperf3", "-c", "10.2.0.2", "-p", "5401", "-t", "2", "-J"], timeout=60)
-        doc = json.loads(cp.stdout)
-        assert "error" not in doc, doc.get("error")
-        assert doc["end"]["sum_received"]["bits_per_second"] > 100e6
-    finally:
-        server.wait(10)
-    b = port(router, "eth1")
+    a = router.interface("eth1")
+    doc = iperf3(lab, "h1", "h2", "10.2.0.2", 5401)
+    assert doc["end"]["sum_received"]["bits_per_second"] > 100e6
+    b = router.interface("eth1")
     assert b["rx_gso"] - a["rx_gso"] > 100, (a, b)        # whole super-frames came in on eth1
 
 
 def test_the_small_mtu_attached_link_needs_frag_or_fragments(lab: RouterLab,
                                                              router: RunningRouter) -> None:
-    assert router_link(lab, "eth3")[0] and port(router, "eth3")["mtu"] == 1280
+    assert router_link(lab, "eth3")[0] and router.interface("eth3")["mtu"] == 1280
     # first without DF (h1 knows no smaller path MTU yet): the router fragments
     made = router.stats()["fragments_created"]
     cp = lab.ping("h1", "10.3.0.2", count=2, wait=2, extra=["-M", "dont", "-s", "1400"])
@@ -174,7 +160,7 @@ def test_a_deleted_interface_is_down_then_forwards_again_when_it_comes_back(
     idx, _, _ = router_link(lab, "eth1")
     with nn.iproute(lab.router_ns) as ipr:
         ipr.link("del", index=idx)                     # the runtime takes eth1 away
-    router.wait_for(lambda: port(router, "eth1")["link"] == "down", 5, what="eth1 down")
+    router.wait_for(lambda: router.interface("eth1")["link"] == "down", 5, what="eth1 down")
     down = router.stats()["drops"]["interface_down"]
     assert lab.ping("h2", "10.1.0.2", count=1, wait=1).returncode != 0
     assert router.stats()["drops"]["interface_down"] > down

@@ -42,8 +42,7 @@ def cp(topology) -> str:  # noqa: F811
 
 @pytest.fixture(scope="module")
 def router(lab: RouterLab, cp: str, tmp_path_factory) -> Iterator[RunningRouter]:
-    r = start_router(lab, tmp_path_factory.mktemp("bgp"),
-                     extra_config=f'\n[control_plane]\nnetns = "{cp}"\nprotocols = ["bgp"]\n')
+    r = start_router(lab, tmp_path_factory.mktemp("bgp"), control_plane=cp, protocols=["bgp"])
     yield r
     code, out = r.stop()
     assert code == 0, out
@@ -76,7 +75,7 @@ def test_bgp_session_over_the_punt_path_fills_the_table(lab: RouterLab, router: 
     assert imported(router) == set(PREFIXES)
     row = next(x for x in router.call("route.list") if x["prefix"] == PREFIXES[0])
     assert (row["via"], row["interface"]) == ("10.2.0.2", "tap2")
-    tap2 = next(i for i in router.stats()["interfaces"] if i["name"] == "tap2")
+    tap2 = router.interface("tap2")
     assert tap2["punted"] > 0 and tap2["injected"] > 0       # the session's own packets
     cp = lab.ping("h1", TARGET, count=3, wait=2, extra=["-i", "0.2"])
     assert cp.returncode == 0, cp.stdout

@@ -10,9 +10,7 @@ complete), the way the router ran before offloads.
 """
 from __future__ import annotations
 
-import json
 import socket
-import subprocess
 import time
 
 import pytest
@@ -21,7 +19,7 @@ from scapy.layers.l2 import Ether
 
 from tests.routerlab import RunningRouter, router_mac, start_router
 from tests.topology import make_lab, requires_netns, topology  # noqa: F401
-from tests.wire import Sniffer, host_mac, to_router, udp_socket
+from tests.wire import Sniffer, host_mac, iperf3, to_router, udp_socket
 
 pytestmark = requires_netns
 
@@ -342,26 +340,11 @@ def test_icmp_errors_are_rate_limited_under_a_burst(lab, router):
 
 
 def test_iperf3_tcp_and_udp_cross_the_router(lab, router):
-    server = lab.topo.popen(lab.host("h3").netns, ["iperf3", "-s", "-1", "-p", "5201"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.5)
-        cp = lab.run("h1", ["iperf3", "-c", "10.3.0.2", "-p", "5201", "-t", "2", "-J"], timeout=30)
-        tcp = json.loads(cp.stdout)
-        assert tcp["end"]["sum_received"]["bits_per_second"] > 10e6
-    finally:
-        server.wait(10)
-    server = lab.topo.popen(lab.host("h3").netns, ["iperf3", "-s", "-1", "-p", "5202"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.5)
-        cp = lab.run("h1", ["iperf3", "-c", "10.3.0.2", "-p", "5202", "-u", "-b", "20M",
-                            "-t", "2", "-J"], timeout=30)
-        udp = json.loads(cp.stdout)
-        assert udp["end"]["sum"]["lost_percent"] < 5
-        assert udp["end"]["sum"]["packets"] > 1000
-    finally:
-        server.wait(10)
+    tcp = iperf3(lab, "h1", "h3", "10.3.0.2", 5201)
+    assert tcp["end"]["sum_received"]["bits_per_second"] > 10e6
+    udp = iperf3(lab, "h1", "h3", "10.3.0.2", 5202, "-u", "-b", "20M")
+    assert udp["end"]["sum"]["lost_percent"] < 5
+    assert udp["end"]["sum"]["packets"] > 1000
 
 
 def test_flood_with_few_clusters_is_denied_counted_and_recovers(lab, router):

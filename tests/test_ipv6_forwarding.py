@@ -13,7 +13,6 @@ routes that do not forward) and checks the ICMPv6 errors that come back.
 """
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import time
@@ -31,7 +30,7 @@ from forwarder import netns as nn
 from forwarder.config import link_local_of
 from tests.routerlab import RunningRouter, router_mac, start_router
 from tests.topology import RouterLab, make_lab, requires_netns, topology  # noqa: F401
-from tests.wire import Sniffer, host_ipv6, host_mac
+from tests.wire import Sniffer, host_ipv6, host_mac, iperf3
 
 pytestmark = requires_netns
 
@@ -125,18 +124,8 @@ def test_tcp_over_ipv6_whole_super_frames_and_segmented_in_software(
     h4 (no offloads there) has them cut in software, IPv6 segments."""
     for dst, port in ((2, 5301), (4, 5302)):
         a = itf(router, f"tap{dst}")
-        server = lab.topo.popen(lab.host(f"h{dst}").netns,
-                                ["iperf3", "-s", "-1", "-p", str(port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            time.sleep(0.3)
-            cp = lab.run("h1", ["iperf3", "-6", "-c", H[dst], "-p", str(port), "-t", "2", "-J"],
-                         timeout=60)
-            doc = json.loads(cp.stdout)
-            assert "error" not in doc, doc.get("error")
-            assert doc["end"]["sum_received"]["bits_per_second"] > 100e6
-        finally:
-            server.wait(10)
+        doc = iperf3(lab, "h1", f"h{dst}", H[dst], port, "-6")
+        assert doc["end"]["sum_received"]["bits_per_second"] > 100e6
         b = itf(router, f"tap{dst}")
         if dst == 2:
             assert b["tx_gso"] - a["tx_gso"] > 100 and b["gso_software"] == a["gso_software"]
@@ -170,17 +159,10 @@ def test_tcp_across_the_1280_link_finds_its_path_mtu(lab: RouterLab,
     nn.configure_host_ipv6(h3.ifname, h3.netns, [f"{fresh}/64"])
     nn.link_set(h3.ifname, h3.netns, mtu=1500)        # h3 advertises MSS 1440
     p0 = router.stats()["icmp6"]["packet_too_big"]
-    server = lab.topo.popen(h3.netns, ["iperf3", "-s", "-1", "-p", "5303"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        time.sleep(0.3)
-        cp = lab.run("h1", ["iperf3", "-6", "-c", fresh, "-p", "5303", "-t", "2", "-J"],
-                     timeout=60)
-        doc = json.loads(cp.stdout)
-        assert "error" not in doc, doc.get("error")
+        doc = iperf3(lab, "h1", "h3", fresh, 5303, "-6")
         assert doc["end"]["sum_received"]["bits_per_second"] > 50e6
     finally:
-        server.wait(10)
         nn.link_set(h3.ifname, h3.netns, mtu=1280)
     assert router.stats()["icmp6"]["packet_too_big"] > p0
     with nn.iproute(lab.host("h1").netns) as ipr:

@@ -48,8 +48,7 @@ def cp(topology) -> str:  # noqa: F811
 
 @pytest.fixture(scope="module")
 def router(lab: RouterLab, cp: str, tmp_path_factory) -> Iterator[RunningRouter]:
-    r = start_router(lab, tmp_path_factory.mktemp("ospf"),
-                     extra_config=f'\n[control_plane]\nnetns = "{cp}"\nprotocols = ["ospf"]\n')
+    r = start_router(lab, tmp_path_factory.mktemp("ospf"), control_plane=cp, protocols=["ospf"])
     yield r
     code, out = r.stop()
     assert code == 0, out
@@ -82,5 +81,5 @@ def test_ospf_adjacency_through_the_punt_path_and_a_learnt_route(
     assert (r["via"], r["interface"]) == ("10.2.0.2", "tap2")
     cp = lab.ping("h1", LEARNT, count=2, wait=2, extra=["-i", "0.2"])
     assert cp.returncode == 0, cp.stdout
-    tap2 = next(i for i in router.stats()["interfaces"] if i["name"] == "tap2")
+    tap2 = router.interface("tap2")
     assert tap2["punted"] > 0 and tap2["injected"] > 0

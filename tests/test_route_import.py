@@ -42,7 +42,7 @@ def cp(topology) -> str:  # noqa: F811
 def router(lab: RouterLab, cp: str, tmp_path_factory) -> Iterator[RunningRouter]:
     r = start_router(lab, tmp_path_factory.mktemp("import"),
                      routes=[{"prefix": "10.20.0.0/16", "via": "10.2.0.2"}],
-                     extra_config=f'\n[control_plane]\nnetns = "{cp}"\n')
+                     control_plane=cp)
     yield r
     code, out = r.stop()
     assert code == 0, out
@@ -225,10 +225,6 @@ def tcp_ask(ns: str, addr: str, port: int, text: bytes) -> bytes:
         s.close()
 
 
-def port_row(r: RunningRouter, name: str) -> dict:
-    return next(i for i in r.stats()["interfaces"] if i["name"] == name)
-
-
 def test_tcp_to_the_router_reaches_the_control_plane_and_its_answers_come_back(
         lab: RouterLab, cp: str, router: RunningRouter) -> None:
     """TCP to the router's addresses (BGP's way in) is punted to the mirror;
@@ -238,10 +234,10 @@ def test_tcp_to_the_router_reaches_the_control_plane_and_its_answers_come_back(
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert server.stdout.readline().strip() == "listening"
-        a = port_row(router, "tap2")
+        a = router.interface("tap2")
         assert tcp_ask(lab.host("h2").netns, "10.2.0.1", 1790, b"hello") == b"mirror says hello"
         assert tcp_ask(lab.host("h2").netns, "2001:db8:2::1", 1790, b"six") == b"mirror says six"
-        b = port_row(router, "tap2")
+        b = router.interface("tap2")
         assert b["punted"] - a["punted"] >= 6 and b["injected"] - a["injected"] >= 6, (a, b)
         assert b["punt_errors"] == a["punt_errors"]
     finally:
@@ -252,11 +248,11 @@ def test_tcp_to_the_router_reaches_the_control_plane_and_its_answers_come_back(
     assert {"10.2.0.2", "2001:db8:2::2"} <= learned, learned
     # echo requests stay the dataplane's: answered, not punted
     time.sleep(0.5)                                 # (the connections' last segments first)
-    a = port_row(router, "tap2")
+    a = router.interface("tap2")
     e0 = router.stats()["icmp"]["echo_replies"]
     assert lab.ping("h2", "10.2.0.1", count=2, wait=2, extra=["-i", "0.2"]).returncode == 0
     assert router.stats()["icmp"]["echo_replies"] - e0 == 2
-    assert port_row(router, "tap2")["punted"] == a["punted"]
+    assert router.interface("tap2")["punted"] == a["punted"]
 
 
 def test_link_local_multicast_goes_to_the_control_plane(lab: RouterLab, cp: str,

@@ -9,8 +9,10 @@ kernel's receive timestamps.
 """
 from __future__ import annotations
 
+import json
 import socket
 import struct
+import subprocess
 import time
 from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator
@@ -112,6 +114,23 @@ def arp_frame(op: int, hwsrc: str, psrc: str, pdst: str, dst: str = "ff:ff:ff:ff
     unless ``dst`` says otherwise."""
     return bytes(Ether(dst=dst, src=hwsrc, type=0x0806)
                  / ARP(op=op, hwsrc=hwsrc, psrc=psrc, hwdst=hwdst, pdst=pdst))
+
+
+def iperf3(lab, src: str, dst_host: str, dst_ip: str, port: int, *flags: str,
+           seconds: int = 2) -> dict:
+    """iperf3 from host ``src`` to ``dst_ip`` (its server, for one test, in host
+    ``dst_host``'s namespace): the client's JSON result, which must hold no error."""
+    server = lab.topo.popen(lab.host(dst_host).netns, ["iperf3", "-s", "-1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)
+        cp = lab.run(src, ["iperf3", *flags, "-c", dst_ip, "-p", str(port), "-t", str(seconds),
+                           "-J"], timeout=60)
+        doc = json.loads(cp.stdout)
+        assert "error" not in doc, doc.get("error")
+        return doc
+    finally:
+        server.wait(10)
 
 
 def host_ipv6(lab, host: str, address: str, gateway: str | None = None) -> None:

@@ -186,32 +186,18 @@ def _net(family: int, v4: str, v6: str) -> str:
     return v4 if family == 4 else v6
 
 
+WIRINGS = {"router": {}, "attach": dict(attach=(1, 2)), "bridge": dict(bridge=(1, 2))}
+
+
 @contextlib.contextmanager
-def setup_router(workdir: Path, family: int = 4) -> Iterator[Setup]:
+def setup_router(workdir: Path, family: int = 4, name: str = "router") -> Iterator[Setup]:
     """This router between two hosts: a two-link lab (h1 10.1.0.2, h2 10.2.0.2;
-    with family 6 also 2001:db8:1::2 and 2001:db8:2::2)."""
+    with family 6 also 2001:db8:1::2 and 2001:db8:2::2), its TAPs moved into
+    them (a), attached to veths (e, ``attach``) or bridged with veths (f,
+    ``bridge``)."""
     with nn.Topology() as topo:
-        lab = make_lab(topo, n_hosts=2, name="bench", ipv6=family == 6)
-        lab.log_level = "warning"
-        rp = lab.start_router(workdir)
-        h1, h2 = lab.hosts
-        a1, a2 = (h1.address, h2.address) if family == 4 else (h1.address6, h2.address6)
-        try:
-            yield Setup("router", topo, h1.netns, h2.netns, str(a1.ip), str(a2.ip),
-                        pid=rp.pid, router_socket=str(rp.socket))
-        finally:
-            code, out = rp.stop()
-            if code != 0:
-                log.warning("the router exited %d:\n%s", code, out[-2000:])
-
-
-@contextlib.contextmanager
-def setup_wired(workdir: Path, name: str, family: int = 4) -> Iterator[Setup]:
-    """(e) or (f): the router of (a) reached through veths, attached to them
-    (``attach``) or bridged with its TAPs (``bridge``)."""
-    with nn.Topology() as topo:
-        links = {"attach": dict(attach=(1, 2)), "bridge": dict(bridge=(1, 2))}[name]
-        lab = make_lab(topo, n_hosts=2, name=f"bench-{name}", ipv6=family == 6, **links)
+        lab = make_lab(topo, n_hosts=2, name="bench" if name == "router" else f"bench-{name}",
+                       ipv6=family == 6, **WIRINGS[name])
         lab.log_level = "warning"
         lab.attach_delay = 0.2
         rp = lab.start_router(workdir / name)
@@ -593,7 +579,7 @@ def run_bench(p: Params, only: tuple[str, ...] = SETUPS,
             elif name == "kernel":
                 st = stack.enter_context(setup_kernel(p.family))
             elif name in ("attach", "bridge"):
-                st = stack.enter_context(setup_wired(work, name, p.family))
+                st = stack.enter_context(setup_router(work, p.family, name))
             else:
                 tapcopy = tapcopy or compile_tapcopy(work)
                 make = setup_offload if name == "offload" else setup_copy
