@@ -293,6 +293,12 @@ def format_routes(routes: list[dict]) -> str:
         origin = r.get("origin", "")
         if r.get("shadows"):
             origin += f" (over {r['shadows']})"
+        paths = r.get("paths")
+        if paths:                   # multipath: a line per next hop, as `ip route`'s nexthop lines
+            lines.append(f"{r['prefix']:<20}{'-':<17}{'-':<12}{r['type']:<12}{origin}")
+            lines.extend(f"{'':<20}{p['via'] or '-':<17}{p['interface'] or '-':<12}"
+                         f"weight {p['weight']}" for p in paths)
+            continue
         lines.append(f"{r['prefix']:<20}{r['via'] or '-':<17}{r['interface'] or '-':<12}"
                      f"{r['type']:<12}{origin}")
     return "\n".join(lines)

@@ -63,17 +63,21 @@ import logging
 import os
 import select
 import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
 from ipaddress import ip_network
 from typing import TYPE_CHECKING, Any
 
+from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, nlmsg
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE, RTMGRP_LINK
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from forwarder import netns
 from forwarder.config import RTPROT, RTPROT_NAMES, Config
+from forwarder.route import NHG_SLOTS
 
 if TYPE_CHECKING:
     from forwarder.router import Router
@@ -89,6 +93,89 @@ RTN_TYPES = {1: "unicast", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
 
 def proto_name(num: int) -> str:
     return RTPROT_NAMES.get(num, str(num))
+
+
+# --- next-hop objects: linux/nexthop.h (pyroute2 0.9 has no message class for them) ----
+
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTM_NEWNEXTHOP, RTM_DELNEXTHOP, RTM_GETNEXTHOP = 104, 105, 106
+RTNLGRP_NEXTHOP = 32                # past the 32 bits of bind(): NETLINK_ADD_MEMBERSHIP
+SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
+RTMSG_LEN, NHMSG_LEN = 12, 8
+
+
+class rtmsg_nh(rtmsg):
+    """pyroute2's rtmsg, with the attributes after RTA_EXPIRES up to RTA_NH_ID
+    (linux/rtnetlink.h): the id of the next-hop object a route uses."""
+    nla_map = rtmsg.nla_map + (("RTA_PAD", "hex"), ("RTA_UID", "uint32"),
+                               ("RTA_TTL_PROPAGATE", "uint8"), ("RTA_IP_PROTO", "uint8"),
+                               ("RTA_SPORT", "be16"), ("RTA_DPORT", "be16"),
+                               ("RTA_NH_ID", "uint32"))
+
+
+class nhmsg(nlmsg):
+    """struct nhmsg and the NHA_* attributes the importer reads."""
+    fields = (("family", "B"), ("scope", "B"), ("protocol", "B"), ("resvd", "B"),
+              ("flags", "I"))
+    nla_map = (("NHA_UNSPEC", "none"), ("NHA_ID", "uint32"), ("NHA_GROUP", "cdata"),
+               ("NHA_GROUP_TYPE", "uint16"), ("NHA_BLACKHOLE", "flag"), ("NHA_OIF", "uint32"),
+               ("NHA_GATEWAY", "cdata"))
+
+
+def rtnl_marshal() -> MarshalRtnl:
+    """pyroute2's route-netlink parser, taught next-hop messages and RTA_NH_ID."""
+    marshal = MarshalRtnl()
+    marshal.msg_map[RTM_NEWNEXTHOP] = marshal.msg_map[RTM_DELNEXTHOP] = nhmsg
+    marshal.msg_map[RTM_NEWROUTE] = marshal.msg_map[RTM_DELROUTE] = rtmsg_nh
+    return marshal
+
+
+@dataclass(frozen=True)
+class NexthopObject:
+    """A kernel next-hop object: a gateway over a link, a blackhole, or a
+    group of other objects with weights (NHA_GROUP: struct nexthop_grp, id
+    and weight - 1 in 8 bits, and since Linux 6.12 8 more in weight_high)."""
+    oif: int = 0
+    gateway: str | None = None
+    blackhole: bool = False
+    group: tuple[tuple[int, int], ...] = ()
+
+    @classmethod
+    def from_msg(cls, msg: Any) -> "NexthopObject":
+        raw = msg.get_attr("NHA_GROUP")
+        if raw:
+            return cls(group=tuple((nid, (hi << 8 | lo) + 1) for nid, lo, hi, _ in
+                                   struct.iter_unpack("=IBBH", raw)))
+        gw = msg.get_attr("NHA_GATEWAY")
+        family = socket.AF_INET6 if gw is not None and len(gw) == 16 else socket.AF_INET
+        return cls(oif=msg.get_attr("NHA_OIF") or 0,
+                   gateway=socket.inet_ntop(family, gw) if gw else None,
+                   blackhole=msg.get_attr("NHA_BLACKHOLE") is not None)
+
+
+def netlink_dump(ns: str | None, msg_type: int, body_len: int) -> list[Any]:
+    """A NLM_F_DUMP request of msg_type (an all-zero body: every family) in
+    namespace ns, read to NLMSG_DONE; [] where the kernel does not know it."""
+    with netns.enter_netns(ns):
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                             socket.NETLINK_ROUTE)
+    out: list[Any] = []
+    marshal = rtnl_marshal()
+    with sock:
+        sock.bind((0, 0))
+        sock.send(struct.pack("=IHHII", 16 + body_len, msg_type, NLM_F_REQUEST | NLM_F_DUMP,
+                              1, 0) + bytes(body_len))
+        while True:
+            data = sock.recv(RECV_SIZE)
+            for msg in marshal.parse(data):
+                kind = msg["header"]["type"]
+                if kind == NLMSG_DONE:
+                    return out
+                if kind == NLMSG_ERROR:
+                    if msg["header"].get("error") is None:
+                        continue
+                    return out
+                out.append(msg)
 
 
 # --- mirrors --------------------------------------------------------------------------
@@ -171,6 +258,8 @@ class RouteImporter:
         self.tables = set(cp.tables)
         self.protocols = {RTPROT[p] for p in cp.protocols}
         self.stats = ImportStats()
+        self.nexthops: dict[int, NexthopObject] = {}          # the kernel's, by id
+        self.nh_routes: dict[str, tuple[int, str]] = {}       # prefix -> (its nexthop id, origin)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._resync_at: float | None = None
@@ -200,47 +289,126 @@ class RouteImporter:
             self.stats.skip("scope")
             return None
         origin = proto_name(proto)
+        prefix = str(net)
+        self.nh_routes.pop(prefix, None)
         if msg["event"] == "RTM_DELROUTE":
-            return str(net), None, origin
+            return prefix, None, origin
         if kind != "unicast":
-            return str(net), {"type": kind}, origin
-        if msg.get_attr("RTA_NH_ID") and not (msg.get_attr("RTA_OIF") or
-                                              msg.get_attr("RTA_MULTIPATH")):
-            self.stats.skip("nexthop_object")
-            return None
-        oif, gw = msg.get_attr("RTA_OIF"), msg.get_attr("RTA_GATEWAY")
-        paths = msg.get_attr("RTA_MULTIPATH")
+            return prefix, {"type": kind}, origin
+        nhid = msg.get_attr("RTA_NH_ID")
+        if nhid and nhid in self.nexthops:          # a next-hop object (FRR's way): followed
+            self.nh_routes[prefix] = (nhid, origin)
+            return self._by_nexthop_object(prefix, nhid, origin)
+        paths = msg.get_attr("RTA_MULTIPATH")       # (with nexthop_compat_mode 1 spelled out too)
         if paths:
-            self.stats.skip("multipath_first_only")
-            first = paths[0]
-            oif = first["oif"]
-            gw = first.get_attr("RTA_GATEWAY")
-        port = self.mirrors.by_index.get(oif)
-        if port is None:
-            self.stats.skip("not_a_mirror")         # over lo, or a link of the namespace's own
+            hops = [(p["oif"], p.get_attr("RTA_GATEWAY"), p["hops"] + 1) for p in paths]
+        elif msg.get_attr("RTA_OIF"):
+            hops = [(msg.get_attr("RTA_OIF"), msg.get_attr("RTA_GATEWAY"), 1)]
+        else:
+            self.stats.skip("nexthop_unknown" if nhid else "no_next_hop")
             return None
-        nh: dict[str, Any] = {"type": "forward", "ifindex": self.router.ifindex[port]}
-        if gw:
-            nh["via"] = gw
-        return str(net), nh, origin
+        return self._spec(prefix, hops, origin)
+
+    def _spec(self, prefix: str, hops: list[tuple[int, str | None, int]],
+              origin: str) -> tuple[str, dict, str] | None:
+        """The dataplane's next hop for kernel next hops [(oif, gateway,
+        weight)]: next hops over links that are not mirrors are left out (and
+        counted); one left makes a plain route, more an ECMP one."""
+        paths: list[dict[str, Any]] = []
+        for oif, gw, weight in hops:
+            port = self.mirrors.by_index.get(oif)
+            if port is None:                        # over lo, or a link of the namespace's own
+                self.stats.skip("not_a_mirror" if len(hops) == 1 else "path_not_a_mirror")
+                continue
+            hop: dict[str, Any] = {"ifindex": self.router.ifindex[port], "weight": weight}
+            if gw:
+                hop["via"] = gw
+            paths.append(hop)
+        if not paths:
+            if len(hops) > 1:
+                self.stats.skip("not_a_mirror")
+            return None
+        if len(paths) == 1:
+            paths[0].pop("weight")
+            return prefix, {"type": "forward", **paths[0]}, origin
+        if len(paths) > NHG_SLOTS:
+            self.stats.skip("multipath_too_wide")
+            return None
+        return prefix, {"type": "multipath", "paths": paths}, origin
+
+    # --- next-hop objects (RTM_NEWNEXTHOP; ip-nexthop(8)) ------------------------------
+
+    def _by_nexthop_object(self, prefix: str, nhid: int,
+                           origin: str) -> tuple[str, dict, str] | None:
+        obj = self.nexthops[nhid]
+        if obj.blackhole:
+            return prefix, {"type": "blackhole"}, origin
+        if obj.group:
+            members = [(self.nexthops.get(i), w) for i, w in obj.group]
+            hops = [(m.oif, m.gateway, w) for m, w in members
+                    if m is not None and not m.blackhole and not m.group]
+        else:
+            hops = [(obj.oif, obj.gateway, 1)]
+        return self._spec(prefix, hops, origin)
+
+    def _users(self, nhid: int) -> list[str]:
+        """The imported prefixes whose route uses next-hop object nhid, directly
+        or through a group."""
+        groups = {i for i, o in self.nexthops.items() if any(m == nhid for m, _ in o.group)}
+        return [p for p, (i, _) in self.nh_routes.items() if i == nhid or i in groups]
+
+    def apply_nexthop(self, msg: Any) -> None:
+        """A next-hop object changed or went: its routes follow.  (With
+        nexthop_compat_mode 0 the kernel sends no route message for that.)"""
+        nhid = msg.get_attr("NHA_ID")
+        if nhid is None:
+            return
+        users = self._users(nhid)
+        if msg["header"]["type"] == RTM_DELNEXTHOP:
+            self.nexthops.pop(nhid, None)
+            for prefix in users:                    # the kernel took these routes with it
+                self.nh_routes.pop(prefix, None)
+                if self.router.withdraw_route(prefix):
+                    self.stats.removed += 1
+            return
+        self.nexthops[nhid] = NexthopObject.from_msg(msg)
+        for prefix in users:
+            nh_id, origin = self.nh_routes[prefix]
+            got = self._by_nexthop_object(prefix, nh_id, origin)
+            if got is None:
+                if self.router.withdraw_route(prefix):
+                    self.stats.removed += 1
+            elif self.router.import_route(prefix, got[1], origin):
+                self.stats.imported += 1
+
+    def dump_nexthops(self) -> None:
+        """Every next-hop object of the namespace (before the routes that use them)."""
+        self.nexthops = {}
+        for msg in netlink_dump(self.netns, RTM_GETNEXTHOP, NHMSG_LEN):
+            if msg["header"]["type"] == RTM_NEWNEXTHOP and msg.get_attr("NHA_ID") is not None:
+                self.nexthops[msg.get_attr("NHA_ID")] = NexthopObject.from_msg(msg)
 
     # --- applying --------------------------------------------------------------------
 
-    def dump(self, ipr: Any) -> dict[str, tuple[dict, str]]:
-        """Every importable route the kernel holds now."""
+    def dump(self) -> dict[str, tuple[dict, str]]:
+        """Every importable route the kernel holds now (both families), after
+        the next-hop objects they may name."""
         want: dict[str, tuple[dict, str]] = {}
-        for family in (socket.AF_INET, socket.AF_INET6):
-            for msg in ipr.get_routes(family=family):
-                msg["event"] = "RTM_NEWROUTE"
-                got = self.parse(msg)
-                if got is not None and got[1] is not None:
-                    want[got[0]] = (got[1], got[2])
+        self.dump_nexthops()
+        self.nh_routes = {}
+        for msg in netlink_dump(self.netns, RTM_GETROUTE, RTMSG_LEN):
+            if msg["header"]["type"] != RTM_NEWROUTE:
+                continue
+            msg["event"] = "RTM_NEWROUTE"
+            got = self.parse(msg)
+            if got is not None and got[1] is not None:
+                want[got[0]] = (got[1], got[2])
         return want
 
-    def resync(self, ipr: Any) -> None:
+    def resync(self) -> None:
         """Mark and sweep: the dataplane's imported routes become the kernel's."""
         self.stats.resyncs += 1
-        added, removed = self.router.sync_imported(self.dump(ipr))
+        added, removed = self.router.sync_imported(self.dump())
         self.stats.imported += added
         self.stats.removed += removed
         log.info("route import: %d routes from %s (+%d, -%d)",
@@ -253,10 +421,19 @@ class RouteImporter:
             return
         prefix, nh, origin = got
         if nh is None:
+            was = self.router.imported.get(prefix)
             if self.router.withdraw_route(prefix):
                 self.stats.removed += 1
+            if was is not None and "paths" in was[0]:
+                # IPv6 keeps an ECMP route as sibling routes and may delete one
+                # of them alone: what is left is read back from the kernel
+                self._resync_soon()
         elif self.router.import_route(prefix, nh, origin):
             self.stats.imported += 1
+
+    def _resync_soon(self) -> None:
+        """A full re-dump once a burst of events has settled."""
+        self._resync_at = self._resync_at or time.monotonic() + RESYNC_DELAY
 
     # --- the thread ---------------------------------------------------------------------
 
@@ -287,6 +464,8 @@ class RouteImporter:
                                  socket.NETLINK_ROUTE)
         try:
             sock.bind((0, RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_LINK))
+            with contextlib.suppress(OSError):      # a kernel without next-hop objects
+                sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, RTNLGRP_NEXTHOP)
             try:
                 sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
             except OSError:                     # without CAP_NET_ADMIN: what rmem_max allows
@@ -299,14 +478,13 @@ class RouteImporter:
     def _run(self, ready: threading.Event, failed: list[BaseException]) -> None:
         try:
             sock = self._listen()
-            with netns.iproute(self.netns) as dumper:      # listening first: nothing missed
-                self.resync(dumper)
+            self.resync()                                   # listening first: nothing missed
         except BaseException as e:  # noqa: BLE001 - start() raises it
             failed.append(e)
             ready.set()
             return
         ready.set()
-        marshal = MarshalRtnl()
+        marshal = rtnl_marshal()
         try:
             while not self._stop.is_set():
                 readable, _, _ = select.select([sock], [], [], 0.2)
@@ -323,15 +501,16 @@ class RouteImporter:
                         continue
                     for msg in marshal.parse(data):
                         event = msg.get("event")
-                        if event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
+                        if msg["header"]["type"] in (RTM_NEWNEXTHOP, RTM_DELNEXTHOP):
+                            self.apply_nexthop(msg)
+                        elif event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
                             self.apply(msg)
                         elif event in ("RTM_NEWLINK", "RTM_DELLINK"):
                             # the kernel drops routes over a downed link without a word
-                            self._resync_at = self._resync_at or time.monotonic() + RESYNC_DELAY
+                            self._resync_soon()
                 if self._resync_at is not None and time.monotonic() >= self._resync_at:
                     self._resync_at = None
-                    with netns.iproute(self.netns) as dumper:
-                        self.resync(dumper)
+                    self.resync()
         except Exception:  # noqa: BLE001 - said once; the dataplane keeps its routes
             log.exception("route import stopped")
         finally:

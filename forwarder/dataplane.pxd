@@ -199,6 +199,7 @@ cdef struct dp_state:
     uint64_t icmp6_errors[5]    # ICMPv6 errors sent, by type (1..4)
     uint64_t icmp6_ratelimited
     uint64_t ra_rand            # the RA timers' jitter
+    uint32_t flow_seed          # multipath flow hashes (random per router: no polarization along a chain)
     uint64_t drops[DROP_MAX]
     # ICMP
     uint64_t icmp_out[ICMP_MAXTYPE + 1]     # errors and replies sent, by type

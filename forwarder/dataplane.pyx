@@ -76,7 +76,7 @@ from forwarder.inet cimport (ARP_HDR_LEN, ARPHRD_ETHER, ARPOP_REPLY, ARPOP_REQUE
                              ICMP_UNREACH_FILTER_PROHIB, ICMP_UNREACH_HOST,
                              ICMP_UNREACH_NEEDFRAG, ICMP_UNREACH_NET, IP_ADDR_LEN, IP_DF,
                              IP_HDR_LEN, IP_MAX_HDR_LEN, IP_MAXPACKET, IP_MF, IP_OFFMASK,
-                             IPOPT_COPIED, IPOPT_EOL, IPOPT_NOP, IPPROTO_ICMP,
+                             IPOPT_COPIED, IPOPT_EOL, IPOPT_NOP, IPPROTO_ICMP, IPPROTO_SCTP,
                              IPPROTO_TCP, IPPROTO_UDP, IPTOS_PREC_INTERNETCONTROL, IPVERSION,
                              TCP_HDR_LEN, TCP_OFF_SUM, TH_CWR, TH_FIN, TH_PUSH, UDP_HDR_LEN,
                              UDP_OFF_SUM, VIRTIO_NET_HDR_F_DATA_VALID,
@@ -107,9 +107,11 @@ from forwarder.inet6 cimport (ND_ROUTER_ADVERT, ND_ROUTER_SOLICIT,
                               in6_is_solicited_node, in6_is_unspecified, in6_is_v4mapped,
                               in6_prefix_match, in6_pseudo, in6_solicited_node, ip6_hdr, ip6_v,
                               nd_neighbor_solicit)
-from forwarder.route cimport (NH_BLACKHOLE, NH_FORWARD, NH_LOCAL, NH_PROHIBIT,
-                              NH_UNREACHABLE, RouteTable, rt_lookup_nh, rt_nexthop)
-from forwarder.route6 cimport Route6Table, rt6_lookup_nh, rt6_nexthop
+from forwarder.route cimport (NH_BLACKHOLE, NH_FORWARD, NH_LOCAL, NH_MULTIPATH, NH_PROHIBIT,
+                              NH_UNREACHABLE, RouteTable, rt_hash_mix, rt_lookup_nh,
+                              rt_lookup_route, rt_nexthop, rt_nh_select)
+from forwarder.route6 cimport (Route6Table, rt6_lookup_nh, rt6_lookup_route, rt6_nexthop,
+                               rt6_nh_select)
 
 cdef uint8_t ETHER_BCAST[6]
 memset(ETHER_BCAST, 0xff, 6)
@@ -204,6 +206,7 @@ cdef class Dataplane:
         self.routes6 = routes6          # kept alive as long as the dataplane reads it
         self.dp.rt6 = routes6.t if routes6 is not None else NULL
         pthread_mutex_init(&self.dp.lock, NULL)
+        self.dp.flow_seed = int.from_bytes(os.urandom(4), "little")
         from forwarder import sysctl      # (sysctl imports this module's limits)
         for name in sysctl.DATAPLANE_TUNABLES:
             self.set(name, sysctl.REGISTRY[name].default_value())

@@ -104,6 +104,7 @@ cdef enum:
     IPPROTO_ICMP = 1
     IPPROTO_TCP = 6
     IPPROTO_UDP = 17
+    IPPROTO_SCTP = 132
 
     # byte offsets in the IPv4 header
     IP_OFF_VHL = 0

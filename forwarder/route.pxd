@@ -53,6 +53,7 @@ cdef enum rt_nh_type:
     NH_BLACKHOLE = 3            # drop silently
     NH_UNREACHABLE = 4          # drop, ICMP unreachable (net unreachable, code 0)
     NH_PROHIBIT = 5             # drop, ICMP communication administratively prohibited (code 13)
+    NH_MULTIPATH = 6            # ECMP: a group of NH_FORWARD next hops, one chosen per flow (below)
 
 cdef enum:
     RT_TBL24_SHIFT = 8
@@ -66,16 +67,19 @@ cdef enum:
     RT_DEFAULT_TBL8 = 1 << 18   # groups reserved (256 MiB virtual, committed on use)
     RT_DEFAULT_NEXTHOPS = 1 << 16
     RT_BULK_PREFETCH = 8        # lookahead of rt_lookup_bulk
+    RT_NHG_SLOTS = 64           # slots of a next-hop group: members (repeated by weight) per group
 
 cdef struct rt_nexthop:
     uint32_t gateway            # HOST order; 0 = directly connected (the destination is the neighbour)
     int32_t ifindex             # the router's interface index
     int32_t type                # rt_nh_type
+    uint32_t nslots             # NH_MULTIPATH: slots used in the group's row of nhg (1..RT_NHG_SLOTS)
 
 cdef struct rtable:
     uint32_t *tbl24             # RT_TBL24_SIZE entries
     uint32_t *tbl8              # tbl8_max * RT_TBL8_SIZE entries (reserved; tbl8_committed groups usable)
     rt_nexthop *nh              # nh_max slots
+    uint32_t *nhg               # nh_max rows of RT_NHG_SLOTS member indices (rows of groups only are touched)
     uint32_t tbl8_max
     uint32_t tbl8_committed     # groups backed by read/write memory
     uint32_t tbl8_hwm           # groups ever handed out (fresh ones come from here)
@@ -107,6 +111,9 @@ cdef extern from *:
     { __atomic_store_n(p, __atomic_load_n(p, __ATOMIC_RELAXED) + 1, __ATOMIC_RELEASE); }
     static inline void rt_prefetch(const void *p)
     { __builtin_prefetch(p, 0, 0); }
+    /* murmur3's finalizer: every input bit moves every output bit */
+    static inline uint32_t rt_hash_mix(uint32_t h)
+    { h ^= h >> 16; h *= 0x85ebca6bU; h ^= h >> 13; h *= 0xc2b2ae35U; h ^= h >> 16; return h; }
     #endif
     """
     uint32_t rt_load_acq(const uint32_t *p) nogil
@@ -117,6 +124,7 @@ cdef extern from *:
     uint64_t rt_gen_load(const uint64_t *p) nogil
     void rt_gen_bump(uint64_t *p) nogil
     void rt_prefetch(const void *p) nogil
+    uint32_t rt_hash_mix(uint32_t h) nogil
 
 
 # --- lookups (inline: compiled into the dataplane) -------------------------------
@@ -148,12 +156,52 @@ cdef inline int rt_entry_plen(uint32_t e) noexcept nogil:
     return <int>((e & RT_DEPTH_MASK) >> RT_DEPTH_SHIFT) - 1
 
 
-cdef inline const rt_nexthop *rt_lookup_nh(rtable *t, uint32_t dst) noexcept nogil:
-    """Longest-prefix match of dst (HOST order): its next hop, or NULL."""
+# --- next-hop groups (ECMP) ------------------------------------------------------
+#
+# A multipath route names one next-hop slot of type NH_MULTIPATH; its row of
+# t.nhg (same index) lists member next hops, each repeated in proportion to
+# its weight, in contiguous runs (nslots in all, at most RT_NHG_SLOTS).  A
+# flow's hash picks the slot: (hash * nslots) >> 32, so the runs are the
+# hash-threshold regions of RFC 2992 -- a member added or removed moves only
+# the flows of the regions that change, and one flow (one hash) always takes
+# the same member: no reordering within a flow.  FreeBSD's nhgrp picks the
+# same way (a slot array, indexed by the flowid).  Members are plain
+# NH_FORWARD slots shared with single-path routes; a group holds a reference
+# on each, and a group's row is written before its slot, which is written
+# before any route entry names it (the release fence of rt_add).
+
+cdef inline uint32_t rt_nhg_pick(const uint32_t *row, uint32_t nslots, uint32_t hash) noexcept nogil:
+    """The member of a group's row that a flow hash selects."""
+    return row[(<uint64_t>hash * nslots) >> 32]
+
+
+cdef inline const rt_nexthop *rt_nh_select(rtable *t, const rt_nexthop *nh, uint32_t hash) noexcept nogil:
+    """nh itself, or for a multipath next hop the member the flow hash picks."""
+    if nh == NULL or nh.type != NH_MULTIPATH:
+        return nh
+    return &t.nh[rt_nhg_pick(&t.nhg[<uint64_t>(nh - t.nh) * RT_NHG_SLOTS], nh.nslots, hash)]
+
+
+cdef inline uint32_t rt_addr_hash(uint32_t a) noexcept nogil:
+    """A hash of one address: for the router's own packets, which have no
+    flow to keep together, only a destination."""
+    return rt_hash_mix(a)
+
+
+cdef inline const rt_nexthop *rt_lookup_route(rtable *t, uint32_t dst) noexcept nogil:
+    """Longest-prefix match of dst (HOST order): the route's next hop as it
+    is (a multipath one included; rt_nh_select picks its member), or NULL."""
     cdef uint32_t e = rt_lookup_entry(t, dst)
     if e == 0:
         return NULL
     return &t.nh[e & RT_VAL_MASK]
+
+
+cdef inline const rt_nexthop *rt_lookup_nh(rtable *t, uint32_t dst) noexcept nogil:
+    """Longest-prefix match of dst (HOST order): its next hop (of a multipath
+    route, the member dst's own hash picks), or NULL.  Forwarding uses
+    rt_lookup_route + rt_nh_select with the packet's flow hash instead."""
+    return rt_nh_select(t, rt_lookup_route(t, dst), rt_addr_hash(dst))
 
 
 cdef inline void rt_lookup_bulk(rtable *t, const uint32_t *dst, int32_t *out, int n) noexcept nogil:
@@ -176,6 +224,12 @@ cdef rtable *rt_create(uint32_t tbl8_max, uint32_t nh_max) noexcept nogil
 cdef void rt_destroy(rtable *t) noexcept nogil
 # Set next-hop slot idx (before any route names it; never while routes name it).
 cdef int rt_nh_set(rtable *t, uint32_t idx, uint32_t gateway, int32_t ifindex, int32_t type) noexcept nogil
+# Make slot idx a multipath next hop whose row is members[0..nslots) (same rule).
+cdef int rt_nhg_set(rtable *t, uint32_t idx, const uint32_t *members, uint32_t nslots) noexcept nogil
+# The group rows (nh_max * RT_NHG_SLOTS indices, reserved, committed as touched),
+# shared by both families' tables; NULL on failure.
+cdef uint32_t *rt_nhg_map(uint32_t nh_max) noexcept nogil
+cdef void rt_nhg_unmap(uint32_t *nhg, uint32_t nh_max) noexcept nogil
 # Install prefix/plen (HOST order, host bits zero) -> next hop nh, replacing
 # the same prefix if present.  0, or -1 (bad argument / no tbl8 group left:
 # the table is unchanged).
@@ -194,15 +248,17 @@ cdef uint64_t rt_tbl24_resident(rtable *t) noexcept nogil
 cdef class RouteTable:
     cdef rtable *t
     cdef dict _routes           # (prefix << 6 | plen) -> next-hop index: the authoritative list
-    cdef dict _nh_by_key        # (gateway, ifindex, type) -> next-hop index
+    cdef dict _nh_by_key        # (gateway, ifindex, type) or (NH_MULTIPATH, row) -> next-hop index
     cdef list _nh_key           # index -> key or None
-    cdef list _nh_refs          # index -> routes using it
+    cdef list _nh_refs          # index -> routes (and groups) using it
     cdef object _nh_free        # deque of freed indices, reused oldest first
     cdef uint32_t _nh_hwm       # slots ever used
     cdef object _lock           # serializes writers (threading.Lock)
     cdef object __weakref__
 
+    cdef int _nh_alloc(self, object key) except -1
     cdef int _nh_get(self, uint32_t gateway, int32_t ifindex, int32_t type) except -1
+    cdef int _nhg_get(self, list paths) except -1
     cdef void _nh_put(self, int idx)
-    cdef int _add(self, uint32_t prefix, int plen, uint32_t gateway, int32_t ifindex, int32_t type) except -1
+    cdef int _add(self, uint32_t prefix, int plen, int idx) except -1
     cdef int _delete(self, uint32_t prefix, int plen) except -1

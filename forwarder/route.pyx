@@ -25,6 +25,7 @@ held); readers are nogil ``rt_lookup`` calls in any thread.
 """
 
 from collections import deque
+import math
 import socket
 import threading
 
@@ -48,12 +49,16 @@ cdef enum:
 NH_TYPES = {"forward": NH_FORWARD, "local": NH_LOCAL, "blackhole": NH_BLACKHOLE,
             "unreachable": NH_UNREACHABLE, "prohibit": NH_PROHIBIT}
 NH_NAMES = {v: k for k, v in NH_TYPES.items()}
+NH_NAMES[NH_MULTIPATH] = "multipath"
 # Python-visible copies of the enum values.
 PY_NH_FORWARD = NH_FORWARD
 PY_NH_LOCAL = NH_LOCAL
 PY_NH_BLACKHOLE = NH_BLACKHOLE
 PY_NH_UNREACHABLE = NH_UNREACHABLE
 PY_NH_PROHIBIT = NH_PROHIBIT
+PY_NH_MULTIPATH = NH_MULTIPATH
+NHG_SLOTS = RT_NHG_SLOTS
+NHG_MAX_WEIGHT = 256                    # a kernel route's rtnh_hops + 1
 TBL24_BYTES = RT_TBL24_SIZE * 4
 
 cdef list _MASKS = [0] + [(0xffffffff << (32 - l)) & 0xffffffff for l in range(1, 33)]
@@ -99,6 +104,10 @@ cdef rtable *rt_create(uint32_t tbl8_max, uint32_t nh_max) noexcept nogil:
         rt_destroy(t)
         return NULL
     t.nh = <rt_nexthop *>p
+    t.nhg = rt_nhg_map(nh_max)
+    if t.nhg == NULL:
+        rt_destroy(t)
+        return NULL
     t.tbl8_fifo = <uint32_t *>malloc(<size_t>tbl8_max * 4)
     if t.tbl8_fifo == NULL:
         rt_destroy(t)
@@ -115,6 +124,7 @@ cdef void rt_destroy(rtable *t) noexcept nogil:
         munmap(t.tbl8, <size_t>t.tbl8_max * TBL8_GROUP_BYTES)
     if t.nh != NULL:
         munmap(t.nh, <size_t>t.nh_max * sizeof(rt_nexthop))
+    rt_nhg_unmap(t.nhg, t.nh_max)
     free(t.tbl8_fifo)
     free(t)
 
@@ -125,6 +135,35 @@ cdef int rt_nh_set(rtable *t, uint32_t idx, uint32_t gateway, int32_t ifindex, i
     t.nh[idx].gateway = gateway
     t.nh[idx].ifindex = ifindex
     t.nh[idx].type = type
+    t.nh[idx].nslots = 0
+    return 0
+
+
+cdef uint32_t *rt_nhg_map(uint32_t nh_max) noexcept nogil:
+    # 16 MiB of address space for the default 2^16 slots; a group touches
+    # its own 256-byte row only.
+    cdef void *p = mmap(NULL, <size_t>nh_max * RT_NHG_SLOTS * 4, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+    return NULL if p == MAP_FAILED else <uint32_t *>p
+
+
+cdef void rt_nhg_unmap(uint32_t *nhg, uint32_t nh_max) noexcept nogil:
+    if nhg != NULL:
+        munmap(nhg, <size_t>nh_max * RT_NHG_SLOTS * 4)
+
+
+cdef int rt_nhg_set(rtable *t, uint32_t idx, const uint32_t *members, uint32_t nslots) noexcept nogil:
+    cdef uint32_t j
+    if idx >= t.nh_max or nslots == 0 or nslots > RT_NHG_SLOTS:
+        return -1
+    for j in range(nslots):
+        if members[j] >= t.nh_max:
+            return -1
+        t.nhg[<uint64_t>idx * RT_NHG_SLOTS + j] = members[j]
+    t.nh[idx].gateway = 0
+    t.nh[idx].ifindex = -1
+    t.nh[idx].type = NH_MULTIPATH
+    t.nh[idx].nslots = nslots
     return 0
 
 
@@ -379,6 +418,81 @@ def parse_addr(addr):
         raise ValueError(f"bad IPv4 address {addr!r}") from None
 
 
+
+def _gateway(via):
+    return 0 if via is None else parse_addr(via)
+
+
+# --- next-hop groups (both families) ------------------------------------------------
+
+def nhg_slots(weights):
+    """A group's row: member positions, each repeated in proportion to its
+    weight in one contiguous run, at most RT_NHG_SLOTS slots in all (weights
+    are divided by their gcd, and scaled down by largest remainders when
+    they add up to more; every member keeps one slot at least)."""
+    cdef int n = len(weights), total, k
+    if not 1 <= n <= RT_NHG_SLOTS:
+        raise ValueError(f"a multipath route has 1 to {RT_NHG_SLOTS} next hops, not {n}")
+    g = math.gcd(*weights)
+    counts = [w // g for w in weights]
+    total = sum(counts)
+    if total > RT_NHG_SLOTS:
+        share = [c * RT_NHG_SLOTS / total for c in counts]
+        counts = [max(1, int(x)) for x in share]
+        while sum(counts) > RT_NHG_SLOTS:       # the ones raised to 1 took slots: give back
+            k = max((i for i in range(n) if counts[i] > 1), key=lambda i: counts[i] - share[i])
+            counts[k] -= 1
+        while sum(counts) < RT_NHG_SLOTS:
+            k = max(range(n), key=lambda i: share[i] - counts[i])
+            counts[k] += 1
+    return [k for k in range(n) for _ in range(counts[k])]
+
+
+def nhg_members(row):
+    """(member, slots) of each run of a group's row, in order."""
+    cdef list out = []
+    cdef int n = 0
+    for m in row:
+        if n and out[n - 1][0] == m:
+            out[n - 1][1] += 1
+        else:
+            out.append([m, 1])
+            n += 1
+    return [(m, c) for m, c in out]
+
+
+def nhg_paths(prefix, nexthop, parse_gateway):
+    """[(gateway, ifindex, weight)] of a multipath next hop's ``paths``
+    (each {via, ifindex, weight}; weight 1..256, default 1)."""
+    ty = nexthop.get("type")
+    if ty not in (None, "forward", "multipath"):
+        raise ValueError(f"route {prefix}: a {ty} route has no paths")
+    if nexthop.get("via", nexthop.get("gateway")) is not None or \
+            nexthop.get("ifindex", -1) not in (None, -1):
+        raise ValueError(f"route {prefix}: a multipath route's gateways are in its paths")
+    paths = nexthop["paths"]
+    if not isinstance(paths, (list, tuple)) or not paths:
+        raise ValueError(f"route {prefix}: paths must be a non-empty list")
+    out = []
+    for p in paths:
+        # (type and index: a path of a route dict read back from the table)
+        if not isinstance(p, dict) or set(p) - {"via", "gateway", "ifindex", "weight", "type",
+                                                "index"} or p.get("type", "forward") != "forward":
+            raise ValueError(f"route {prefix}: a path is a dict of via, ifindex, weight, "
+                             f"not {p!r}")
+        ifindex, weight = p.get("ifindex"), p.get("weight", 1)
+        if not isinstance(ifindex, int) or isinstance(ifindex, bool) or not 0 <= ifindex <= 0x7fffffff:
+            raise ValueError(f"route {prefix}: a path needs an ifindex, not {ifindex!r}")
+        if not isinstance(weight, int) or isinstance(weight, bool) or \
+                not 1 <= weight <= NHG_MAX_WEIGHT:
+            raise ValueError(f"route {prefix}: a path's weight is 1..{NHG_MAX_WEIGHT}, "
+                             f"not {weight!r}")
+        via = p.get("via", p.get("gateway"))
+        out.append((parse_gateway(via), ifindex, weight))
+    nhg_slots([w for _, _, w in out])           # the width check
+    return out
+
+
 cdef class RouteTable:
     """IPv4 routing table: DIR-24-8 lookups usable without the GIL.
 
@@ -413,13 +527,10 @@ cdef class RouteTable:
 
     # -- next hops --
 
-    cdef int _nh_get(self, uint32_t gateway, int32_t ifindex, int32_t type) except -1:
-        """Index of the next hop (created with 0 references if new)."""
-        cdef object key = (gateway, ifindex, type)
-        cdef object idx = self._nh_by_key.get(key)
+    cdef int _nh_alloc(self, object key) except -1:
+        """A free slot for a new next hop ``key`` (0 references); the caller
+        writes it."""
         cdef int i
-        if idx is not None:
-            return idx
         if len(self._nh_free) >= NH_QUARANTINE or (self._nh_hwm == self.t.nh_max and self._nh_free):
             i = self._nh_free.popleft()
             self._nh_key[i] = key
@@ -431,26 +542,66 @@ cdef class RouteTable:
             self._nh_refs.append(0)
         else:
             raise OverflowError(f"next-hop table full ({self.t.nh_max} next hops)")
-        rt_nh_set(self.t, i, gateway, ifindex, type)
         self._nh_by_key[key] = i
         return i
 
+    cdef int _nh_get(self, uint32_t gateway, int32_t ifindex, int32_t type) except -1:
+        """Index of the next hop (created with 0 references if new)."""
+        cdef object key = (gateway, ifindex, type)
+        cdef object idx = self._nh_by_key.get(key)
+        cdef int i
+        if idx is not None:
+            return idx
+        i = self._nh_alloc(key)
+        rt_nh_set(self.t, i, gateway, ifindex, type)
+        return i
+
+    cdef int _nhg_get(self, list paths) except -1:
+        """Index of the multipath next hop over paths, [(gateway, ifindex,
+        weight)] (created with 0 references if new; it holds one on each
+        member)."""
+        cdef list members = [self._nh_get(gw, ifi, NH_FORWARD) for gw, ifi, _ in paths]
+        cdef tuple row = tuple(members[k] for k in nhg_slots([w for _, _, w in paths]))
+        cdef object key = (NH_MULTIPATH, row)
+        cdef object idx = self._nh_by_key.get(key)
+        cdef uint32_t buf[RT_NHG_SLOTS]
+        cdef int i, k
+        if idx is not None:
+            return idx
+        for i in set(row):
+            self._nh_refs[i] += 1
+        try:
+            i = self._nh_alloc(key)
+        except OverflowError:
+            for k in set(row):
+                self._nh_put(k)
+            raise
+        for k in range(len(row)):
+            buf[k] = row[k]
+        rt_nhg_set(self.t, i, buf, len(row))
+        return i
+
     cdef void _nh_put(self, int idx):
-        """Drop one reference; a next hop without routes goes to the free FIFO.
-        Its slot keeps its old contents until reused (a reader that just got
-        the index still reads a sane next hop)."""
+        """Drop one reference; a next hop without routes goes to the free FIFO
+        (a group gives its members' references back).  Its slot keeps its old
+        contents until reused (a reader that just got the index still reads a
+        sane next hop)."""
+        cdef object key
         self._nh_refs[idx] -= 1
         if self._nh_refs[idx] == 0:
-            del self._nh_by_key[self._nh_key[idx]]
+            key = self._nh_key[idx]
+            del self._nh_by_key[key]
             self._nh_key[idx] = None
             self._nh_free.append(idx)
+            if key[0] == NH_MULTIPATH:
+                for k in set(key[1]):
+                    self._nh_put(k)
 
     # -- routes --
 
-    cdef int _add(self, uint32_t prefix, int plen, uint32_t gateway, int32_t ifindex,
-                  int32_t type) except -1:
+    cdef int _add(self, uint32_t prefix, int plen, int idx) except -1:
+        """Route prefix/plen to next hop idx (from _nh_get or _nhg_get)."""
         cdef object k = (<uint64_t>prefix << 6) | plen
-        cdef int idx = self._nh_get(gateway, ifindex, type)
         cdef object old = self._routes.get(k)
         if old is not None and old == idx:
             return 0
@@ -482,19 +633,29 @@ cdef class RouteTable:
         return 0
 
     def add(self, prefix, nexthop=None, *, via=None, ifindex=None, type=None):
-        """Install prefix (replacing the route for the same prefix)."""
+        """Install prefix (replacing the route for the same prefix).  A
+        nexthop dict with ``paths`` (a list of {via, ifindex, weight}) makes a
+        multipath route."""
         cdef uint32_t net, gw
         cdef int plen, ty
+        cdef list paths = None
         if nexthop is not None:
             if not isinstance(nexthop, dict):
                 raise TypeError("nexthop must be a dict (via, ifindex, type)")
-            unknown = set(nexthop) - {"via", "gateway", "ifindex", "type"}
+            unknown = set(nexthop) - {"via", "gateway", "ifindex", "type", "paths"}
             if unknown:
                 raise ValueError(f"unknown next-hop keys {sorted(unknown)}")
             via = nexthop.get("via", nexthop.get("gateway", via))
             ifindex = nexthop.get("ifindex", ifindex)
             type = nexthop.get("type", type)
+            if "paths" in nexthop:
+                paths = nhg_paths(prefix, nexthop, _gateway)
         net, plen = parse_prefix(prefix)
+        if paths is not None:
+            with self._lock:
+                self._add(net, plen, self._nh_get(paths[0][0], paths[0][1], NH_FORWARD)
+                          if len(paths) == 1 else self._nhg_get(paths))
+            return
         if type is None:
             type = "forward"
         if isinstance(type, str):
@@ -513,7 +674,7 @@ cdef class RouteTable:
         if ty != NH_FORWARD and gw != 0:
             raise ValueError(f"route {prefix}: only forward routes have a gateway")
         with self._lock:
-            self._add(net, plen, gw, ifindex, ty)
+            self._add(net, plen, self._nh_get(gw, ifindex, ty))
 
     def delete(self, prefix):
         """Remove the route for exactly prefix (KeyError if none); addresses it
@@ -525,12 +686,27 @@ cdef class RouteTable:
             self._delete(net, plen)
 
     def _route_dict(self, uint32_t net, int plen, int idx):
+        cdef dict r = self._nh_dict(idx)
+        r["prefix"] = f"{_int2ip(net)}/{plen}"
+        return r
+
+    def _nh_dict(self, int idx):
+        """Next-hop slot idx: via, ifindex, type, index (and a group's paths)."""
         cdef rt_nexthop *nh = &self.t.nh[idx]
-        return {"prefix": f"{_int2ip(net)}/{plen}",
-                "via": _int2ip(nh.gateway) if nh.gateway else None,
-                "ifindex": nh.ifindex,
-                "type": NH_NAMES.get(nh.type, nh.type),
-                "index": idx}
+        cdef dict r = {"via": _int2ip(nh.gateway) if nh.gateway else None,
+                       "ifindex": nh.ifindex, "type": NH_NAMES.get(nh.type, nh.type),
+                       "index": idx}
+        if nh.type == NH_MULTIPATH:
+            r["paths"] = [dict(self._nh_dict(m), weight=w)
+                          for m, w in nhg_members(self._nh_key[idx][1])]
+        return r
+
+    def lookup_flow(self, addr, uint32_t hash):
+        """The next hop a packet to addr with flow hash ``hash`` takes
+        (rt_lookup_route + rt_nh_select, as forwarding does), or None."""
+        cdef const rt_nexthop *nh = rt_nh_select(self.t, rt_lookup_route(self.t, parse_addr(addr)),
+                                                  hash)
+        return None if nh == NULL else self._nh_dict(<int>(nh - self.t.nh))
 
     def lookup(self, addr):
         """Longest-prefix match: the route dict (prefix matched, via, ifindex,
@@ -551,9 +727,7 @@ cdef class RouteTable:
         """The next-hop slot idx as a dict."""
         if not 0 <= idx < <int>self._nh_hwm:
             raise IndexError(idx)
-        cdef rt_nexthop *nh = &self.t.nh[idx]
-        return {"via": _int2ip(nh.gateway) if nh.gateway else None, "ifindex": nh.ifindex,
-                "type": NH_NAMES.get(nh.type, nh.type), "index": idx}
+        return self._nh_dict(idx)
 
     def get(self, prefix):
         """The route for exactly prefix, or None."""

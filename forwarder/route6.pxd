@@ -57,7 +57,8 @@ from libc.stdint cimport uint8_t, uint32_t, int32_t, uint64_t
 
 # One definition of the next-hop types and of the atomics: route.pxd's.
 from forwarder.route cimport (NH_NONE, NH_FORWARD, NH_LOCAL, NH_BLACKHOLE, NH_UNREACHABLE,
-                              NH_PROHIBIT, rt_load_acq, rt_store_rlx,
+                              NH_PROHIBIT, NH_MULTIPATH, RT_NHG_SLOTS, rt_nhg_pick, rt_hash_mix,
+                              rt_nhg_map, rt_nhg_unmap, rt_load_acq, rt_store_rlx,
                               rt_store_rel, rt_fence_rel, rt_gen_load, rt_gen_bump)
 
 # route.pxd's rt_prefetch is non-temporal (an IPv4 lookup reads a random
@@ -90,6 +91,7 @@ cdef struct rt6_nexthop:
     uint8_t gateway[16]         # network order; all zero = directly connected
     int32_t ifindex             # the router's interface index
     int32_t type                # rt_nh_type (route.pxd)
+    uint32_t nslots             # NH_MULTIPATH: slots used in the group's row of nhg (route.pxd)
 
 cdef struct rt6table:
     # what lookups read, on a cache line of its own (the struct is 64-byte
@@ -97,8 +99,9 @@ cdef struct rt6table:
     uint32_t *tbl24             # RT6_TBL24_SIZE entries
     uint32_t *tbl8              # tbl8_max * RT6_TBL8_SIZE entries (reserved; tbl8_committed groups usable)
     rt6_nexthop *nh             # nh_max slots
+    uint32_t *nhg               # next-hop group rows, as route.pxd's rtable
     uint64_t recycled           # freed groups reused so far: bumped (then a release fence) before a reused group is refilled
-    char _pad[96]
+    char _pad[88]
     # the writer's
     uint32_t tbl8_max
     uint32_t tbl8_committed     # groups backed by read/write memory
@@ -150,12 +153,34 @@ cdef inline int rt6_entry_plen(uint32_t e) noexcept nogil:
     return <int>((e & RT6_DEPTH_MASK) >> RT6_DEPTH_SHIFT) - 1
 
 
-cdef inline const rt6_nexthop *rt6_lookup_nh(rt6table *t, const uint8_t *a) noexcept nogil:
-    """Longest-prefix match of a (16 bytes, network order): its next hop, or NULL."""
+cdef inline const rt6_nexthop *rt6_lookup_route(rt6table *t, const uint8_t *a) noexcept nogil:
+    """Longest-prefix match of a (16 bytes, network order): the route's next
+    hop as it is (a multipath one included: rt6_nh_select), or NULL."""
     cdef uint32_t e = rt6_lookup_entry(t, a)
     if e == 0:
         return NULL
     return &t.nh[e & RT6_VAL_MASK]
+
+
+cdef inline const rt6_nexthop *rt6_nh_select(rt6table *t, const rt6_nexthop *nh,
+                                             uint32_t hash) noexcept nogil:
+    """nh itself, or for a multipath next hop the member the flow hash picks
+    (route.pxd: next-hop groups)."""
+    if nh == NULL or nh.type != NH_MULTIPATH:
+        return nh
+    return &t.nh[rt_nhg_pick(&t.nhg[<uint64_t>(nh - t.nh) * RT_NHG_SLOTS], nh.nslots, hash)]
+
+
+cdef inline uint32_t rt6_addr_hash(const uint8_t *a) noexcept nogil:
+    """A hash of one address (the router's own packets): its 64-bit halves folded."""
+    cdef const uint32_t *w = <const uint32_t *>a
+    return rt_hash_mix(w[0] ^ w[1] ^ rt_hash_mix(w[2] ^ w[3]))
+
+
+cdef inline const rt6_nexthop *rt6_lookup_nh(rt6table *t, const uint8_t *a) noexcept nogil:
+    """Longest-prefix match of a (16 bytes, network order): its next hop (of
+    a multipath route, the member a's own hash picks), or NULL."""
+    return rt6_nh_select(t, rt6_lookup_route(t, a), rt6_addr_hash(a))
 
 
 cdef inline void rt6_lookup_bulk(rt6table *t, const uint8_t * const *addrs, int32_t *out,
@@ -223,6 +248,7 @@ cdef rt6table *rt6_create(uint32_t tbl8_max, uint32_t nh_max) noexcept nogil
 cdef void rt6_destroy(rt6table *t) noexcept nogil
 # Set next-hop slot idx (before any route names it; never while routes name it).
 # gateway: 16 bytes, network order, or NULL for directly connected.
+cdef int rt6_nhg_set(rt6table *t, uint32_t idx, const uint32_t *members, uint32_t nslots) noexcept nogil
 cdef int rt6_nh_set(rt6table *t, uint32_t idx, const uint8_t *gateway, int32_t ifindex,
                     int32_t type) noexcept nogil
 # Install prefix/plen (16 bytes network order, host bits zero) -> next hop nh,
@@ -254,7 +280,9 @@ cdef class Route6Table:
     cdef object _lock           # serializes writers (threading.Lock)
     cdef object __weakref__
 
+    cdef int _nh_alloc(self, object key) except -1
     cdef int _nh_get(self, bytes gateway, int32_t ifindex, int32_t type) except -1
+    cdef int _nhg_get(self, list paths) except -1
     cdef void _nh_put(self, int idx)
-    cdef int _add(self, object net, int plen, bytes gateway, int32_t ifindex, int32_t type) except -1
+    cdef int _add(self, object net, int plen, int idx) except -1
     cdef int _delete(self, object net, int plen) except -1

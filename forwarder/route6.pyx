@@ -75,7 +75,7 @@ from posix.mman cimport (mmap, munmap, mprotect, madvise, mincore, PROT_NONE, PR
 from posix.unistd cimport sysconf, _SC_PAGESIZE
 
 from allocator_pyx.includes cimport now_ns
-from forwarder.route import NH_TYPES, NH_NAMES
+from forwarder.route import NH_TYPES, NH_NAMES, nhg_members, nhg_paths, nhg_slots
 
 cdef enum:
     TBL8_GROUP_BYTES = RT6_TBL8_SIZE * 4
@@ -172,6 +172,10 @@ cdef rt6table *rt6_create(uint32_t tbl8_max, uint32_t nh_max) noexcept nogil:
         rt6_destroy(t)
         return NULL
     t.nh = <rt6_nexthop *>p
+    t.nhg = rt_nhg_map(nh_max)
+    if t.nhg == NULL:
+        rt6_destroy(t)
+        return NULL
     t.tbl8_fifo = <uint32_t *>malloc(<size_t>tbl8_max * 4)
     if t.tbl8_fifo == NULL:
         rt6_destroy(t)
@@ -188,6 +192,7 @@ cdef void rt6_destroy(rt6table *t) noexcept nogil:
         munmap(t.tbl8, <size_t>t.tbl8_max * TBL8_GROUP_BYTES)
     if t.nh != NULL:
         munmap(t.nh, <size_t>t.nh_max * sizeof(rt6_nexthop))
+    rt_nhg_unmap(t.nhg, t.nh_max)
     free(t.tbl8_fifo)
     free(t)
 
@@ -202,6 +207,22 @@ cdef int rt6_nh_set(rt6table *t, uint32_t idx, const uint8_t *gateway, int32_t i
         memcpy(t.nh[idx].gateway, gateway, 16)
     t.nh[idx].ifindex = ifindex
     t.nh[idx].type = type
+    t.nh[idx].nslots = 0
+    return 0
+
+
+cdef int rt6_nhg_set(rt6table *t, uint32_t idx, const uint32_t *members, uint32_t nslots) noexcept nogil:
+    cdef uint32_t j
+    if idx >= t.nh_max or nslots == 0 or nslots > RT_NHG_SLOTS:
+        return -1
+    for j in range(nslots):
+        if members[j] >= t.nh_max:
+            return -1
+        t.nhg[<uint64_t>idx * RT_NHG_SLOTS + j] = members[j]
+    memset(t.nh[idx].gateway, 0, 16)
+    t.nh[idx].ifindex = -1
+    t.nh[idx].type = NH_MULTIPATH
+    t.nh[idx].nslots = nslots
     return 0
 
 
@@ -669,15 +690,12 @@ cdef class Route6Table:
         rt6_destroy(self.t)
         self.t = NULL
 
-    # -- next hops --
+    # -- next hops (as route.pyx's RouteTable) --
 
-    cdef int _nh_get(self, bytes gateway, int32_t ifindex, int32_t type) except -1:
-        """Index of the next hop (created with 0 references if new)."""
-        cdef object key = (gateway, ifindex, type)
-        cdef object idx = self._nh_by_key.get(key)
+    cdef int _nh_alloc(self, object key) except -1:
+        """A free slot for a new next hop ``key`` (0 references); the caller
+        writes it."""
         cdef int i
-        if idx is not None:
-            return idx
         if len(self._nh_free) >= NH_QUARANTINE or (self._nh_hwm == self.t.nh_max and self._nh_free):
             i = self._nh_free.popleft()
             self._nh_key[i] = key
@@ -689,26 +707,66 @@ cdef class Route6Table:
             self._nh_refs.append(0)
         else:
             raise OverflowError(f"next-hop table full ({self.t.nh_max} next hops)")
-        rt6_nh_set(self.t, i, gateway, ifindex, type)
         self._nh_by_key[key] = i
         return i
 
+    cdef int _nh_get(self, bytes gateway, int32_t ifindex, int32_t type) except -1:
+        """Index of the next hop (created with 0 references if new)."""
+        cdef object key = (gateway, ifindex, type)
+        cdef object idx = self._nh_by_key.get(key)
+        cdef int i
+        if idx is not None:
+            return idx
+        i = self._nh_alloc(key)
+        rt6_nh_set(self.t, i, gateway, ifindex, type)
+        return i
+
+    cdef int _nhg_get(self, list paths) except -1:
+        """Index of the multipath next hop over paths, [(gateway, ifindex,
+        weight)] (created with 0 references if new; it holds one on each
+        member)."""
+        cdef list members = [self._nh_get(gw, ifi, NH_FORWARD) for gw, ifi, _ in paths]
+        cdef tuple row = tuple(members[k] for k in nhg_slots([w for _, _, w in paths]))
+        cdef object key = (NH_MULTIPATH, row)
+        cdef object idx = self._nh_by_key.get(key)
+        cdef uint32_t buf[RT_NHG_SLOTS]
+        cdef int i, k
+        if idx is not None:
+            return idx
+        for i in set(row):
+            self._nh_refs[i] += 1
+        try:
+            i = self._nh_alloc(key)
+        except OverflowError:
+            for k in set(row):
+                self._nh_put(k)
+            raise
+        for k in range(len(row)):
+            buf[k] = row[k]
+        rt6_nhg_set(self.t, i, buf, len(row))
+        return i
+
     cdef void _nh_put(self, int idx):
-        """Drop one reference; a next hop without routes goes to the free FIFO.
-        Its slot keeps its old contents until reused (a reader that just got
-        the index still reads a sane next hop)."""
+        """Drop one reference; a next hop without routes goes to the free FIFO
+        (a group gives its members' references back).  Its slot keeps its old
+        contents until reused (a reader that just got the index still reads a
+        sane next hop)."""
+        cdef object key
         self._nh_refs[idx] -= 1
         if self._nh_refs[idx] == 0:
-            del self._nh_by_key[self._nh_key[idx]]
+            key = self._nh_key[idx]
+            del self._nh_by_key[key]
             self._nh_key[idx] = None
             self._nh_free.append(idx)
+            if key[0] == NH_MULTIPATH:
+                for k in set(key[1]):
+                    self._nh_put(k)
 
     # -- routes --
 
-    cdef int _add(self, object net, int plen, bytes gateway, int32_t ifindex,
-                  int32_t type) except -1:
+    cdef int _add(self, object net, int plen, int idx) except -1:
+        """Route net/plen to next hop idx (from _nh_get or _nhg_get)."""
         cdef object k = (net << 8) | plen
-        cdef int idx = self._nh_get(gateway, ifindex, type)
         cdef object old = self._routes.get(k)
         cdef bytes p
         if old is not None and old == idx:
@@ -760,7 +818,8 @@ cdef class Route6Table:
         if nexthop is not None:
             if not isinstance(nexthop, dict):
                 raise TypeError("nexthop must be a dict (via, ifindex, type)")
-            unknown = set(nexthop) - {"via", "gateway", "ifindex", "type", "prefix", "index"}
+            unknown = set(nexthop) - {"via", "gateway", "ifindex", "type", "prefix", "index",
+                                      "paths"}
             if unknown:
                 raise ValueError(f"unknown next-hop keys {sorted(unknown)}")
             via = nexthop.get("via", nexthop.get("gateway", via))
@@ -769,6 +828,14 @@ cdef class Route6Table:
         net, plen = parse_prefix(prefix)
         if nexthop is not None and "prefix" in nexthop and parse_prefix(nexthop["prefix"]) != (net, plen):
             raise ValueError(f"route {prefix}: the next hop's prefix is {nexthop['prefix']!r}")
+        if nexthop is not None and "paths" in nexthop:
+            paths = nhg_paths(prefix, {k: v for k, v in nexthop.items()
+                                       if k not in ("prefix", "index")},
+                              lambda v: _parse_gateway(v, prefix))
+            with self._lock:
+                self._add(net, plen, self._nh_get(paths[0][0], paths[0][1], NH_FORWARD)
+                          if len(paths) == 1 else self._nhg_get(paths))
+            return
         if type is None:
             type = "forward"
         if isinstance(type, str):
@@ -791,7 +858,7 @@ cdef class Route6Table:
         if ty != NH_FORWARD and gw != _ZERO16:
             raise ValueError(f"route {prefix}: only forward routes have a gateway")
         with self._lock:
-            self._add(net, plen, gw, ifindex, ty)
+            self._add(net, plen, self._nh_get(gw, ifindex, ty))
 
     def delete(self, prefix) -> None:
         """Remove the route for exactly prefix (KeyError if none); addresses it
@@ -802,13 +869,28 @@ cdef class Route6Table:
             self._delete(net, plen)
 
     def _route_dict(self, net, int plen, int idx) -> dict:
+        cdef dict r = self._nh_dict(idx)
+        r["prefix"] = f"{_fmt(net)}/{plen}"
+        return r
+
+    def _nh_dict(self, int idx) -> dict:
+        """Next-hop slot idx: via, ifindex, type, index (and a group's paths)."""
         cdef rt6_nexthop *nh = &self.t.nh[idx]
         cdef bytes gw = (<char *>nh.gateway)[:16]
-        return {"prefix": f"{_fmt(net)}/{plen}",
-                "via": None if gw == _ZERO16 else _fmt(int.from_bytes(gw, "big")),
-                "ifindex": nh.ifindex,
-                "type": NH_NAMES.get(nh.type, nh.type),
-                "index": idx}
+        cdef dict r = {"via": None if gw == _ZERO16 else _fmt(int.from_bytes(gw, "big")),
+                       "ifindex": nh.ifindex, "type": NH_NAMES.get(nh.type, nh.type),
+                       "index": idx}
+        if nh.type == NH_MULTIPATH:
+            r["paths"] = [dict(self._nh_dict(m), weight=w)
+                          for m, w in nhg_members(self._nh_key[idx][1])]
+        return r
+
+    def lookup_flow(self, addr, uint32_t hash) -> dict | None:
+        """The next hop a packet to addr with flow hash ``hash`` takes
+        (rt6_lookup_route + rt6_nh_select, as forwarding does), or None."""
+        cdef bytes b = parse_addr(addr).to_bytes(16, "big")
+        cdef const rt6_nexthop *nh = rt6_nh_select(self.t, rt6_lookup_route(self.t, b), hash)
+        return None if nh == NULL else self._nh_dict(<int>(nh - self.t.nh))
 
     def lookup(self, addr) -> dict | None:
         """Longest-prefix match: the route dict (prefix matched, via, ifindex,
@@ -829,15 +911,10 @@ cdef class Route6Table:
 
     def lookup_nexthop(self, addr) -> dict | None:
         """rt6_lookup_nh() (the dataplane's call): the next hop as a dict
-        (via, ifindex, type), or None."""
+        (via, ifindex, type, index), or None."""
         cdef bytes b = parse_addr(addr).to_bytes(16, "big")
         cdef const rt6_nexthop *nh = rt6_lookup_nh(self.t, b)
-        cdef bytes gw
-        if nh == NULL:
-            return None
-        gw = (<const char *>nh.gateway)[:16]
-        return {"via": None if gw == _ZERO16 else _fmt(int.from_bytes(gw, "big")),
-                "ifindex": nh.ifindex, "type": NH_NAMES.get(nh.type, nh.type)}
+        return None if nh == NULL else self._nh_dict(<int>(nh - self.t.nh))
 
     def lookup_bulk(self, addrs) -> list:
         """rt6_lookup_bulk() over addrs (in bursts of BULK_MAX): next-hop indices or -1."""
@@ -861,10 +938,7 @@ cdef class Route6Table:
         """The next-hop slot idx as a dict."""
         if not 0 <= idx < <int>self._nh_hwm:
             raise IndexError(idx)
-        cdef rt6_nexthop *nh = &self.t.nh[idx]
-        cdef bytes gw = (<char *>nh.gateway)[:16]
-        return {"via": None if gw == _ZERO16 else _fmt(int.from_bytes(gw, "big")),
-                "ifindex": nh.ifindex, "type": NH_NAMES.get(nh.type, nh.type), "index": idx}
+        return self._nh_dict(idx)
 
     def get(self, prefix) -> dict | None:
         """The route for exactly prefix, or None."""

@@ -419,6 +419,10 @@ class Router:
             r = dict(r)
             r["interface"] = names.get(r.pop("ifindex"), None)
             r.pop("index", None)
+            for path in r.get("paths", ()):         # a multipath route's next hops
+                path["interface"] = names.get(path.pop("ifindex"), None)
+                path.pop("index", None)
+                path.pop("type", None)
             p = r["prefix"]
             if p in self.runtime_routes:
                 r["origin"] = "runtime"

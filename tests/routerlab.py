@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from forwarder import netns as nn
 from forwarder.control import ControlError
 from forwarder.lab.process import RouterProcess, forwarder_argv
 from forwarder.lab.tomlwrite import to_toml
@@ -190,3 +192,24 @@ def start_router(lab: RouterLab, workdir: Path, *, sysctl: dict[str, int] | None
     router = lab.start_router(workdir, text, argv=extra_argv, timeout=timeout, kind=RunningRouter)
     assert isinstance(router, RunningRouter)
     return router
+
+
+# --- the control plane's kernel routes (tests of forwarder/cplane.py) ---------------
+
+def kroute(cp: str, op: str, dst: str, **kw) -> None:
+    """A route in the control plane's kernel, as a routing daemon installs it."""
+    with nn.iproute(cp) as ipr:
+        family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+        if "oif" in kw:
+            kw["oif"] = ipr.link_lookup(ifname=kw["oif"])[0]
+        ipr.route(op, dst=dst, family=family, **kw)
+
+
+def routes(r: RunningRouter) -> dict[str, dict]:
+    return {x["prefix"]: x for x in r.call("route.list")}
+
+
+def wait_route(r: RunningRouter, prefix: str, present: bool = True, timeout: float = 3.0) -> dict:
+    r.wait_for(lambda: (prefix in routes(r)) == present, timeout,
+               what=f"{prefix} {'in' if present else 'gone from'} the dataplane")
+    return routes(r).get(prefix, {})

@@ -18,7 +18,7 @@ from typing import Iterator
 import pytest
 
 from forwarder import netns as nn
-from tests.routerlab import RunningRouter, router_mac, start_router
+from tests.routerlab import RunningRouter, kroute, router_mac, routes, start_router, wait_route
 from tests.topology import RouterLab, make_lab, requires_netns, topology  # noqa: F401
 
 pytestmark = requires_netns
@@ -46,25 +46,6 @@ def router(lab: RouterLab, cp: str, tmp_path_factory) -> Iterator[RunningRouter]
     yield r
     code, out = r.stop()
     assert code == 0, out
-
-
-def kroute(cp: str, op: str, dst: str, **kw) -> None:
-    """A route in the control plane's kernel, as a routing daemon installs it."""
-    with nn.iproute(cp) as ipr:
-        family = socket.AF_INET6 if ":" in dst else socket.AF_INET
-        if "oif" in kw:
-            kw["oif"] = ipr.link_lookup(ifname=kw["oif"])[0]
-        ipr.route(op, dst=dst, family=family, **kw)
-
-
-def routes(r: RunningRouter) -> dict[str, dict]:
-    return {x["prefix"]: x for x in r.call("route.list")}
-
-
-def wait_route(r: RunningRouter, prefix: str, present: bool = True, timeout: float = 3.0) -> dict:
-    r.wait_for(lambda: (prefix in routes(r)) == present, timeout,
-               what=f"{prefix} {'in' if present else 'gone from'} the dataplane")
-    return routes(r).get(prefix, {})
 
 
 def test_every_port_has_a_mirror_in_the_control_plane(lab: RouterLab, cp: str,

@@ -49,3 +49,18 @@ cdef inline int dp_is_subnet_bcast(dp_state *dp, uint32_t a) noexcept nogil:
         if ifp_is_subnet_bcast(&dp.ifs[i], a):
             return 1
     return 0
+
+
+cdef inline uint32_t ip_flow_hash(dp_state *dp, const mbuf *m, const ip_hdr *ip) noexcept nogil:
+    """The flow of a packet, for a multipath route's choice (rt_nh_select):
+    source, destination and protocol, and the ports of TCP, UDP and SCTP
+    (their first 4 bytes in all three; Linux's fib_multipath_hash_policy 1).
+    A fragment is hashed without ports, the first one too, so that all the
+    pieces of a datagram take one path."""
+    cdef int hlen = ip_hl(ip)
+    cdef uint32_t ports = 0
+    if (ip.ip_p == IPPROTO_TCP or ip.ip_p == IPPROTO_UDP or ip.ip_p == IPPROTO_SCTP) and \
+            not (ntohs(ip.ip_off) & (IP_MF | IP_OFFMASK)) and m.m_len >= hlen + 4:
+        memcpy(&ports, <const uint8_t *>ip + hlen, 4)
+    return rt_hash_mix(rt_hash_mix(rt_hash_mix(dp.flow_seed ^ ip.ip_src) ^ ip.ip_dst) ^
+                       ports ^ ip.ip_p)

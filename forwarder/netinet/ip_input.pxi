@@ -43,7 +43,7 @@ cdef void ip_input(dp_state *dp, dp_ifnet *ifp, mbuf *m, bint l2group) noexcept 
     if in_martian_src(src):
         dp_drop_m(dp, m, DROP_MARTIAN_SOURCE)
         return
-    nh = rt_lookup_nh(dp.rt, dst)
+    nh = rt_lookup_route(dp.rt, dst)
     if nh != NULL and nh.type == NH_LOCAL:
         ip_local(dp, ifp, m, dst)
         return
@@ -86,13 +86,16 @@ cdef void ip_local(dp_state *dp, dp_ifnet *ifp, mbuf *m, uint32_t dst) noexcept 
 
 cdef void ip_forward(dp_state *dp, dp_ifnet *ifp, mbuf *m, const rt_nexthop *nh,
                      uint32_t dst) noexcept nogil:
-    """route type -> TTL expiry -> directed broadcast -> MTU/DF -> TTL
-    decrement -> ip_output_if (segment, fragment or checksum; resolve).
-    A super-frame is one packet here; its MTU rule is ip_too_big's."""
+    """multipath choice -> route type -> TTL expiry -> directed broadcast ->
+    MTU/DF -> TTL decrement -> ip_output_if (segment, fragment or checksum;
+    resolve).  A super-frame is one packet here; its MTU rule is
+    ip_too_big's."""
     cdef ip_hdr *ip = <ip_hdr *>mdata(m)
     cdef dp_ifnet *oifp
     cdef uint32_t nexthop
     cdef bint too_big
+    if nh != NULL and nh.type == NH_MULTIPATH:
+        nh = rt_nh_select(dp.rt, nh, ip_flow_hash(dp, m, ip))     # one member per flow
     if nh == NULL:
         dp.drops[DROP_NO_ROUTE] += 1
         icmp_error(dp, ifp, m, ICMP_UNREACH, ICMP_UNREACH_NET, 0)

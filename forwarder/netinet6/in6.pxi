@@ -92,3 +92,21 @@ cdef inline void in6_eui64_linklocal(uint8_t *out, const uint8_t *mac) noexcept 
     out[13] = mac[3]
     out[14] = mac[4]
     out[15] = mac[5]
+
+
+cdef inline uint32_t ip6_flow_hash(dp_state *dp, const mbuf *m, const ip6_hdr *ip6) noexcept nogil:
+    """The flow of a packet, for a multipath route's choice: source,
+    destination, flow label (RFC 6438) and next header, and the ports of
+    TCP, UDP and SCTP directly after the fixed header (extension headers are
+    not walked: such packets hash on the rest)."""
+    cdef uint32_t w[8]
+    cdef uint32_t ports = 0, h
+    cdef int k
+    memcpy(w, ip6.ip6_src, 32)          # ip6_src and ip6_dst are adjacent
+    if (ip6.ip6_nxt == IPPROTO_TCP or ip6.ip6_nxt == IPPROTO_UDP or
+            ip6.ip6_nxt == IPPROTO_SCTP) and m.m_len >= IP6_HDR_LEN + 4:
+        memcpy(&ports, <const uint8_t *>ip6 + IP6_HDR_LEN, 4)
+    h = dp.flow_seed
+    for k in range(8):
+        h = rt_hash_mix(h ^ w[k])
+    return rt_hash_mix(h ^ ports ^ (ip6.ip6_flow & htonl(0x000fffff)) ^ ip6.ip6_nxt)

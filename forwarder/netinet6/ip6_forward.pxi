@@ -11,11 +11,13 @@
 
 
 cdef void ip6_forward(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
-    """route type -> hop limit -> scope -> MTU -> hop limit decrement ->
-    ip6_output_if."""
+    """multipath choice -> route type -> hop limit -> scope -> MTU -> hop
+    limit decrement -> ip6_output_if."""
     cdef ip6_hdr *ip6 = <ip6_hdr *>mdata(m)
-    cdef const rt6_nexthop *nh = rt6_lookup_nh(dp.rt6, ip6.ip6_dst) if dp.rt6 != NULL else NULL
+    cdef const rt6_nexthop *nh = rt6_lookup_route(dp.rt6, ip6.ip6_dst) if dp.rt6 != NULL else NULL
     cdef dp_ifnet *oifp
+    if nh != NULL and nh.type == NH_MULTIPATH:
+        nh = rt6_nh_select(dp.rt6, nh, ip6_flow_hash(dp, m, ip6))   # one member per flow
     if nh == NULL:
         dp.drops[DROP_NO_ROUTE] += 1
         icmp6_error(dp, ifp, m, ICMP6_DST_UNREACH, ICMP6_DST_UNREACH_NOROUTE, 0)
