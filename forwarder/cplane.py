@@ -48,12 +48,18 @@ linux_nl all learned it):
 * the kernel deletes the IPv4 routes over a link that goes down without
   sending RTM_DELROUTE: every link event of that namespace triggers the same
   re-dump;
-* a route's several next hops (RTA_MULTIPATH, ECMP) and next-hop objects
-  (RTA_NH_ID, FRR's default) are not in the dataplane's tables yet: the first
-  next hop of a multipath route is used (counted as ``multipath_first_only``),
-  a route given only by a next-hop id is skipped (``nexthop_object``).  With
-  net.ipv4.nexthop_compat_mode at its default (1) the kernel still spells out
-  the next hops of such routes, so FRR's routes come through.
+* next-hop objects (RTA_NH_ID, FRR's default) are kernel state of their own:
+  with net.ipv4.nexthop_compat_mode 0 a route message names only the id, and
+  a changed object sends no route message at all.  The objects are listened
+  to (RTNLGRP_NEXTHOP; pyroute2 0.9 parses neither them nor RTA_NH_ID, so
+  the classes are here) and read before the routes on every re-dump; the
+  routes using one follow it;
+* IPv6 keeps an ECMP route as sibling routes and deletes them one by one: a
+  delete of an imported multipath route triggers the re-dump too.
+
+A route's several next hops (RTA_MULTIPATH, or a group object) become one
+multipath next hop of the dataplane (route.pxd: next-hop groups), weights
+kept.
 """
 from __future__ import annotations
 

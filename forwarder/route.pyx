@@ -18,7 +18,8 @@ Design (see route.pxd for the entry layout and the concurrency argument):
   /24 no longer holds a longer-than-/24 prefix collapses back to one tbl24
   entry.
 * A lookup is one load (two for a split /24): constant time whatever the
-  number of routes.
+  number of routes.  A multipath route's member is one more load, of the
+  group's row (route.pxd: next-hop groups).
 
 Writers are the control plane (RouteTable.add/delete: the table's lock, GIL
 held); readers are nogil ``rt_lookup`` calls in any thread.
@@ -335,14 +336,24 @@ cdef inline uint32_t _xorshift32(uint32_t *s) noexcept nogil:
 
 
 cdef uint64_t _bench_loop(rtable *t, const uint32_t *addrs, uint32_t naddrs, uint64_t n,
-                          bint bulk, uint64_t *hits) noexcept nogil:
-    """n lookups cycling over addrs (naddrs a multiple of 32); elapsed ns."""
+                          bint bulk, bint select, uint64_t *hits) noexcept nogil:
+    """n lookups cycling over addrs (naddrs a multiple of 32); elapsed ns.
+    select: each lookup as forwarding does it (rt_lookup_route, then
+    rt_nh_select with a hash of the address standing in for the flow's)."""
     cdef uint64_t k = 0, h = 0, t0, t1
-    cdef uint32_t pos = 0
+    cdef uint32_t pos = 0, a
     cdef int32_t out[32]
     cdef int j
     t0 = now_ns()
-    if bulk:
+    if select:
+        while k < n:
+            a = addrs[pos]
+            h += rt_nh_select(t, rt_lookup_route(t, a), rt_hash_mix(a)) != NULL
+            pos += 1
+            if pos >= naddrs:
+                pos = 0
+            k += 1
+    elif bulk:
         while k < n:
             rt_lookup_bulk(t, addrs + pos, out, 32)
             for j in range(32):
@@ -502,7 +513,10 @@ cdef class RouteTable:
     destination is the neighbour); ``ifindex`` the router's interface index;
     ``type`` one of forward, local, blackhole, unreachable, prohibit.
     Next hops are interned: routes with equal (via, ifindex, type) share one
-    index into the rtable's next-hop array.
+    index into the rtable's next-hop array.  ``{"paths": [{via, ifindex,
+    weight}, ...]}`` makes a multipath route (ECMP, route.pxd: next-hop
+    groups): one NH_MULTIPATH slot whose row names the members, themselves
+    interned next hops; groups with the same row are shared too.
 
     The dataplane uses ``table.t`` (an ``rtable *``) with ``rt_lookup`` /
     ``rt_lookup_nh`` from route.pxd, without the GIL, while this object is
@@ -701,6 +715,12 @@ cdef class RouteTable:
                           for m, w in nhg_members(self._nh_key[idx][1])]
         return r
 
+    def lookup_nexthop(self, addr):
+        """rt_lookup_nh() (the router's own packets): the next hop as a dict
+        (of a multipath route, the member the address's hash picks), or None."""
+        cdef const rt_nexthop *nh = rt_lookup_nh(self.t, parse_addr(addr))
+        return None if nh == NULL else self._nh_dict(<int>(nh - self.t.nh))
+
     def lookup_flow(self, addr, uint32_t hash):
         """The next hop a packet to addr with flow hash ``hash`` takes
         (rt_lookup_route + rt_nh_select, as forwarding does), or None."""
@@ -799,10 +819,11 @@ cdef class RouteTable:
             free(counts)
 
     def lookup_many_bench(self, uint64_t n=10_000_000, uint32_t seed=1, addrs=None,
-                          bint bulk=False):
+                          bint bulk=False, bint select=False):
         """Time n nogil rt_lookup() calls over random addresses (uniform over
         the IPv4 space; or cycling over addrs, a sequence of ints).  bulk uses
-        rt_lookup_bulk in bursts of 32.  Returns {n, seconds, lookups_per_s,
+        rt_lookup_bulk in bursts of 32; select looks up as forwarding does
+        (the route, then a multipath route's member for a flow hash).  Returns {n, seconds, lookups_per_s,
         ns_per_lookup, hit_ratio}."""
         cdef uint32_t naddrs, k
         cdef uint32_t s = seed or 1
@@ -829,7 +850,7 @@ cdef class RouteTable:
                 for k in range(naddrs):
                     buf[k] = _xorshift32(&s)
             with nogil:
-                ns = _bench_loop(self.t, buf, naddrs, n, bulk, &hits)
+                ns = _bench_loop(self.t, buf, naddrs, n, bulk, select, &hits)
         finally:
             free(buf)
         if bulk:

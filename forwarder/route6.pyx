@@ -662,7 +662,8 @@ cdef class Route6Table:
     ``ifindex`` the router's interface index; ``type`` one of forward,
     local, blackhole, unreachable, prohibit (route.pyx's NH_TYPES).  Next
     hops are interned: routes with equal (via, ifindex, type) share one
-    index into the rt6table's next-hop array.
+    index into the rt6table's next-hop array.  ``paths`` (a list of {via,
+    ifindex, weight}) makes a multipath route, as in route.pyx.
 
     ``tbl8_max`` bounds the 1 KiB groups (default 2^20, reserved as virtual
     memory and committed on use), ``nexthops`` the distinct next hops

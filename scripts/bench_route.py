@@ -34,6 +34,12 @@ others come half from 64 "PI" /29s (as 2001:678::/29 or 2620::/23 hold
 the provider-independent /48s) and half from anywhere in the RIR space.
 "uniform" draws every length /0../128 equally at random addresses (the
 worst case for memory: ~6 groups per route).
+
+--multipath K (IPv4) measures what ECMP adds to a lookup: the same routes
+twice, once with plain next hops and once with each route's next hop a
+K-way group (16 distinct groups over 16 gateways), both looked up as
+forwarding does it (the route, then a group's member for a flow hash;
+route.pxd: next-hop groups), in-table destinations, in the same run.
 """
 from __future__ import annotations
 
@@ -244,6 +250,56 @@ def bench_size(n: int, args, rng: random.Random) -> dict:
     return res
 
 
+def bench_multipath(n: int, ways: int, args, rng: random.Random) -> dict:
+    routes = random_routes(n, args.lengths, rng)
+    inside = []
+    for _ in range(1 << 16):
+        net, plen, _ifx = routes[rng.randrange(len(routes))]
+        inside.append(net | (rng.getrandbits(32) & ~MASKS[plen] & 0xFFFFFFFF))
+    gws = [f"192.0.2.{k + 1}" for k in range(16)]
+    res: dict = {"routes": n, "ways": ways}
+    for name in ("plain", "multipath"):
+        table = RouteTable()
+        t0 = time.perf_counter()
+        for net, plen, ifx in routes:
+            if name == "plain":
+                table.add((net, plen), via=gws[ifx], ifindex=ifx)
+            else:
+                table.add((net, plen), {"paths": [{"via": gws[(ifx + j) % 16], "ifindex": (ifx + j) % 16}
+                                                  for j in range(ways)]})
+        res[f"{name}_build_s"] = round(time.perf_counter() - t0, 3)
+        runs = [table.lookup_many_bench(args.lookups, seed=args.seed + i, addrs=inside, select=True)
+                for i in range(args.repeat)]
+        r = max(runs, key=lambda r: r["lookups_per_s"])
+        res[f"{name}_mlookups_per_s"] = round(r["lookups_per_s"] / 1e6, 1)
+        res[f"{name}_ns"] = round(r["ns_per_lookup"], 2)
+        res[f"{name}_nexthops"] = table.stats()["nexthops"]
+        del table
+    res["multipath_vs_plain"] = round(res["multipath_mlookups_per_s"] / res["plain_mlookups_per_s"], 2)
+    return res
+
+
+def main_multipath(args) -> int:
+    rng = random.Random(args.seed)
+    warm = RouteTable()                 # the first 64 MiB touched (see main)
+    warm.add("0.0.0.0/0", type="blackhole")
+    del warm
+    results = [bench_multipath(int(s), args.multipath, args, rng) for s in args.sizes.split(",")]
+    if args.json:
+        print(json.dumps({"benchmark": "route_lookup_multipath", "lookups": args.lookups,
+                          "results": results}, indent=2))
+        return 0
+    print(f"DIR-24-8 lookups as forwarding does them (route, then member), in-table destinations, "
+          f"{args.multipath}-way groups, {args.lookups:,} lookups per run, best of {args.repeat}")
+    print(f"{'routes':>8} {'plain':>9} {'ns':>6} {'multipath':>10} {'ns':>6} {'ratio':>6} "
+          f"{'build plain s':>14} {'build mp s':>11}")
+    for r in results:
+        print(f"{r['routes']:>8} {r['plain_mlookups_per_s']:>9.1f} {r['plain_ns']:>6.2f} "
+              f"{r['multipath_mlookups_per_s']:>10.1f} {r['multipath_ns']:>6.2f} "
+              f"{r['multipath_vs_plain']:>5.2f}x {r['plain_build_s']:>14.3f} {r['multipath_build_s']:>11.3f}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print one JSON document")
@@ -255,11 +311,17 @@ def main(argv=None) -> int:
     ap.add_argument("--lengths", choices=("bgp", "uniform"), default="bgp")
     ap.add_argument("--repeat", type=int, default=3, help="best of R runs")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--multipath", type=int, default=0, metavar="K",
+                    help="IPv4: plain next hops against K-way groups, looked up as forwarding does")
     args = ap.parse_args(argv)
     if args.sizes is None:
         args.sizes = "1000,10000,200000" if args.family == 6 else "1000,10000,100000"
     if args.family == 6:
         return main6(args)
+    if args.multipath:
+        if not 2 <= args.multipath <= 16:
+            ap.error("--multipath K: 2 to 16 ways")
+        return main_multipath(args)
     rng = random.Random(args.seed)
     # warm-up: the first 64 MiB a process touches may cost host page faults
     # (VMs); charge them to nobody

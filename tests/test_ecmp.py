@@ -170,6 +170,15 @@ def test_routes_over_nexthop_objects_follow_the_objects(lab: RouterLab, cp: str,
                         "proto", "bgp"], check=True, capture_output=True, timeout=10)
         router.wait_for(lambda: len((routes(router).get(prefix) or {}).get("paths", [])) == 2,
                         3, what=f"{prefix} over the group's two next hops")
+        # a link event makes the importer read everything again: the objects
+        # first, or the route (an id and nothing else) would be lost
+        resyncs = router.stats()["route_import"]["resyncs"]
+        with nn.iproute(cp) as ipr:
+            ipr.link("add", ifname="poke0", kind="veth", peer="poke1")
+            ipr.link("del", ifname="poke0")
+        router.wait_for(lambda: router.stats()["route_import"]["resyncs"] > resyncs, 3,
+                        what="a full read after the link event")
+        assert len(routes(router)[prefix].get("paths", [])) == 2, routes(router)[prefix]
         n = split(paths_taken(lab, DST4, list(range(23000, 23000 + FLOWS))))
         assert n["h2"] >= 16 and n["h3"] >= 16, n
         # the group loses a member: no RTM_NEWROUTE, only RTM_NEWNEXTHOP
