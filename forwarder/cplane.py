@@ -23,8 +23,8 @@ the same, in two parts:
   are counted per port (``punted``, ``injected``, ``punt_errors``: a mirror
   whose kernel does not keep up drops there, and the forwarding loop never
   waits for it).
-* :class:`RouteImporter`: a netlink listener in that namespace (pyroute2, its
-  own thread, never the forwarding thread) that mirrors RTM_NEWROUTE and
+* :class:`RouteImporter`: a netlink listener in that namespace (its own
+  thread, never the forwarding thread) that mirrors RTM_NEWROUTE and
   RTM_DELROUTE of the chosen tables into the dataplane's IPv4 and IPv6 tables
   through :meth:`forwarder.router.Router.import_route`.  A gateway route is
   resolved to the port by the mirror its RTA_OIF names; blackhole, unreachable
@@ -42,17 +42,16 @@ linux_nl all learned it):
   buffer (SO_RCVBUFFORCE, 128 MiB; each notification costs some 800 bytes of
   it), and an overrun (ENOBUFS on read) is met with a full re-dump, applied as
   mark and sweep (:meth:`RouteImporter.resync`).  The listening socket is a
-  plain netlink socket read here, its messages decoded with pyroute2's
-  parser: pyroute2's own reader keeps an overrun to itself, and a lost
-  notification must not go unnoticed;
+  plain netlink socket read here, its messages decoded by forwarder/rtnl.py
+  (pyroute2's reader keeps an overrun to itself, and a lost notification
+  must not go unnoticed; its decoder costs 75 us a route);
 * the kernel deletes the IPv4 routes over a link that goes down without
   sending RTM_DELROUTE: every link event of that namespace triggers the same
   re-dump;
 * next-hop objects (RTA_NH_ID, FRR's default) are kernel state of their own:
   with net.ipv4.nexthop_compat_mode 0 a route message names only the id, and
   a changed object sends no route message at all.  The objects are listened
-  to (RTNLGRP_NEXTHOP; pyroute2 0.9 parses neither them nor RTA_NH_ID, so
-  the classes are here) and read before the routes on every re-dump; the
+  to (RTNLGRP_NEXTHOP) and read before the routes on every re-dump; the
   routes using one follow it;
 * IPv6 keeps an ECMP route as sibling routes and deletes them one by one: a
   delete of an imported multipath route triggers the re-dump too.
@@ -69,19 +68,15 @@ import logging
 import os
 import select
 import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass, field
 from ipaddress import ip_network
 from typing import TYPE_CHECKING, Any
 
-from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, nlmsg
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE, RTMGRP_LINK
-from pyroute2.netlink.rtnl.marshal import MarshalRtnl
-from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from forwarder import netns
+from forwarder import netns, rtnl
 from forwarder.config import RTPROT, RTPROT_NAMES, Config
 from forwarder.route import NHG_SLOTS
 
@@ -94,6 +89,7 @@ RCVBUF = 128 << 20                  # bytes, as VPP's linux-nl: ~800 bytes of bu
 RECV_SIZE = 1 << 20
 SO_RCVBUFFORCE = 33
 RESYNC_DELAY = 0.2                  # seconds: let a burst of link events settle first
+BURST_LOG = 1000                    # route changes: a burst this long is logged with its rate
 RTN_TYPES = {1: "unicast", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
 
 
@@ -101,87 +97,32 @@ def proto_name(num: int) -> str:
     return RTPROT_NAMES.get(num, str(num))
 
 
-# --- next-hop objects: linux/nexthop.h (pyroute2 0.9 has no message class for them) ----
-
-RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
-RTM_NEWNEXTHOP, RTM_DELNEXTHOP, RTM_GETNEXTHOP = 104, 105, 106
 RTNLGRP_NEXTHOP = 32                # past the 32 bits of bind(): NETLINK_ADD_MEMBERSHIP
 SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
-RTMSG_LEN, NHMSG_LEN = 12, 8
 
 
-class rtmsg_nh(rtmsg):
-    """pyroute2's rtmsg, with the attributes after RTA_EXPIRES up to RTA_NH_ID
-    (linux/rtnetlink.h): the id of the next-hop object a route uses."""
-    nla_map = rtmsg.nla_map + (("RTA_PAD", "hex"), ("RTA_UID", "uint32"),
-                               ("RTA_TTL_PROPAGATE", "uint8"), ("RTA_IP_PROTO", "uint8"),
-                               ("RTA_SPORT", "be16"), ("RTA_DPORT", "be16"),
-                               ("RTA_NH_ID", "uint32"))
-
-
-class nhmsg(nlmsg):
-    """struct nhmsg and the NHA_* attributes the importer reads."""
-    fields = (("family", "B"), ("scope", "B"), ("protocol", "B"), ("resvd", "B"),
-              ("flags", "I"))
-    nla_map = (("NHA_UNSPEC", "none"), ("NHA_ID", "uint32"), ("NHA_GROUP", "cdata"),
-               ("NHA_GROUP_TYPE", "uint16"), ("NHA_BLACKHOLE", "flag"), ("NHA_OIF", "uint32"),
-               ("NHA_GATEWAY", "cdata"))
-
-
-def rtnl_marshal() -> MarshalRtnl:
-    """pyroute2's route-netlink parser, taught next-hop messages and RTA_NH_ID."""
-    marshal = MarshalRtnl()
-    marshal.msg_map[RTM_NEWNEXTHOP] = marshal.msg_map[RTM_DELNEXTHOP] = nhmsg
-    marshal.msg_map[RTM_NEWROUTE] = marshal.msg_map[RTM_DELROUTE] = rtmsg_nh
-    return marshal
-
-
-@dataclass(frozen=True)
-class NexthopObject:
-    """A kernel next-hop object: a gateway over a link, a blackhole, or a
-    group of other objects with weights (NHA_GROUP: struct nexthop_grp, id
-    and weight - 1 in 8 bits, and since Linux 6.12 8 more in weight_high)."""
-    oif: int = 0
-    gateway: str | None = None
-    blackhole: bool = False
-    group: tuple[tuple[int, int], ...] = ()
-
-    @classmethod
-    def from_msg(cls, msg: Any) -> "NexthopObject":
-        raw = msg.get_attr("NHA_GROUP")
-        if raw:
-            return cls(group=tuple((nid, (hi << 8 | lo) + 1) for nid, lo, hi, _ in
-                                   struct.iter_unpack("=IBBH", raw)))
-        gw = msg.get_attr("NHA_GATEWAY")
-        family = socket.AF_INET6 if gw is not None and len(gw) == 16 else socket.AF_INET
-        return cls(oif=msg.get_attr("NHA_OIF") or 0,
-                   gateway=socket.inet_ntop(family, gw) if gw else None,
-                   blackhole=msg.get_attr("NHA_BLACKHOLE") is not None)
-
-
-def netlink_dump(ns: str | None, msg_type: int, body_len: int) -> list[Any]:
-    """A NLM_F_DUMP request of msg_type (an all-zero body: every family) in
-    namespace ns, read to NLMSG_DONE; [] where the kernel does not know it."""
+def netlink_dump(ns: str | None, msg_type: int, body_len: int) -> list[rtnl.Route | rtnl.Nexthop]:
+    """A dump of msg_type (every family) in namespace ns, read to NLMSG_DONE;
+    [] where the kernel does not know it (no next-hop objects)."""
     with netns.enter_netns(ns):
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                              socket.NETLINK_ROUTE)
-    out: list[Any] = []
-    marshal = rtnl_marshal()
+    out: list[rtnl.Route | rtnl.Nexthop] = []
     with sock:
         sock.bind((0, 0))
-        sock.send(struct.pack("=IHHII", 16 + body_len, msg_type, NLM_F_REQUEST | NLM_F_DUMP,
-                              1, 0) + bytes(body_len))
+        sock.send(rtnl.dump_request(msg_type, body_len))
         while True:
-            data = sock.recv(RECV_SIZE)
-            for msg in marshal.parse(data):
-                kind = msg["header"]["type"]
-                if kind == NLMSG_DONE:
+            try:
+                msgs = list(rtnl.parse(sock.recv(RECV_SIZE)))
+            except OSError as e:
+                if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.EAFNOSUPPORT):
                     return out
-                if kind == NLMSG_ERROR:
-                    if msg["header"].get("error") is None:
-                        continue
+                raise
+            for msg in msgs:
+                if msg == rtnl.NLMSG_DONE:
                     return out
-                out.append(msg)
+                if not isinstance(msg, int):
+                    out.append(msg)
 
 
 # --- mirrors --------------------------------------------------------------------------
@@ -253,6 +194,31 @@ class ImportStats:
                 "overruns": self.overruns, "skipped": dict(self.skipped)}
 
 
+@dataclass
+class Burst:
+    """A burst of route changes (a daemon converging, a session lost): once
+    the socket has been quiet for a select() timeout, a burst of at least
+    BURST_LOG changes is logged with its length and rate."""
+    start: float = 0.0
+    last: float = 0.0
+    changes0: int = 0
+
+    def note(self, stats: ImportStats) -> None:
+        now = time.monotonic()
+        if not self.start:
+            self.start, self.changes0 = now, stats.imported + stats.removed
+        self.last = now
+
+    def settled(self, stats: ImportStats) -> None:
+        if not self.start:
+            return
+        n = stats.imported + stats.removed - self.changes0
+        if n >= BURST_LOG:
+            secs = max(self.last - self.start, 1e-3)
+            log.info("route import: %d changes in %.2f s (%d/s)", n, secs, n / secs)
+        self.start = 0.0
+
+
 class RouteImporter:
     """Kernel routes of the control-plane namespace into the dataplane."""
 
@@ -264,7 +230,7 @@ class RouteImporter:
         self.tables = set(cp.tables)
         self.protocols = {RTPROT[p] for p in cp.protocols}
         self.stats = ImportStats()
-        self.nexthops: dict[int, NexthopObject] = {}          # the kernel's, by id
+        self.nexthops: dict[int, rtnl.Nexthop] = {}           # the kernel's objects, by id
         self.nh_routes: dict[str, tuple[int, str]] = {}       # prefix -> (its nexthop id, origin)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -272,48 +238,42 @@ class RouteImporter:
 
     # --- parsing -------------------------------------------------------------------
 
-    def parse(self, msg: Any) -> tuple[str, dict | None, str] | None:
+    def parse(self, msg: rtnl.Route) -> tuple[str, dict | None, str] | None:
         """(prefix, next-hop spec, origin) of a route message, or None when it
         is not one to import (counted by reason).  A spec of None: a delete."""
-        table = msg.get_attr("RTA_TABLE") or msg["table"]
-        if table not in self.tables:
+        if msg.table not in self.tables:
             return None                             # another table: not ours to count
-        kind = RTN_TYPES.get(msg["type"])
+        kind = RTN_TYPES.get(msg.type)
         if kind is None:
             self.stats.skip("type")                 # local, broadcast, multicast, throw...
             return None
-        proto = msg["proto"]
-        if proto == RTPROT["kernel"]:
+        if msg.proto == RTPROT["kernel"]:
             return None                             # connected: the dataplane has it
-        if self.protocols and proto not in self.protocols:
+        if self.protocols and msg.proto not in self.protocols:
             self.stats.skip("protocol")
             return None
-        family = msg["family"]
-        dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if family == socket.AF_INET else "::")
-        net = ip_network(f"{dst}/{msg['dst_len']}", strict=False)
-        if net.is_link_local or net.is_multicast:
+        if rtnl.link_scoped(msg.family, msg.dst_raw, msg.dst_len):
             self.stats.skip("scope")
             return None
-        origin = proto_name(proto)
-        prefix = str(net)
+        origin = proto_name(msg.proto)
+        if msg.family == socket.AF_INET:            # the kernel refuses host bits: canonical as is
+            prefix = f"{msg.dst or '0.0.0.0'}/{msg.dst_len}"
+        else:                                       # spelled as the IPv6 table spells it
+            prefix = str(ip_network(f"{msg.dst or '::'}/{msg.dst_len}", strict=False))
         self.nh_routes.pop(prefix, None)
-        if msg["event"] == "RTM_DELROUTE":
+        if msg.event == rtnl.RTM_DELROUTE:
             return prefix, None, origin
         if kind != "unicast":
             return prefix, {"type": kind}, origin
-        nhid = msg.get_attr("RTA_NH_ID")
-        if nhid and nhid in self.nexthops:          # a next-hop object (FRR's way): followed
-            self.nh_routes[prefix] = (nhid, origin)
-            return self._by_nexthop_object(prefix, nhid, origin)
-        paths = msg.get_attr("RTA_MULTIPATH")       # (with nexthop_compat_mode 1 spelled out too)
-        if paths:
-            hops = [(p["oif"], p.get_attr("RTA_GATEWAY"), p["hops"] + 1) for p in paths]
-        elif msg.get_attr("RTA_OIF"):
-            hops = [(msg.get_attr("RTA_OIF"), msg.get_attr("RTA_GATEWAY"), 1)]
-        else:
-            self.stats.skip("nexthop_unknown" if nhid else "no_next_hop")
-            return None
-        return self._spec(prefix, hops, origin)
+        if msg.nh_id and msg.nh_id in self.nexthops:    # a next-hop object (FRR's way): followed
+            self.nh_routes[prefix] = (msg.nh_id, origin)
+            return self._by_nexthop_object(prefix, msg.nh_id, origin)
+        if msg.multipath:                           # (with nexthop_compat_mode 1 spelled out too)
+            return self._spec(prefix, msg.multipath, origin)
+        if msg.oif:
+            return self._spec(prefix, [(msg.oif, msg.gateway, 1)], origin)
+        self.stats.skip("nexthop_unknown" if msg.nh_id else "no_next_hop")
+        return None
 
     def _spec(self, prefix: str, hops: list[tuple[int, str | None, int]],
               origin: str) -> tuple[str, dict, str] | None:
@@ -363,21 +323,21 @@ class RouteImporter:
         groups = {i for i, o in self.nexthops.items() if any(m == nhid for m, _ in o.group)}
         return [p for p, (i, _) in self.nh_routes.items() if i == nhid or i in groups]
 
-    def apply_nexthop(self, msg: Any) -> None:
+    def apply_nexthop(self, msg: rtnl.Nexthop) -> None:
         """A next-hop object changed or went: its routes follow.  (With
         nexthop_compat_mode 0 the kernel sends no route message for that.)"""
-        nhid = msg.get_attr("NHA_ID")
-        if nhid is None:
+        nhid = msg.id
+        if not nhid:
             return
         users = self._users(nhid)
-        if msg["header"]["type"] == RTM_DELNEXTHOP:
+        if msg.event == rtnl.RTM_DELNEXTHOP:
             self.nexthops.pop(nhid, None)
             for prefix in users:                    # the kernel took these routes with it
                 self.nh_routes.pop(prefix, None)
                 if self.router.withdraw_route(prefix):
                     self.stats.removed += 1
             return
-        self.nexthops[nhid] = NexthopObject.from_msg(msg)
+        self.nexthops[nhid] = msg
         for prefix in users:
             nh_id, origin = self.nh_routes[prefix]
             got = self._by_nexthop_object(prefix, nh_id, origin)
@@ -389,10 +349,9 @@ class RouteImporter:
 
     def dump_nexthops(self) -> None:
         """Every next-hop object of the namespace (before the routes that use them)."""
-        self.nexthops = {}
-        for msg in netlink_dump(self.netns, RTM_GETNEXTHOP, NHMSG_LEN):
-            if msg["header"]["type"] == RTM_NEWNEXTHOP and msg.get_attr("NHA_ID") is not None:
-                self.nexthops[msg.get_attr("NHA_ID")] = NexthopObject.from_msg(msg)
+        self.nexthops = {msg.id: msg for msg in netlink_dump(self.netns, rtnl.RTM_GETNEXTHOP,
+                                                              rtnl.NHMSG_LEN)
+                         if isinstance(msg, rtnl.Nexthop) and msg.id}
 
     # --- applying --------------------------------------------------------------------
 
@@ -402,10 +361,9 @@ class RouteImporter:
         want: dict[str, tuple[dict, str]] = {}
         self.dump_nexthops()
         self.nh_routes = {}
-        for msg in netlink_dump(self.netns, RTM_GETROUTE, RTMSG_LEN):
-            if msg["header"]["type"] != RTM_NEWROUTE:
+        for msg in netlink_dump(self.netns, rtnl.RTM_GETROUTE, rtnl.RTMSG_LEN):
+            if not isinstance(msg, rtnl.Route):
                 continue
-            msg["event"] = "RTM_NEWROUTE"
             got = self.parse(msg)
             if got is not None and got[1] is not None:
                 want[got[0]] = (got[1], got[2])
@@ -421,7 +379,7 @@ class RouteImporter:
                  len(self.router.imported), self.router.config.control_plane.netns,
                  added, removed)
 
-    def apply(self, msg: Any) -> None:
+    def apply(self, msg: rtnl.Route) -> None:
         got = self.parse(msg)
         if got is None:
             return
@@ -490,13 +448,24 @@ class RouteImporter:
             ready.set()
             return
         ready.set()
-        marshal = rtnl_marshal()
+        burst = Burst()
+        buf = bytearray(RECV_SIZE)
+        view = memoryview(buf)
+        sock.setblocking(False)
         try:
             while not self._stop.is_set():
                 readable, _, _ = select.select([sock], [], [], 0.2)
                 if readable:
+                    burst.note(self.stats)
+                else:
+                    burst.settled(self.stats)
+                while readable:
+                    # one notification per read: drain the socket before the next
+                    # select, into one buffer (no 1 MiB allocation per message)
                     try:
-                        data = sock.recv(RECV_SIZE)
+                        n = sock.recv_into(buf)
+                    except BlockingIOError:
+                        break
                     except OSError as e:
                         if e.errno != errno.ENOBUFS:
                             raise
@@ -505,15 +474,16 @@ class RouteImporter:
                                     "reading the whole table again")
                         self._resync_at = time.monotonic()
                         continue
-                    for msg in marshal.parse(data):
-                        event = msg.get("event")
-                        if msg["header"]["type"] in (RTM_NEWNEXTHOP, RTM_DELNEXTHOP):
-                            self.apply_nexthop(msg)
-                        elif event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
+                    for msg in rtnl.parse(view[:n]):
+                        if isinstance(msg, rtnl.Route):
                             self.apply(msg)
-                        elif event in ("RTM_NEWLINK", "RTM_DELLINK"):
+                        elif isinstance(msg, rtnl.Nexthop):
+                            self.apply_nexthop(msg)
+                        elif msg in (rtnl.RTM_NEWLINK, rtnl.RTM_DELLINK):
                             # the kernel drops routes over a downed link without a word
                             self._resync_soon()
+                if readable:
+                    burst.note(self.stats)          # its end: when the drain is done
                 if self._resync_at is not None and time.monotonic() >= self._resync_at:
                     self._resync_at = None
                     self.resync()
