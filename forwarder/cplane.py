@@ -77,7 +77,7 @@ from typing import TYPE_CHECKING, Any
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE, RTMGRP_LINK
 
 from forwarder import netns, rtnl
-from forwarder.config import RTPROT, RTPROT_NAMES, Config
+from forwarder.config import RTPROT, RTPROT_NAMES, Config, link_local_of
 from forwarder.route import NHG_SLOTS
 
 if TYPE_CHECKING:
@@ -128,7 +128,10 @@ def netlink_dump(ns: str | None, msg_type: int, body_len: int) -> list[rtnl.Rout
 # --- mirrors --------------------------------------------------------------------------
 
 class Mirrors:
-    """A TAP per port in the control-plane namespace: name, MAC, MTU, addresses."""
+    """A TAP per port in the control-plane namespace: name, MAC, MTU, addresses
+    (no duplicate address detection: they are the port's).  An attached
+    port's mirror follows its link (:meth:`Router._mirror_link`): down with
+    it, up again with the MAC and MTU it took (:meth:`follow`)."""
 
     def __init__(self, config: Config) -> None:
         self.netns = config.control_plane.netns_path
@@ -144,10 +147,15 @@ class Mirrors:
                 fd = netns.tap_open(itf.name, self.netns, extra_flags=netns.IFF_VNET_HDR)
                 self._fds.append(fd)
                 netns.tap_set_offload(fd, 0)     # its kernel segments and checksums for us
-                # a mirror taken down and up again keeps its IPv6 addresses, as IPv4 ones
-                with contextlib.suppress(OSError):
-                    netns._write_proc(self.netns,
-                                      f"/proc/sys/net/ipv6/conf/{itf.name}/keep_addr_on_down", 1)
+                # a mirror taken down and up again keeps its IPv6 addresses, as IPv4 ones;
+                # and its addresses are the port's, which the dataplane answers for: no
+                # duplicate address detection (its link-local address would stay tentative
+                # for a second or two after every up, and bgpd opens no IPv6 session over
+                # a link without a usable link-local address: the peer then holds off)
+                for key, value in (("keep_addr_on_down", 1), ("accept_dad", 0)):
+                    with contextlib.suppress(OSError):
+                        netns._write_proc(self.netns,
+                                          f"/proc/sys/net/ipv6/conf/{itf.name}/{key}", value)
                 with netns.iproute(self.netns) as ipr:
                     idx = ipr.link_lookup(ifname=itf.name)[0]
                     ipr.link("set", index=idx, address=itf.mac, mtu=itf.mtu)
@@ -167,6 +175,26 @@ class Mirrors:
         except BaseException:
             self.close()
             raise
+
+    def follow(self, port: str, mac: str, mtu: int) -> None:
+        """An attached port took its interface's MAC and MTU (forwarder/attach.py):
+        its mirror takes them too, and the link-local address of the new MAC
+        instead of the old one, or the daemons' frames would carry a MAC and
+        a next hop the port does not answer for."""
+        assert self.netns is not None
+        ll = link_local_of(mac)
+        with netns.iproute(self.netns) as ipr:
+            idx = ipr.link_lookup(ifname=port)[0]
+            ipr.link("set", index=idx, address=mac, mtu=mtu)
+            have = {a.get_attr("IFA_ADDRESS"): a["prefixlen"]
+                    for a in ipr.get_addr(index=idx, family=socket.AF_INET6)}
+            for ip, plen in have.items():
+                if ip.startswith("fe80:") and ip != str(ll.ip):
+                    ipr.addr("del", index=idx, address=ip, prefixlen=plen)
+            if str(ll.ip) not in have:
+                ipr.addr("add", index=idx, address=str(ll.ip), prefixlen=64,
+                         flags=netns.IFA_F_NODAD)
+        log.info("mirror %s: mac %s mtu %d, %s, as its port", port, mac, mtu, ll)
 
     def close(self) -> None:
         for fd in self._fds:

@@ -42,6 +42,8 @@ import time
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 
+from pyroute2.netlink.exceptions import NetlinkError
+
 from forwarder import attach, cplane, mbufs, netns
 from forwarder.config import Config, Interface, load_config, unusable_gateway
 from forwarder.dataplane import MAX_STALL, Dataplane
@@ -173,6 +175,9 @@ class Router:
             log.info("control plane: created namespace %s", cp.netns)
         self.mirrors = cplane.Mirrors(self.config)
         self.mirrors.create(self.dp, self.ifindex)
+        for itf in self.config.interfaces:
+            if itf.attach:              # down as its port is, until its interface joins (_joined)
+                self._mirror_link(itf.name, False)
 
     def _start_control_plane(self) -> None:
         """[control_plane]: the route import, once the loop runs."""
@@ -205,7 +210,8 @@ class Router:
             self.dp.set_mtu(self.ifindex[itf.name], seen.mtu)
         mac = mac_bytes(seen.mac) if itf.mac_generated else None
         self.dp.set_link(self.ifindex[itf.name], True, mac)
-        self._mirror_link(port.name, True)
+        self._mirror_link(port.name, True, seen.mac if itf.mac_generated else itf.mac,
+                          itf.mtu if itf.mtu_configured else seen.mtu)
 
     def _lost(self, port: attach.Port) -> None:
         """Its interface went away: port down, its neighbours forgotten (the
@@ -219,14 +225,18 @@ class Router:
             if e["interface"] == port.name:
                 self.dp.nd6_delete(e["ip"], port.name)
 
-    def _mirror_link(self, port: str, up: bool) -> None:
+    def _mirror_link(self, port: str, up: bool, mac: str | None = None,
+                     mtu: int | None = None) -> None:
         """A port's mirror follows its link: the routing daemons see it go down
-        (and the kernel drops the routes over it, which the import follows)."""
+        (and the kernel drops the routes over it, which the import follows),
+        and come back with the MAC and MTU the port took (``mac``, ``mtu``)."""
         if self.mirrors is None:
             return
         try:
+            if mac is not None and mtu is not None:
+                self.mirrors.follow(port, mac, mtu)
             netns.link_set(port, self.config.control_plane.netns_path, up=up)
-        except OSError as e:
+        except (OSError, NetlinkError) as e:
             log.warning("mirror %s: could not set it %s: %s", port, "up" if up else "down", e)
 
     def _attach(self, itf: Interface) -> None:

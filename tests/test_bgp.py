@@ -3,6 +3,14 @@ control-plane namespace peers with BIRD in host h2, over the dataplane port
 tap2 (the session's packets are punted to the mirror and injected from it);
 BIRD announces 1000 prefixes, FRR installs them in its kernel, and the router
 imports them (forwarder/cplane.py).  h1, on the other port, pings into one.
+
+IPv6 runs as dual-stack peerings usually do: a second session between the
+link's global addresses (2001:db8:2::1 and ::2) carrying IPv6 unicast only
+(forwarder/lab/daemons.py says why), and 1000 IPv6 prefixes over it.  As a
+directly connected eBGP peer BIRD sends its link-local address beside the
+global next hop, and FRR installs the routes via that link-local address
+(``via fe80::... dev tap2``): the dataplane forwards them to h2 resolving its
+link-local address with Neighbor Discovery.
 """
 from __future__ import annotations
 
@@ -18,6 +26,7 @@ from forwarder.lab.spec import LoadSpec
 from forwarder.lab.daemons import (Bird, Frr, bgpd_conf, bird, bird_bgp_conf, frr, have_bird,
                                    have_frr)
 from tests.routerlab import RunningRouter, start_router
+from tests.wire import link_local
 from tests.topology import RouterLab, make_lab, requires_netns, topology  # noqa: F401
 
 pytestmark = [requires_netns,
@@ -27,12 +36,14 @@ pytestmark = [requires_netns,
 N = 1000
 PREFIXES = [f"100.{64 + i // 256}.{i % 256}.0/24" for i in range(N)]
 TARGET = "100.66.7.1"                      # inside PREFIXES[2 * 256 + 7], owned by h2
+PREFIXES6 = [f"2001:db8:{0x8000 + i:x}::/48" for i in range(N)]
+TARGET6 = "2001:db8:8207::1"               # inside PREFIXES6[0x207], owned by h2
 
 
 
 @pytest.fixture(scope="module")
 def lab(topology):  # noqa: F811
-    return make_lab(topology, n_hosts=2)
+    return make_lab(topology, n_hosts=2, ipv6=True)
 
 
 @pytest.fixture(scope="module")
@@ -53,15 +64,26 @@ def daemons(lab: RouterLab, cp: str, router: RunningRouter,
             tmp_path_factory) -> Iterator[tuple[Frr, Bird]]:
     work = tmp_path_factory.mktemp("daemons")
     with nn.iproute(lab.host("h2").netns) as ipr:          # h2 owns one announced address
-        ipr.addr("add", index=ipr.link_lookup(ifname="lo")[0], address=TARGET, prefixlen=32)
-    with frr(cp, work, bgpd_conf("10.2.0.1", 65001, "10.2.0.2", 65002)) as f, \
+        lo = ipr.link_lookup(ifname="lo")[0]
+        ipr.addr("add", index=lo, address=TARGET, prefixlen=32)
+        ipr.addr("add", index=lo, address=TARGET6, prefixlen=128)
+    # BIRD sends its link-local next hop beside the global one once it has one
+    # (RFC 2545): h2's link is up for good first, as a neighbour's would be
+    router.wait_for(lambda: link_local(lab.host("h2").netns, "tap2"), 5,
+                    what="h2's link-local address usable")
+    with frr(cp, work, bgpd_conf("10.2.0.1", 65001, "10.2.0.2", 65002,
+                                 neighbor6="2001:db8:2::2")) as f, \
             bird(lab.host("h2").netns, work,
-                 bird_bgp_conf("10.2.0.2", 65002, "10.2.0.1", 65001, PREFIXES)) as b:
+                 bird_bgp_conf("10.2.0.2", 65002, "10.2.0.1", 65001, PREFIXES,
+                               local6="2001:db8:2::2", neighbor6="2001:db8:2::1",
+                               prefixes6=PREFIXES6)) as b:
         yield f, b
 
 
-def imported(r: RunningRouter) -> set[str]:
-    return {x["prefix"] for x in r.call("route.list") if x.get("origin") == "bgp"}
+def imported(r: RunningRouter, family: int = 4) -> set[str]:
+    """The dataplane's BGP routes of one address family."""
+    return {x["prefix"] for x in r.call("route.list") if x.get("origin") == "bgp"
+            and (":" in x["prefix"]) == (family == 6)}
 
 
 def test_bgp_session_over_the_punt_path_fills_the_table(lab: RouterLab, router: RunningRouter,
@@ -106,3 +128,37 @@ def test_withdrawn_prefixes_leave_the_dataplane(lab: RouterLab, router: RunningR
     assert lab.ping("h1", TARGET, count=1, wait=1).returncode != 0
     b.birdc("enable", "announced")
     router.wait_for(lambda: len(imported(router)) >= N, 30, what="the prefixes back")
+
+
+def test_ipv6_bgp_session_fills_the_ipv6_table(lab: RouterLab, router: RunningRouter,
+                                               daemons: tuple[Frr, Bird]) -> None:
+    f, b = daemons
+    b.wait_established("up6", timeout=30)
+    router.wait_for(lambda: len(imported(router, 6)) >= N, 30, what=f"{N} IPv6 BGP routes")
+    assert imported(router, 6) == set(PREFIXES6)
+    row = next(x for x in router.call("route.list") if x["prefix"] == PREFIXES6[0x207])
+    # FRR keeps the link-local next hop of a directly connected peer
+    assert (row["via"], row["interface"]) == (link_local(lab.host("h2").netns, "tap2"),
+                                              "tap2"), row
+    cp = lab.ping("h1", TARGET6, count=3, wait=2, extra=["-6", "-i", "0.2"])
+    assert cp.returncode == 0, cp.stdout
+    assert imported(router) == set(PREFIXES)           # the IPv4 session's, untouched
+
+
+def test_withdrawn_ipv6_prefixes_leave_the_dataplane(lab: RouterLab, router: RunningRouter,
+                                                     daemons: tuple[Frr, Bird]) -> None:
+    f, b = daemons
+    b.wait_established("up6", timeout=30)
+    router.wait_for(lambda: len(imported(router, 6)) >= N, 30, what=f"{N} IPv6 BGP routes")
+    t0 = time.monotonic()
+    b.birdc("disable", "announced6")
+    router.wait_for(lambda: not imported(router, 6), 5, what="the withdrawn IPv6 prefixes gone")
+    gone = time.monotonic() - t0
+    assert lab.ping("h1", TARGET6, count=1, wait=1, extra=["-6"]).returncode != 0
+    assert len(imported(router)) == N                  # IPv4's stay
+    t0 = time.monotonic()
+    b.birdc("enable", "announced6")
+    router.wait_for(lambda: len(imported(router, 6)) >= N, 30, what="the IPv6 prefixes back")
+    print(f"{N} IPv6 prefixes withdrawn from the dataplane in {gone:.1f} s, announced again "
+          f"and all in it after {time.monotonic() - t0:.1f} s")
+    assert lab.ping("h1", TARGET6, count=1, wait=2, extra=["-6"]).returncode == 0

@@ -5,7 +5,10 @@ dataplane, and carries the routing daemons' own traffic through the mirrors
 
 Routes are added in that namespace as a routing daemon would add them (over
 netlink, with its protocol number); hosts h1 and h2 are real kernels, and
-traffic crosses the router along the imported routes.
+traffic crosses the router along the imported routes.  One test runs a lab of
+its own whose first link is attached (a veth handed over, taken away and
+handed over again, as a container runtime does) to see a mirror follow a real
+link and the routes over it go with it.
 """
 from __future__ import annotations
 
@@ -13,13 +16,17 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Iterator
 
 import pytest
+from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from forwarder import netns as nn
 from tests.routerlab import RunningRouter, kroute, router_mac, routes, start_router, wait_route
 from tests.topology import RouterLab, make_lab, requires_netns, topology  # noqa: F401
+from tests.wire import link_locals
 
 pytestmark = requires_netns
 
@@ -58,6 +65,8 @@ def test_every_port_has_a_mirror_in_the_control_plane(lab: RouterLab, cp: str,
             assert link.get_attr("IFLA_OPERSTATE") in ("UP", "UNKNOWN")
             addrs = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx)}
             assert {f"10.{k}.0.1", f"2001:db8:{k}::1"} <= addrs, addrs
+        # its link-local address is the port's, and usable (not tentative)
+        assert link_locals(cp, f"tap{k}") == [router.interface(f"tap{k}")["link_local"]]
 
 
 def test_a_kernel_route_reaches_the_dataplane_and_leaves_it(lab: RouterLab, cp: str,
@@ -143,6 +152,9 @@ def test_routes_over_a_downed_link_go_although_the_kernel_sends_no_delete(
         assert router.stats()["route_import"]["resyncs"] > resyncs
     finally:
         nn.link_set("tap2", cp, up=True)
+    # up again, its addresses are usable at once: no duplicate address detection
+    # on a mirror, whose addresses are the port's (bgpd needs the link-local one)
+    assert link_locals(cp, "tap2") == [router.interface("tap2")["link_local"]]
     with nn.iproute(cp) as ipr:                        # the connected routes come back with it
         idx = ipr.link_lookup(ifname="tap2")[0]
         assert any(r.get_attr("RTA_DST") == "10.2.0.0" for r in ipr.get_routes(oif=idx))
@@ -178,6 +190,110 @@ def test_twenty_thousand_imported_routes_converge(lab: RouterLab, cp: str,
     assert done.returncode == 0, done.stderr[-2000:]
     router.wait_for(lambda: router.stats()["route_import"]["routes"] == 0, 60,
                     what="all imported routes withdrawn")
+
+
+class RouteEvents:
+    """The IPv4 route notifications a namespace's kernel sends from now on
+    (what the router's importer hears too), as (event, prefix) pairs."""
+
+    def __init__(self, ns: str) -> None:
+        with nn.enter_netns(ns):
+            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                      socket.NETLINK_ROUTE)
+        self.sock.bind((0, RTMGRP_IPV4_ROUTE))
+        self.sock.setblocking(False)
+        self.heard: list[tuple[str, str]] = []
+        self._marshal = MarshalRtnl()
+
+    def read(self) -> list[tuple[str, str]]:
+        while True:
+            try:
+                data = self.sock.recv(1 << 20)
+            except BlockingIOError:
+                return self.heard
+            self.heard += [(m["event"], f"{m.get_attr('RTA_DST')}/{m['dst_len']}")
+                           for m in self._marshal.parse(data)]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def in_kernel(cp: str, prefix: str) -> bool:
+    """Whether the control plane's kernel holds a route for ``prefix`` (IPv4, main)."""
+    with nn.iproute(cp) as ipr:
+        return any(f"{r.get_attr('RTA_DST')}/{r['dst_len']}" == prefix
+                   for r in ipr.get_routes(family=socket.AF_INET))
+
+
+def mirror(cp: str, name: str) -> dict:
+    """A mirror as its namespace's kernel sees it."""
+    with nn.iproute(cp) as ipr:
+        link = ipr.get_links(ipr.link_lookup(ifname=name)[0])[0]
+        return {"up": bool(link["flags"] & nn.IFF_UP), "oper": link.get_attr("IFLA_OPERSTATE"),
+                "mac": link.get_attr("IFLA_ADDRESS"), "link_local": link_locals(cp, name)}
+
+
+def test_an_attached_ports_mirror_follows_its_link_and_the_routes_over_it_go(
+        tmp_path: Path) -> None:
+    """eth1, an attached port, is deleted (the runtime takes the veth away):
+    the port goes down, its mirror too, and the kernel there drops the route
+    over it without a delete message; the importer's re-read takes it out of
+    the dataplane.  eth1 handed over again: port and mirror up, with the new
+    veth's MAC and link-local address; the route stays gone (the kernel does
+    not bring back routes it flushed) until the daemon installs it again."""
+    with nn.Topology() as topo:
+        lab = make_lab(topo, n_hosts=2, attach=(1,), ipv6=True, name="mf")
+        lab.attach_delay = 0.3
+        cp = topo.netns("cp")
+        r = start_router(lab, tmp_path, control_plane=cp)
+        try:
+            _mirror_follows_the_link(lab, cp, r)
+        finally:
+            code, out = r.stop()
+        assert code == 0, out
+
+
+def _mirror_follows_the_link(lab: RouterLab, cp: str, r: RunningRouter) -> None:
+    h1 = lab.host("h1")
+    with nn.iproute(h1.netns) as ipr:                # h1 answers for 198.51.100.7
+        ipr.addr("add", index=ipr.link_lookup(ifname="lo")[0], address="198.51.100.7",
+                 prefixlen=32)
+    port = r.interface("eth1")
+    assert (port["link"], mirror(cp, "eth1")) == ("up", {
+        "up": True, "oper": "UNKNOWN", "mac": port["mac"], "link_local": [port["link_local"]]})
+    kroute(cp, "add", "198.51.100.0/24", gateway="10.1.0.2", oif="eth1", proto=RTPROT_BGP)
+    wait_route(r, "198.51.100.0/24")
+    assert lab.ping("h2", "198.51.100.7", count=1, wait=2).returncode == 0
+    events, old_mac = RouteEvents(cp), port["mac"]
+    try:
+        with nn.iproute(lab.router_ns) as ipr:       # the runtime takes eth1 away
+            ipr.link("del", index=ipr.link_lookup(ifname="eth1")[0])
+        r.wait_for(lambda: r.interface("eth1")["link"] == "down", 5, what="port eth1 down")
+        r.wait_for(lambda: not mirror(cp, "eth1")["up"], 5, what="mirror eth1 down")
+        assert mirror(cp, "eth1")["oper"] == "DOWN"
+        wait_route(r, "198.51.100.0/24", present=False)
+        assert not in_kernel(cp, "198.51.100.0/24")
+        assert ("RTM_DELROUTE", "198.51.100.0/24") not in events.read(), events.heard
+    finally:
+        events.close()
+    resyncs = r.stats()["route_import"]["resyncs"]
+    lab.hand_over(h1)                                # a new veth, a new MAC
+    lab.configure_host(h1)
+    r.wait_for(lambda: r.interface("eth1")["link"] == "up", 5, what="port eth1 up again")
+    r.wait_for(lambda: mirror(cp, "eth1")["up"], 5, what="mirror eth1 up again")
+    port = r.interface("eth1")
+    assert port["mac"] != old_mac
+    # at once its link-local address is there and usable (no duplicate address
+    # detection on a mirror: its addresses are the port's)
+    assert mirror(cp, "eth1") == {"up": True, "oper": "UNKNOWN", "mac": port["mac"],
+                                  "link_local": [port["link_local"]]}
+    r.wait_for(lambda: r.stats()["route_import"]["resyncs"] > resyncs, 5,
+               what="the table read again after the link came back")
+    assert not in_kernel(cp, "198.51.100.0/24")
+    assert "198.51.100.0/24" not in routes(r)
+    kroute(cp, "add", "198.51.100.0/24", gateway="10.1.0.2", oif="eth1", proto=RTPROT_BGP)
+    wait_route(r, "198.51.100.0/24")
+    assert lab.ping("h2", "198.51.100.7", count=1, wait=2).returncode == 0
 
 
 # --- punt and inject: the daemons' own traffic ------------------------------------------------

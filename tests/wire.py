@@ -23,6 +23,7 @@ from forwarder import netns as nn
 from tests.routerlab import router_mac
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+IFA_F_TENTATIVE = 0x40
 
 
 class Sniffer:
@@ -131,6 +132,22 @@ def iperf3(lab, src: str, dst_host: str, dst_ip: str, port: int, *flags: str,
         return doc
     finally:
         server.wait(10)
+
+
+def link_locals(ns: str, ifname: str) -> list[str]:
+    """The fe80:: addresses of ``ifname`` in namespace ``ns``; those still
+    under duplicate address detection (not usable yet) marked " tentative"."""
+    with nn.iproute(ns) as ipr:
+        idx = ipr.link_lookup(ifname=ifname)[0]
+        addrs = ipr.get_addr(index=idx, family=socket.AF_INET6)
+    return [a.get_attr("IFA_ADDRESS")
+            + (" tentative" if (a.get_attr("IFA_FLAGS") or a["flags"]) & IFA_F_TENTATIVE else "")
+            for a in addrs if a.get_attr("IFA_ADDRESS").startswith("fe80:")]
+
+
+def link_local(ns: str, ifname: str) -> str | None:
+    """The usable fe80:: address of ``ifname`` in ``ns``, or None (not yet)."""
+    return next((a for a in link_locals(ns, ifname) if " " not in a), None)
 
 
 def host_ipv6(lab, host: str, address: str, gateway: str | None = None) -> None:

@@ -20,32 +20,59 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from forwarder import netns as nn
 
 FRR_LIB = Path("/usr/lib/frr")
 
 
-def bgpd_conf(router_id: str, local_as: int, neighbor: str, peer_as: int) -> str:
+def bgpd_conf(router_id: str, local_as: int, neighbor: str, peer_as: int,
+              neighbor6: str | None = None) -> str:
     """FRR bgpd: one eBGP neighbour, everything it announces accepted (a lab,
-    not the Internet: no policy), short timers."""
+    not the Internet: no policy), short timers.  With ``neighbor6`` (the
+    peer's global IPv6 address on the same link) a second session to it
+    carries IPv6 unicast only, as dual-stack peerings usually run: one session
+    per address family over that family's own transport (an IXP's or a
+    transit's v4 and v6 sessions), so each fails with its own family's
+    forwarding and no IPv6 next hop has to ride an IPv4 session."""
+    both = [neighbor, *([neighbor6] if neighbor6 else [])]
+    peers = "".join(f" neighbor {n} remote-as {peer_as}\n neighbor {n} timers 3 9\n"
+                    for n in both)
+    v6 = (f"  no neighbor {neighbor6} activate\n exit-address-family\n"
+          f" address-family ipv6 unicast\n  neighbor {neighbor6} activate\n"
+          if neighbor6 else "")
     return f"""hostname {router_id}
 router bgp {local_as}
  bgp router-id {router_id}
  no bgp ebgp-requires-policy
- neighbor {neighbor} remote-as {peer_as}
- neighbor {neighbor} timers 3 9
- address-family ipv4 unicast
- exit-address-family
+{peers} address-family ipv4 unicast
+{v6} exit-address-family
 """
 
 
 def bird_bgp_conf(router_id: str, local_as: int, neighbor: str, peer_as: int,
-                  prefixes: list[str]) -> str:
+                  prefixes: Sequence[str], local6: str | None = None,
+                  neighbor6: str | None = None, prefixes6: Sequence[str] = ()) -> str:
     """BIRD announcing ``prefixes`` (static, blackhole here: the router must
-    only learn them) to one eBGP neighbour, next hop itself."""
+    only learn them) to one eBGP neighbour, next hop itself; with ``local6``
+    and ``neighbor6`` also ``prefixes6`` over an IPv6 session of its own
+    (protocols ``announced6`` and ``up6``: see :func:`bgpd_conf`)."""
     routes = "\n".join(f"  route {p} blackhole;" for p in prefixes)
+    six = ""
+    if neighbor6:
+        routes6 = "\n".join(f"  route {p} blackhole;" for p in prefixes6)
+        six = f"""protocol static announced6 {{
+  ipv6;
+{routes6}
+}}
+protocol bgp up6 {{
+  local {local6} as {local_as};
+  neighbor {neighbor6} as {peer_as};
+  hold time 9;
+  ipv6 {{ import none; export all; next hop self; }};
+}}
+"""
     return f"""router id {router_id};
 protocol device {{}}
 protocol static announced {{
@@ -58,7 +85,7 @@ protocol bgp up {{
   hold time 9;
   ipv4 {{ import none; export all; next hop self; }};
 }}
-"""
+{six}"""
 
 
 def have_frr() -> bool:
