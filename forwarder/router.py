@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 
 from forwarder import attach, cplane, mbufs, netns
-from forwarder.config import Config, Interface, load_config, unusable_gateway
+from forwarder.config import OWN_NETNS, Config, Interface, load_config, unusable_gateway
 from forwarder.dataplane import MAX_STALL, Dataplane
 from forwarder.route import RouteTable
 from forwarder.route6 import Route6Table
@@ -169,7 +169,15 @@ class Router:
         if cp.netns is None:
             return
         if "/" not in cp.netns and not netns.netns_exists(cp.netns):
-            netns.create_netns(cp.netns)
+            try:
+                netns.create_netns(cp.netns)
+            except PermissionError as e:
+                raise PermissionError(
+                    e.errno, f"control plane: creating namespace {cp.netns} needs "
+                    "CAP_SYS_ADMIN and a mount under /run/netns (in a container: --cap-add "
+                    "SYS_ADMIN, and where AppArmor confines it --security-opt "
+                    "apparmor=unconfined); or keep the mirrors in the router's own namespace: "
+                    f"netns = \"{OWN_NETNS}\"") from None
             log.info("control plane: created namespace %s", cp.netns)
         self.mirrors = cplane.Mirrors(self.config)
         self.mirrors.create(self.dp, self.ifindex)
@@ -205,7 +213,10 @@ class Router:
             self.dp.set_mtu(self.ifindex[itf.name], seen.mtu)
         mac = mac_bytes(seen.mac) if itf.mac_generated else None
         self.dp.set_link(self.ifindex[itf.name], True, mac)
-        self._mirror_link(port.name, True)
+        # the mirror takes them too: the frames punted to it are addressed to
+        # the port's MAC, and its daemons' packets leave with its MAC and MTU
+        self._mirror_link(port.name, True, mac=seen.mac if itf.mac_generated else None,
+                          mtu=seen.mtu if not itf.mtu_configured else None)
 
     def _lost(self, port: attach.Port) -> None:
         """Its interface went away: port down, its neighbours forgotten (the
@@ -219,13 +230,15 @@ class Router:
             if e["interface"] == port.name:
                 self.dp.nd6_delete(e["ip"], port.name)
 
-    def _mirror_link(self, port: str, up: bool) -> None:
+    def _mirror_link(self, port: str, up: bool, *, mac: str | None = None,
+                     mtu: int | None = None) -> None:
         """A port's mirror follows its link: the routing daemons see it go down
-        (and the kernel drops the routes over it, which the import follows)."""
+        (and the kernel drops the routes over it, which the import follows),
+        and it takes the MAC and MTU an attached port took from its interface."""
         if self.mirrors is None:
             return
         try:
-            netns.link_set(port, self.config.control_plane.netns_path, up=up)
+            netns.link_set(port, self.config.control_plane.netns_path, up=up, mac=mac, mtu=mtu)
         except OSError as e:
             log.warning("mirror %s: could not set it %s: %s", port, "up" if up else "down", e)
 
