@@ -8,11 +8,18 @@
 # eth2: give it two networks with those interface names (configs/compose.yaml,
 # configs/containerlab.clab.yml, docs/containers.md); until then it waits for them.
 #
-# Two stages: `build` compiles the Cython extensions into a wheel (and collects
-# the wheels of the runtime dependencies beside it); the runtime stage installs
-# those wheels offline and has no compiler.  tests/test_container.py parses this
-# file and runs its build commands, its install command, and its ENTRYPOINT +
-# CMD and HEALTHCHECK inside throw-away namespaces, so keep them plain.
+# Stages: `build` compiles the Cython extensions into a wheel (and collects the
+# wheels of the runtime dependencies beside it); `runtime` installs those wheels
+# offline and has no compiler, and is what `docker build` builds (the empty
+# `FROM runtime` at the end); `frr` adds FRR's daemons next to the router:
+#
+#   docker build --target frr -t mbuma-forwarder:frr .
+#   docker run -d --name router --cap-add NET_ADMIN --cap-add SYS_ADMIN \
+#       --device /dev/net/tun --device-cgroup-rule 'c 10:200 rwm' mbuma-forwarder:frr
+#
+# tests/test_container.py parses this file and runs its build commands, its
+# install command, and each image's ENTRYPOINT + CMD and HEALTHCHECK inside
+# throw-away namespaces, so keep them plain.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -67,3 +74,26 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
     CMD ["forwarder", "health"]
 ENTRYPOINT ["forwarder"]
 CMD ["run", "-c", "/etc/forwarder/router.toml"]
+
+# --- frr: the router and FRR (docker build --target frr) --------------------------------
+FROM runtime AS frr
+LABEL org.opencontainers.image.title="mbuma-forwarder-frr" \
+      org.opencontainers.image.description="Userspace IPv4/IPv6 router on FreeBSD-style mbufs, with FRR"
+# Debian's FRR: zebra, staticd, bgpd, ospfd, ... and vtysh.  Its init script never
+# runs (no init in a container): `forwarder run --frr` starts the daemons named in
+# /etc/frr/daemons once the ports' mirrors exist, as its own children, and stops
+# them first (forwarder/frr.py).  Not pinned, as above.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends frr \
+ && rm -rf /var/lib/apt/lists/*
+# The ports attach to eth1 and eth2 as port1 and port2, whose mirrors stay in the
+# container's own namespace (configs/container-frr.toml); FRR's daemons list and
+# its config name those mirrors.  Replace any of them with bind mounts.
+COPY configs/container-frr.toml /etc/forwarder/router.toml
+COPY --chown=frr:frr configs/frr/daemons configs/frr/frr.conf /etc/frr/
+# FRR needs CAP_SYS_ADMIN besides the router's CAP_NET_ADMIN (docs/containers.md).
+CMD ["run", "-c", "/etc/forwarder/router.toml", "--frr"]
+
+# --- the default target: the router alone ----------------------------------------------
+FROM runtime

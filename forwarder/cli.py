@@ -1,6 +1,7 @@
 """The `forwarder` command: one entry point, one subcommand per job.
 
-  forwarder run -c CONFIG [-o NAME=VALUE ...]     run a router (foreground)
+  forwarder run -c CONFIG [-o NAME=VALUE ...] [--frr]
+                                                  run a router (foreground; --frr: and FRR)
   forwarder sysctl [-a | -d NAME | NAME[=VALUE] ...]
   forwarder netstat -m | vmstat -z | stats         [--json]
   forwarder route [list | add PREFIX (via GW | dev IF | TYPE) | del PREFIX]
@@ -107,6 +108,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.verbose:
         logging.getLogger().setLevel(config.router.log_level.upper())
 
+    frr = None
+    if args.frr:
+        from forwarder.frr import Frr, FrrError
+        try:
+            frr = Frr(config)
+            frr.check()
+        except FrrError as e:
+            print(f"forwarder run --frr: {e}", file=sys.stderr)
+            return EXIT_ERROR
     router = Router(config, overrides=tuple(args.option or ()),
                     manage_log_level=not args.verbose)
     stop = threading.Event()
@@ -128,7 +138,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             metrics = start_metrics(router, *config.metrics.address)
         log.info("router %s running (pid %d, socket %s)", config.router.name,
                  os.getpid(), config.router.socket)
+        if frr is not None:                # the mirrors are there: FRR's interfaces
+            frr.start()
         while not stop.wait(0.2):
+            if frr is not None:
+                frr.poll()
             if hup.is_set():
                 hup.clear()
                 log.info("SIGHUP: reloading %s", config.path)
@@ -143,6 +157,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.error("cannot start: %s", e or type(e).__name__)
         return EXIT_ERROR
     finally:
+        if frr is not None:                # first: its sessions close through the dataplane
+            frr.stop()
         if metrics is not None:
             metrics.shutdown()
         server.close()
@@ -463,6 +479,10 @@ def build_parser(extras: bool = True) -> argparse.ArgumentParser:
                    help="override a tunable at boot (repeatable; kept across reloads)")
     r.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                    help="more logging than [router] log_level (-vv: debug)")
+    r.add_argument("--frr", action="store_true",
+                   help="also run FRR's daemons (/etc/frr/daemons, frr.conf) in [control_plane] "
+                        "netns once the mirrors are there, and stop them first "
+                        "(forwarder/frr.py)")
 
     s = sub.add_parser("sysctl", parents=[which, js], help="read or set tunables")
     s.add_argument("-a", "--all", action="store_true", help="list every tunable")

@@ -23,6 +23,11 @@ forwarder/attach.py), its TAP then named ``tap-<name>`` (:attr:`Interface.tap`)
 so that it never clashes with the interface it attaches to.  An attached port
 takes that interface's MAC and MTU unless ``mac`` / ``mtu`` say otherwise.
 
+``[control_plane] netns = "/proc/self/ns/net"`` (:data:`OWN_NETNS`) keeps the
+ports' mirrors in the router's own namespace, as a container without
+CAP_SYS_ADMIN needs (docs/containers.md); each mirror is named as its port, so
+a port's name must then differ from its TAP's and attached interface's names.
+
 :func:`load_config` returns a :class:`Config` or raises :class:`ConfigError`
 listing every problem found, each as ``file:line: key: what is wrong``.
 """
@@ -47,6 +52,9 @@ log = logging.getLogger(__name__)
 
 SOCKET_DIR = Path("/run/forwarder")
 NETNS_DIR = Path("/var/run/netns")
+# [control_plane] netns naming the router's own namespace: the mirrors sit beside
+# its TAPs and the interfaces it attaches to (a container with NET_ADMIN only)
+OWN_NETNS = "/proc/self/ns/net"
 IFNAMSIZ = 16                      # including the terminating NUL
 ATTACH_TAP_PREFIX = "tap-"         # the TAP of an attached port: tap-<port name>
 ATTACH_TIMEOUT = 300               # seconds to wait for attached interfaces at start
@@ -181,10 +189,13 @@ class Metrics:
 
 
 # rtm_protocol numbers (linux/rtnetlink.h, and the routing daemons' own in
-# /etc/iproute2/rt_protos): what [control_plane] protocols names
+# /etc/iproute2/rt_protos and FRR's rt_protos.d/frr.conf): what [control_plane]
+# protocols names.  FRR's staticd installs with 196, which FRR's file calls
+# "static" as the kernel's own 4 is called: here it is "frr-static".
 RTPROT = {"redirect": 1, "kernel": 2, "boot": 3, "static": 4, "ra": 9, "dhcp": 16,
           "zebra": 11, "bird": 12, "babel": 42, "bgp": 186, "isis": 187, "ospf": 188,
-          "rip": 189, "eigrp": 192}
+          "rip": 189, "ripng": 190, "nhrp": 191, "eigrp": 192, "ldp": 193, "sharp": 194,
+          "pbr": 195, "frr-static": 196, "openfabric": 197}
 RTPROT_NAMES = {v: k for k, v in RTPROT.items()}
 
 
@@ -200,6 +211,13 @@ class ControlPlane:
     @property
     def netns_path(self) -> str | None:
         return netns_file(self.netns)
+
+    @property
+    def in_router_netns(self) -> bool:
+        """The mirrors live in the router's own namespace (``netns =
+        "/proc/self/ns/net"``): no namespace to create or enter, and the mirror
+        names share that namespace with the router's TAPs and attached links."""
+        return self.netns == OWN_NETNS
 
 
 @dataclass(frozen=True)
@@ -404,6 +422,8 @@ class _Reader:
         control_plane = self.read_control_plane()
         interfaces = self.read_interfaces(router.name if router else "")
         routes = self.read_routes(interfaces)
+        if control_plane.in_router_netns:
+            self.check_mirror_names(interfaces)
         self.check_limits(values, interfaces, routes)
         if self.problems or router is None:
             return None
@@ -621,6 +641,23 @@ class _Reader:
                                f"{link!r} is {what} interface[{i}] and also {owner[link]}")
                 else:
                     owner[link] = f"{what} interface[{i}]"
+
+    def check_mirror_names(self, interfaces: list[Interface]) -> None:
+        """With the mirrors in the router's own namespace, a mirror (named as
+        its port) must not take the name of a TAP of the router's or of an
+        interface a port attaches to: name the port apart (``name = "port1"``,
+        ``attach = "eth1"``)."""
+        taken = {itf.tap: f"the TAP of interface[{i}]" for i, itf in enumerate(interfaces)
+                 if itf.attach}
+        taken.update({itf.attach: f"attached by interface[{i}]"
+                      for i, itf in enumerate(interfaces) if itf.attach})
+        for i, itf in enumerate(interfaces):
+            if itf.name in taken:
+                self.error(("interface", i, "name"),
+                           f"{itf.name!r} is {taken[itf.name]}, and with [control_plane] "
+                           f"netns = {OWN_NETNS!r} the port's mirror takes its name in that "
+                           "same namespace: give the port another name (e.g. name = "
+                           f"\"port{i + 1}\", attach = \"{itf.attach or 'eth1'}\")")
 
     def read_addresses(self, table: Mapping[str, Any], path: tuple[str | int, ...],
                        connected: list[tuple[IPv4Network, IPv4Interface, int]],

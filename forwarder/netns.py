@@ -2,7 +2,10 @@
 
 A namespace is named by a *spec*: a name under /var/run/netns (``"h1"``) or an
 absolute path (``"/proc/1234/ns/net"``, a container's namespace).  ``None``
-means the namespace the calling thread is in.
+means the namespace the calling thread is in, and so does a spec that names
+that namespace (``"/proc/self/ns/net"``): :func:`enter_netns` and
+:func:`iproute` do not enter it.  setns(2) needs CAP_SYS_ADMIN even into the
+namespace a thread is already in, which a container with NET_ADMIN only lacks.
 
 * :func:`tap_open` opens a TAP through /dev/net/tun inside a namespace: it
   enters the namespace on the calling thread only (setns(2)), creates the
@@ -87,6 +90,16 @@ def netns_exists(spec: str) -> bool:
     return os.path.exists(netns_path(spec))
 
 
+def is_current(spec: str) -> bool:
+    """Whether ``spec`` is the namespace the calling thread is in already."""
+    try:
+        target = os.stat(netns_path(spec))
+        own = os.stat("/proc/thread-self/ns/net")
+    except OSError:
+        return False
+    return (target.st_dev, target.st_ino) == (own.st_dev, own.st_ino)
+
+
 def list_netns() -> list[str]:
     return sorted(_pyr_netns.listnetns())
 
@@ -130,7 +143,7 @@ def enter_netns(spec: str | None) -> Iterator[None]:
     setns(2) changes the namespace of the calling thread only; sockets and
     devices created in the body belong to ``spec`` and stay there.
     """
-    if spec is None:
+    if spec is None or is_current(spec):
         yield
         return
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -158,6 +171,8 @@ def iproute(spec: str | None = None) -> IPRoute:
         return IPRoute()
     if not netns_exists(spec):
         raise FileNotFoundError(errno.ENOENT, "no such network namespace", spec)
+    if is_current(spec):
+        return IPRoute()
     return IPRoute(netns=netns_path(spec), flags=0)
 
 

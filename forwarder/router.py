@@ -45,7 +45,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_net
 from pyroute2.netlink.exceptions import NetlinkError
 
 from forwarder import attach, cplane, mbufs, netns
-from forwarder.config import Config, Interface, load_config, unusable_gateway
+from forwarder.config import OWN_NETNS, Config, Interface, load_config, unusable_gateway
 from forwarder.dataplane import MAX_STALL, Dataplane
 from forwarder.route import RouteTable
 from forwarder.route6 import Route6Table
@@ -171,7 +171,15 @@ class Router:
         if cp.netns is None:
             return
         if "/" not in cp.netns and not netns.netns_exists(cp.netns):
-            netns.create_netns(cp.netns)
+            try:
+                netns.create_netns(cp.netns)
+            except PermissionError as e:
+                raise PermissionError(
+                    e.errno, f"control plane: creating namespace {cp.netns} needs "
+                    "CAP_SYS_ADMIN and a mount under /run/netns (in a container: --cap-add "
+                    "SYS_ADMIN, and where AppArmor confines it --security-opt "
+                    "apparmor=unconfined); or keep the mirrors in the router's own namespace: "
+                    f"netns = \"{OWN_NETNS}\"") from None
             log.info("control plane: created namespace %s", cp.netns)
         self.mirrors = cplane.Mirrors(self.config)
         self.mirrors.create(self.dp, self.ifindex)

@@ -890,3 +890,19 @@ def test_control_plane_section() -> None:
 ])
 def test_control_plane_problems(tmp_path: Path, body: str, key: str, message: str) -> None:
     expect(tmp_path, ROUTER + '[control_plane]\nnetns = "cp"\n' + body, key, message)
+
+
+def test_control_plane_in_the_routers_own_namespace(tmp_path: Path) -> None:
+    """netns = "/proc/self/ns/net": the mirrors beside the router's TAPs and attached
+    interfaces, so a port may not be named as either (its mirror takes its name)."""
+    own = ROUTER + '[control_plane]\nnetns = "/proc/self/ns/net"\n'
+    port = '[[interface]]\nname = "{}"\nattach = "eth1"\naddresses = ["10.1.0.1/24"]\n'
+    cfg = parse_config(own + port.format("port1"))
+    assert cfg.control_plane.in_router_netns and cfg.interfaces[0].tap == "tap-port1"
+    assert not parse_config(ROUTER + '[control_plane]\nnetns = "/proc/7/ns/net"\n'
+                            ).control_plane.in_router_netns
+    expect(tmp_path, own + port.format("eth1").replace('"eth1"\nattach', '"eth1" #!\nattach'),
+           "interface[0].name", "'eth1' is attached by interface[0], and with [control_plane] "
+           "netns = '/proc/self/ns/net' the port's mirror takes its name")
+    # elsewhere the mirror lives in a namespace of its own: eth1 on eth1 is fine there
+    assert parse_config(ROUTER + '[control_plane]\nnetns = "cp"\n' + port.format("eth1"))

@@ -109,20 +109,26 @@ class Stage:
     base: str
     name: str | None
     instructions: list[Instruction] = field(default_factory=list)
+    parent: Stage | None = None       # FROM an earlier stage: the image it starts from
 
     def all(self, keyword: str) -> list[Instruction]:
+        """This stage's own instructions of a kind (not its parent's)."""
         return [i for i in self.instructions if i.keyword == keyword]
 
     def last(self, keyword: str) -> Instruction | None:
+        """The one in effect: this stage's last, else the parent's (ENTRYPOINT,
+        CMD, HEALTHCHECK... are inherited from the image a stage starts from)."""
         found = self.all(keyword)
-        return found[-1] if found else None
+        if found:
+            return found[-1]
+        return self.parent.last(keyword) if self.parent else None
 
     def workdir(self) -> str:
         w = self.last("WORKDIR")
         return w.value.strip() if w else "/"
 
     def env(self) -> dict[str, str]:
-        out: dict[str, str] = {}
+        out: dict[str, str] = self.parent.env() if self.parent else {}
         for ins in self.all("ENV"):
             words = shlex.split(ins.value)
             if words and "=" not in words[0]:          # legacy ENV KEY value
@@ -147,7 +153,10 @@ class Dockerfile:
 
     @property
     def final(self) -> Stage:
-        return self.stages[-1]
+        """What `docker build` builds without --target: the last stage, or the
+        stage an empty last `FROM <stage>` names."""
+        last = self.stages[-1]
+        return last.parent if last.parent and not last.instructions else last
 
 
 def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
@@ -197,7 +206,8 @@ def parse_dockerfile(text: str) -> Dockerfile:
         if keyword == "FROM":
             words = substitute(rest).split()
             name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            stages.append(Stage(base=words[0], name=name))
+            parent = next((st for st in stages if st.name == words[0]), None)
+            stages.append(Stage(base=words[0], name=name, parent=parent))
             continue
         assert stages, f"line {line}: {keyword} before FROM"
         stages[-1].instructions.append(Instruction(keyword, flags, rest, line))
@@ -355,42 +365,63 @@ class Image:
     path: list[Path]            # the "image's" PATH: the venv's bin, then a few tools
     build_seconds: float
     install_seconds: float
+    target: str | None = None   # docker build --target; None: the default image
+
+    @property
+    def stage(self) -> Stage:
+        return self.df.stage(self.target) if self.target else self.df.final
 
     def env(self, **extra: str) -> dict[str, str]:
-        return clean_env(self.path, **{**self.df.final.env(), **extra})
+        return clean_env(self.path, **{**self.stage.env(), **extra})
 
     @property
     def entrypoint(self) -> list[str]:
-        ins = self.df.final.last("ENTRYPOINT")
+        ins = self.stage.last("ENTRYPOINT")
         assert ins is not None and ins.exec_form() is not None
         return ins.exec_form()  # type: ignore[return-value]
 
     @property
     def cmd(self) -> list[str]:
-        ins = self.df.final.last("CMD")
+        ins = self.stage.last("CMD")
         assert ins is not None and ins.exec_form() is not None
         return ins.exec_form()  # type: ignore[return-value]
 
     @property
     def healthcheck(self) -> list[str]:
-        ins = self.df.final.last("HEALTHCHECK")
+        ins = self.stage.last("HEALTHCHECK")
         assert ins is not None
         return healthcheck_command(ins)
 
     @property
     def stopsignal(self) -> signal.Signals:
-        ins = self.df.final.last("STOPSIGNAL")
+        ins = self.stage.last("STOPSIGNAL")
         return signal.Signals[ins.value.strip()] if ins else signal.SIGTERM
 
+    def copies(self) -> dict[str, Path]:
+        """Every file the image's COPY instructions put in place (image path ->
+        context file), a stage's own over its parent's."""
+        chain: list[Stage] = []
+        st: Stage | None = self.stage
+        while st is not None:
+            chain.insert(0, st)
+            st = st.parent
+        out: dict[str, Path] = {}
+        for st in chain:
+            for ins in st.all("COPY"):
+                if "from" in ins.flags:
+                    continue
+                *sources, target = shlex.split(ins.value)
+                for src in sources:
+                    dest = (target.rstrip("/") + "/" + os.path.basename(src)
+                            if target.endswith("/") else target)
+                    out[dest] = self.context / src
+        return out
+
     def copied_file(self, dest: str) -> Path:
-        """The context file that a COPY of the final stage puts at ``dest``."""
-        for ins in self.df.final.all("COPY"):
-            if "from" in ins.flags:
-                continue
-            *sources, target = shlex.split(ins.value)
-            if target == dest and len(sources) == 1:
-                return self.context / sources[0]
-        raise AssertionError(f"no COPY to {dest} in the runtime stage")
+        """The context file that a COPY of the image puts at ``dest``."""
+        found = self.copies().get(dest)
+        assert found is not None, f"no COPY to {dest} in the image's stages"
+        return found
 
 
 @pytest.fixture(scope="module")
@@ -511,7 +542,8 @@ def test_dockerignore_sends_sources_only(tmp_path: Path) -> None:
     for must in ("pyproject.toml", "setup.py", "configs/container.toml",
                  "forwarder/cli.py", "forwarder/container.py", "allocator_pyx/uma.pyx",
                  "allocator_pyx/uma.pxd", "forwarder/dataplane.pyx", "forwarder/lab/cli.py",
-                 "forwarder/lab/lab.toml"):
+                 "forwarder/lab/lab.toml", "forwarder/frr.py", "configs/container-frr.toml",
+                 "configs/frr/daemons", "configs/frr/frr.conf"):
         assert must in files, must
     sources = {p.relative_to(ROOT).as_posix()
                for pkg in ("allocator_pyx", "forwarder", "forwarder/lab", "forwarder/net",
@@ -757,21 +789,29 @@ def _child(pid: int, timeout: float = 10) -> int:
 
 def start_container(image: Image, topo: nn.Topology, netns: str, argv: Sequence[str],
                     config: Path, workdir: Path, env: Mapping[str, str], *,
-                    pid_namespace: bool = True) -> Container:
-    """Run ``argv`` in ``netns`` with ``config`` at the path the image's CMD names."""
+                    pid_namespace: bool = True, files: Mapping[str, Path] = {},
+                    caps: Sequence[str] | None = None) -> Container:
+    """Run ``argv`` in ``netns`` with ``config`` at the path the image's CMD names
+    and ``files`` (image path -> host file) at theirs; with ``caps``, only those
+    capabilities (the bounding set a runtime gives: ``--cap-add`` on its defaults)."""
     dest = image.cmd[image.cmd.index("-c") + 1]
     for d in ("upper", "work"):
         (workdir / d).mkdir(parents=True)
     q = shlex.quote
-    tool = {t: q(shutil.which(t) or f"/usr/bin/{t}") for t in ("mount", "mkdir", "touch")}
+    tool = {t: q(shutil.which(t) or f"/usr/bin/{t}")
+            for t in ("mount", "mkdir", "touch", "setpriv")}
+    binds = [f"{tool[t]} {args}" for path, src in {dest: config, **files}.items()
+             for t, args in (("mkdir", f"-p {q(os.path.dirname(path))}"), ("touch", q(path)),
+                             ("mount", f"--bind {q(str(src))} {q(path)}"))]
+    drop = (f"{tool['setpriv']} --bounding-set -all,{','.join('+' + c for c in caps)} -- "
+            if caps is not None else "")
     setup = "\n".join([
         f"{tool['mount']} -t tmpfs -o mode=0755 tmpfs /run",
+        f"{tool['mount']} -t tmpfs -o mode=1777 tmpfs /var/tmp",
         f"{tool['mount']} -t overlay overlay -o lowerdir=/etc,upperdir={q(str(workdir / 'upper'))},"
         f"workdir={q(str(workdir / 'work'))} /etc",
-        f"{tool['mkdir']} -p {q(os.path.dirname(dest))}",
-        f"{tool['touch']} {q(dest)}",
-        f"{tool['mount']} --bind {q(str(config))} {q(dest)}",
-        'exec "$@"'])
+        *binds,
+        f'exec {drop}"$@"'])
     log = workdir / "router.log"
     # --kill-child: should unshare die (cleanup), its child dies with it
     pid_opts = ["--pid", "--fork", "--mount-proc", "--kill-child"] if pid_namespace else []
@@ -1332,3 +1372,310 @@ def test_lab_extra_runs_the_lab_from_the_root_of_a_source_checkout(image: Image,
     assert f"forwarder lab: {lab_venv}/lib/" in out, out        # the installed lab.toml
     assert "router exit 0; no namespace left behind" in out, out
     assert leftovers(prefix) == []
+
+
+# --- the frr stage: FRR next to the router (docs/containers.md) -----------------------
+
+FRR_CONFIG = ROOT / "configs" / "container-frr.toml"
+# What Docker (and containerd) give a container without --cap-add: the bounding set
+# the "container" runs with below, plus what the docs' run line adds.
+DOCKER_DEFAULT_CAPS = ("chown", "dac_override", "fsetid", "fowner", "mknod", "net_raw",
+                       "setgid", "setuid", "setfcap", "setpcap", "net_bind_service",
+                       "sys_chroot", "kill", "audit_write")
+
+
+@pytest.fixture(scope="module")
+def frr_image(image: Image) -> Image:
+    """The same wheels and venv as `image`, with the frr stage's metadata and files
+    (the host's FRR stands for the stage's `apt-get install frr`)."""
+    import dataclasses
+    return dataclasses.replace(image, target="frr")
+
+
+def frr_conf_facts(text: str) -> dict[str, Any]:
+    """The parts of frr.conf the test relies on: its static routes and BGP peer."""
+    asn = re.search(r"^router bgp (\d+)$", text, re.M)
+    peer = re.search(r"^ neighbor (\S+) remote-as (\d+)$", text, re.M)
+    assert asn and peer, text
+    return {"as": int(asn.group(1)), "peer": peer.group(1), "peer_as": int(peer.group(2)),
+            "static": re.findall(r"^ip route (\S+) (\S+)$", text, re.M)}
+
+
+def test_frr_stage_structure(dockerfile: Dockerfile) -> None:
+    """`FROM runtime AS frr`: Debian's frr added to the router's image, its own
+    config and FRR's files where `forwarder run --frr` reads them, the runtime's
+    ENTRYPOINT and HEALTHCHECK; and `docker build` without --target still builds
+    the router alone."""
+    frr = dockerfile.stage("frr")
+    runtime = dockerfile.stage("runtime")
+    assert frr.base == "runtime" and frr.parent is runtime
+    assert dockerfile.final is runtime, "the default target is the router alone"
+    runs = " ".join(i.value for i in frr.all("RUN"))
+    assert re.search(r"apt-get install -y --no-install-recommends frr\b", runs), runs
+    for compiler in COMPILERS:
+        assert not re.search(rf"(?<![\w-]){re.escape(compiler)}(?![\w-])", runs), compiler
+    cmd = frr.last("CMD")
+    assert cmd is not None and cmd.exec_form() == ["run", "-c", "/etc/forwarder/router.toml",
+                                                   "--frr"]
+    assert frr.last("ENTRYPOINT") is runtime.last("ENTRYPOINT")
+    assert frr.last("HEALTHCHECK") is runtime.last("HEALTHCHECK")
+    copies = [shlex.split(i.value) for i in frr.all("COPY")]
+    assert ["configs/container-frr.toml", "/etc/forwarder/router.toml"] in copies
+    assert ["configs/frr/daemons", "configs/frr/frr.conf", "/etc/frr/"] in copies
+    assert next(i for i in frr.all("COPY") if "/etc/frr/" in i.value).flags["chown"] == "frr:frr"
+    # the config: mirrors in the container's own namespace, ports named apart
+    config = load_config(FRR_CONFIG)
+    assert config.control_plane.in_router_netns and config.control_plane.import_routes
+    assert [(i.name, i.attach) for i in config.interfaces] == [("port1", "eth1"),
+                                                               ("port2", "eth2")]
+    # FRR's files: bgpd on; frr.conf's peer and gateways on the ports' subnets
+    from forwarder.frr import enabled, read_daemons
+    assert enabled(read_daemons(ROOT / "configs" / "frr" / "daemons")) == [
+        "zebra", "bgpd", "staticd"]
+    facts = frr_conf_facts((ROOT / "configs" / "frr" / "frr.conf").read_text())
+    subnets = {a.network for itf in config.interfaces for a in itf.addresses}
+    for gw in [facts["peer"]] + [via for _, via in facts["static"]]:
+        assert any(IPv4Interface(f"{gw}/32").ip in net for net in subnets), gw
+    assert facts["static"], "frr.conf shows a static route"
+
+
+def test_frr_daemons_file_is_read_as_frrinit_reads_it(tmp_path: Path) -> None:
+    from forwarder.frr import FrrError, enabled, read_daemons
+    path = tmp_path / "daemons"
+    path.write_text('# comment\nbgpd=yes\nospfd=no\nisisd=\nbfdd=1   # on\n'
+                    'bgpd_options="   -A 127.0.0.1"\nvtysh_enable=yes\n')
+    values = read_daemons(path)
+    assert values["bgpd_options"] == "   -A 127.0.0.1"
+    assert enabled(values) == ["zebra", "bgpd", "staticd", "bfdd"]    # FRR's order
+    path.write_text('bgpd_options="unbalanced\n')
+    with pytest.raises(FrrError, match="daemons:1"):
+        read_daemons(path)
+
+
+def _frr_topology(topo: nn.Topology, config: Any) -> tuple[str, dict[str, str]]:
+    """The router's "container" namespace with a veth per attached port, named as
+    Docker names it and with Docker's .253 on it; a host at .2 on each, whose
+    default route is the router."""
+    r_ns = topo.netns("router")
+    hosts = {}
+    for k, itf in enumerate(config.interfaces, 1):
+        net = itf.addresses[0].network
+        hosts[itf.name] = topo.netns(f"h{k}")
+        topo.veth(itf.attach, r_ns, "eth0", hosts[itf.name],
+                  addresses_a=[f"{net[253]}/{net.prefixlen}"],
+                  addresses_b=[f"{net[2]}/{net.prefixlen}"])
+        with nn.iproute(hosts[itf.name]) as ipr:
+            ipr.route("add", dst="0.0.0.0/0", gateway=str(itf.addresses[0].ip),
+                      oif=ipr.link_lookup(ifname="eth0")[0])
+    return r_ns, hosts
+
+
+def _frr_files(image: Image, tmp_path: Path) -> dict[str, Path]:
+    """FRR's files of the stage, copied (a daemon or `write memory` may write them)."""
+    out = {}
+    for dest, src in image.copies().items():
+        if dest.startswith("/etc/frr/"):
+            copy = tmp_path / "etc-frr" / os.path.basename(dest)
+            copy.parent.mkdir(exist_ok=True)
+            shutil.copy(src, copy)
+            copy.chmod(0o644)
+            out[dest] = copy
+    assert set(out) == {"/etc/frr/daemons", "/etc/frr/frr.conf"}, out
+    return out
+
+
+def _children(pid: int) -> dict[int, tuple[str, int]]:
+    """A process's children: pid -> (command name, real uid)."""
+    out = {}
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        try:
+            status = Path(f"/proc/{child}/status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        out[int(child)] = (fields["Name"].strip(), int(fields["Uid"].split()[0]))
+    return out
+
+
+def frr_doc_run_caps() -> tuple[str, ...]:
+    """The --cap-add of the frr section's docker run line, as setpriv names them."""
+    section = doc_section(DOCS.read_text(), "FRR in the image")
+    runs = [line for block in doc_blocks(section, "sh") for line in block.splitlines()
+            if line.startswith("docker run ")]
+    assert len(runs) == 1, runs
+    return tuple(c.lower() for c in re.findall(r"--cap-add (\w+)", runs[0]))
+
+
+def test_docs_frr_section_matches_the_stage(dockerfile: Dockerfile, compose: dict) -> None:
+    """docs/containers.md's FRR section: it builds the frr target and runs it with
+    the device flags of the plain image plus the capabilities FRR needs; its commands
+    exist; its compose router is configs/compose.yaml's with the frr target, whose
+    networks name the frr config's attach interfaces, on their ports' subnets."""
+    import yaml
+    section = doc_section(DOCS.read_text(), "FRR in the image")
+    lines = [line.strip() for block in doc_blocks(section, "sh") for line in block.splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert "docker build --target frr -t mbuma-forwarder:frr ." in lines
+    assert set(frr_doc_run_caps()) == {"net_admin", "sys_admin"}
+    run_line = next(line for line in lines if line.startswith("docker run "))
+    assert "--device /dev/net/tun --device-cgroup-rule 'c 10:200 rwm'" in run_line
+    assert run_line.split()[-1] == "mbuma-forwarder:frr"
+    for line in lines:
+        words = shlex.split(line.split("  #")[0])
+        if words[:2] == ["docker", "exec"]:
+            argv = [w for w in words[2:] if w != "-it"][1:]
+            assert argv[0] in ("vtysh", "forwarder"), line
+            if argv[0] == "forwarder":
+                assert argv[1] in forwarder_commands(), line
+    assert "netns = \"/proc/self/ns/net\"" in section and "apparmor=unconfined" in section
+    (shown,) = [d for b in doc_blocks(section, "yaml") for d in yaml.safe_load_all(b)]
+    router = shown["services"]["router"]
+    assert router["build"]["target"] == "frr" and dockerfile.stage("frr")
+    real = compose["services"]["router"]
+    assert {k: v for k, v in router["build"].items() if k != "target"} == real["build"]
+    assert router["networks"] == real["networks"] and router["devices"] == real["devices"]
+    assert set(router["cap_add"]) == {c.upper() for c in frr_doc_run_caps()}
+    config = load_config(FRR_CONFIG)
+    ports = {itf.attach: itf for itf in config.interfaces}
+    for net, spec in router["networks"].items():
+        subnet = IPv4Network(compose["networks"][net]["ipam"]["config"][0]["subnet"])
+        assert [a.network for a in ports[spec["interface_name"]].addresses] == [subnet]
+
+
+@requires_root_netns
+@pytest.mark.skipif(not shutil.which("vtysh") or not shutil.which("bird"),
+                    reason="needs frr and bird2 (scripts/install.sh installs them)")
+def test_frr_image_runs_bgp_next_to_the_router(frr_image: Image, topo: nn.Topology,
+                                               tmp_path: Path) -> None:
+    """The frr stage's ENTRYPOINT + CMD, with the capabilities its docs' run line
+    gives (Docker's defaults, NET_ADMIN, SYS_ADMIN) and nothing else: FRR's
+    daemons start in the container's own namespace as the router's children (user
+    frr), on the mirrors; frr.conf's static route and what BIRD on the peer
+    announces over BGP reach the dataplane, and h1 pings into the announced
+    prefix.  A bgpd killed is started again and the session comes back; the stop
+    signal stops FRR, then the router, exit 0."""
+    import pwd
+    from forwarder.lab.daemons import bird, bird_bgp_conf
+    image = frr_image
+    config = load_config(image.copied_file(image.cmd[image.cmd.index("-c") + 1]))
+    files = _frr_files(image, tmp_path)
+    facts = frr_conf_facts(files["/etc/frr/frr.conf"].read_text())
+    r_ns, hosts = _frr_topology(topo, config)
+    p1, p2 = (itf.name for itf in config.interfaces)
+    peer_if = next(itf for itf in config.interfaces
+                   if IPv4Interface(f"{facts['peer']}/32").ip in itf.addresses[0].network)
+    announced, target = "10.20.0.0/16", "10.20.0.1"        # owned by the BGP peer
+    with nn.iproute(hosts[peer_if.name]) as ipr:
+        ipr.addr("add", index=ipr.link_lookup(ifname="lo")[0], address=target, prefixlen=32)
+    with bird(hosts[peer_if.name], tmp_path,
+              bird_bgp_conf(facts["peer"], facts["peer_as"], str(peer_if.addresses[0].ip),
+                            facts["as"], [announced])) as b:
+        t0 = time.monotonic()
+        ctr = start_container(image, topo, r_ns, image.entrypoint + image.cmd,
+                              image.copied_file("/etc/forwarder/router.toml"), tmp_path / "ctr",
+                              image.env(), files=files,
+                              caps=DOCKER_DEFAULT_CAPS + frr_doc_run_caps())
+        ctr.wait_healthy()
+        assert ctr.pid_in_namespace() == 1
+        b.wait_established("up", timeout=30)
+
+        def routes() -> dict[str, dict]:
+            cp = ctr.exec(["forwarder", "route", "list", "--json"])
+            assert cp.returncode == 0, cp.stderr
+            return {r["prefix"]: r for r in json.loads(cp.stdout)}
+
+        def wait_route(prefix: str, timeout: float = 20) -> dict:
+            deadline = time.monotonic() + timeout
+            while prefix not in (table := routes()):
+                assert time.monotonic() < deadline, f"{prefix} not in {table}\n{ctr.log.read_text()}"
+                time.sleep(0.2)
+            return table[prefix]
+
+        row = wait_route(announced)
+        print(f"BGP route in the dataplane {time.monotonic() - t0:.1f} s after the start")
+        assert (row["origin"], row["via"], row["interface"]) == ("bgp", facts["peer"],
+                                                                 peer_if.name), row
+        for prefix, via in facts["static"]:               # staticd's, through zebra
+            row = wait_route(prefix)
+            assert (row["origin"], row["via"]) == ("frr-static", via), row
+        cp = ping(hosts[p1], target)
+        assert cp.returncode == 0, f"{cp.stdout}\n{ctr.log.read_text()}"
+
+        # FRR: the router's children, user frr, in the container's own namespace; vtysh
+        # (docker exec router vtysh) reaches them and zebra sees the mirrors
+        frr_uid = pwd.getpwnam("frr").pw_uid
+        daemons = {name: (pid, uid) for pid, (name, uid) in _children(ctr.pid).items()}
+        assert set(daemons) >= {"zebra", "staticd", "bgpd"}, daemons
+        assert {uid for _, uid in daemons.values()} == {frr_uid}, daemons
+        for pid, _ in daemons.values():
+            assert os.readlink(f"/proc/{pid}/ns/net") == os.readlink(f"/proc/{ctr.pid}/ns/net")
+        vtysh = shutil.which("vtysh") or "vtysh"
+        summary = json.loads(ctr.exec([vtysh, "-c", "show bgp ipv4 unicast summary json"]).stdout)
+        assert summary["peers"][facts["peer"]]["state"] == "Established", summary
+        shown = ctr.exec([vtysh, "-c", "show interface brief"]).stdout
+        for itf in config.interfaces:
+            assert re.search(rf"^{itf.name}\s+up\s+default\s+{itf.addresses[0]}", shown, re.M), \
+                shown
+        log = ctr.log.read_text()
+        assert "FRR zebra, bgpd, staticd running in the router's own namespace" in log, log
+
+        # a daemon that dies is started again, and its part of frr.conf applied
+        os.kill(daemons["bgpd"][0], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while "FRR bgpd started again" not in ctr.log.read_text():
+            assert time.monotonic() < deadline, ctr.log.read_text()
+            time.sleep(0.2)
+        b.wait_established("up", timeout=30)
+        wait_route(announced)
+        assert ctr.zombies() == []
+
+        pids = list(_children(ctr.pid))
+        code, took, out = ctr.stop()
+    assert code == 0 and took < 5, (code, took, out)
+    assert "FRR stopped" in out and "Traceback" not in out, out
+    assert not [p for p in pids if Path(f"/proc/{p}").exists()], "FRR outlived the router"
+
+
+@requires_root_netns
+def test_frr_image_capabilities(frr_image: Image, topo: nn.Topology, tmp_path: Path) -> None:
+    """What the docs say about capabilities, run with exactly those: with Docker's
+    defaults and NET_ADMIN only, the router with its mirrors in its own namespace
+    runs (no setns, no mount); `--frr` refuses to start, naming CAP_SYS_ADMIN,
+    which FRR's daemons ask for; a control plane in a namespace of its own cannot
+    be made, and the error says what it needs."""
+    image = frr_image
+    config_path = image.copied_file("/etc/forwarder/router.toml")
+    config = load_config(config_path)
+    r_ns, _ = _frr_topology(topo, config)
+    net_admin = DOCKER_DEFAULT_CAPS + ("net_admin",)
+    run_cmd = [w for w in image.cmd if w != "--frr"]
+    ctr = start_container(image, topo, r_ns, image.entrypoint + run_cmd, config_path,
+                          tmp_path / "plain", image.env(), caps=net_admin)
+    ctr.wait_healthy()
+    status = Path(f"/proc/{ctr.pid}/status").read_text()
+    eff = int(re.search(r"^CapEff:\s+(\w+)", status, re.M).group(1), 16)  # type: ignore[union-attr]
+    assert not eff >> 21 & 1 and eff >> 12 & 1, hex(eff)     # no CAP_SYS_ADMIN; CAP_NET_ADMIN
+    links = router_links(r_ns)
+    for itf in config.interfaces:                   # the mirrors, beside eth1/eth2 and the TAPs
+        assert links[itf.name]["kind"] == "tun", links
+        assert links[itf.name]["addresses"][0] == str(itf.addresses[0]), links[itf.name]
+        assert links[itf.name]["mac"] == links[itf.attach]["mac"], (links[itf.name],
+                                                                    links[itf.attach])
+    code, took, out = ctr.stop()
+    assert code == 0, out
+
+    ctr = start_container(image, topo, r_ns, image.entrypoint + image.cmd, config_path,
+                          tmp_path / "frr", image.env(), files=_frr_files(image, tmp_path),
+                          caps=net_admin)
+    assert ctr.proc.wait(20) == 1
+    assert "forwarder run --frr: FRR's daemons need CAP_SYS_ADMIN" in ctr.log.read_text()
+
+    own = tmp_path / "own-netns.toml"
+    own.write_text(config_path.read_text().replace('netns = "/proc/self/ns/net"',
+                                                   'netns = "cp"'))
+    assert load_config(own).control_plane.netns == "cp"
+    ctr = start_container(image, topo, r_ns, image.entrypoint + run_cmd, own,
+                          tmp_path / "named", image.env(), caps=net_admin)
+    assert ctr.proc.wait(20) == 1
+    log = ctr.log.read_text()
+    assert "creating namespace cp needs CAP_SYS_ADMIN" in log and "/proc/self/ns/net" in log, log
