@@ -245,20 +245,30 @@ cdef uint64_t rt_tbl24_resident(rtable *t) noexcept nogil
 # --- Python handle -------------------------------------------------------------
 # The dataplane takes `cdef rtable *t = table.t` and calls rt_lookup(t, ...)
 # without the GIL; add/delete go through the methods (GIL held).
-cdef class RouteTable:
-    cdef rtable *t
-    cdef dict _routes           # (prefix << 6 | plen) -> next-hop index: the authoritative list
+# The next-hop slots of a table (either family's): interned by key, counted
+# by reference, freed slots reused oldest first.  What a slot holds is the
+# table's (rt_nh_set / rt6_nh_set); the bookkeeping, and the groups' rows, are
+# here once.
+cdef class NexthopSlots:
     cdef dict _nh_by_key        # (gateway, ifindex, type) or (NH_MULTIPATH, row) -> next-hop index
     cdef list _nh_key           # index -> key or None
     cdef list _nh_refs          # index -> routes (and groups) using it
     cdef object _nh_free        # deque of freed indices, reused oldest first
     cdef uint32_t _nh_hwm       # slots ever used
-    cdef object _lock           # serializes writers (threading.Lock)
+    cdef uint32_t _nh_max       # slots the table has
     cdef object __weakref__
 
     cdef int _nh_alloc(self, object key) except -1
-    cdef int _nh_get(self, uint32_t gateway, int32_t ifindex, int32_t type) except -1
-    cdef int _nhg_get(self, list paths) except -1
+    cdef int _nhg_get(self, list members, list weights) except -1
+    cdef int _nhg_write(self, int idx, tuple row) except -1
     cdef void _nh_put(self, int idx)
+
+
+cdef class RouteTable(NexthopSlots):
+    cdef rtable *t
+    cdef dict _routes           # (prefix << 6 | plen) -> next-hop index: the authoritative list
+    cdef object _lock           # serializes writers (threading.Lock)
+
+    cdef int _nh_get(self, uint32_t gateway, int32_t ifindex, int32_t type) except -1
     cdef int _add(self, uint32_t prefix, int plen, int idx) except -1
     cdef int _delete(self, uint32_t prefix, int plen) except -1

@@ -58,7 +58,7 @@ from libc.stdint cimport uint8_t, uint32_t, int32_t, uint64_t
 # One definition of the next-hop types and of the atomics: route.pxd's.
 from forwarder.route cimport (NH_NONE, NH_FORWARD, NH_LOCAL, NH_BLACKHOLE, NH_UNREACHABLE,
                               NH_PROHIBIT, NH_MULTIPATH, RT_NHG_SLOTS, rt_nhg_pick, rt_hash_mix,
-                              rt_nhg_map, rt_nhg_unmap, rt_load_acq, rt_store_rlx,
+                              rt_nhg_map, rt_nhg_unmap, NexthopSlots, rt_load_acq, rt_store_rlx,
                               rt_store_rel, rt_fence_rel, rt_gen_load, rt_gen_bump)
 
 # route.pxd's rt_prefetch is non-temporal (an IPv4 lookup reads a random
@@ -268,21 +268,12 @@ cdef uint64_t rt6_tbl24_resident(rt6table *t) noexcept nogil
 # --- Python handle -------------------------------------------------------------
 # The dataplane takes `cdef rt6table *t = table.t` and calls rt6_lookup_nh(t, ...)
 # without the GIL; add/delete go through the methods (GIL held).
-cdef class Route6Table:
+cdef class Route6Table(NexthopSlots):
     cdef rt6table *t
     cdef dict _routes           # (prefix << 8 | plen) -> next-hop index: the authoritative list
     cdef object _plen_count     # routes per prefix length (129 ints): the cover search skips empty lengths
-    cdef dict _nh_by_key        # (gateway bytes, ifindex, type) -> next-hop index
-    cdef object _nh_key         # index -> key or None
-    cdef object _nh_refs        # index -> routes using it
-    cdef object _nh_free        # deque of freed indices, reused oldest first
-    cdef uint32_t _nh_hwm       # slots ever used
     cdef object _lock           # serializes writers (threading.Lock)
-    cdef object __weakref__
 
-    cdef int _nh_alloc(self, object key) except -1
     cdef int _nh_get(self, bytes gateway, int32_t ifindex, int32_t type) except -1
-    cdef int _nhg_get(self, list paths) except -1
-    cdef void _nh_put(self, int idx)
     cdef int _add(self, object net, int plen, int idx) except -1
     cdef int _delete(self, object net, int plen) except -1

@@ -650,7 +650,7 @@ cdef bytes _parse_gateway(object via, object prefix):
     return (<object>g).to_bytes(16, "big")
 
 
-cdef class Route6Table:
+cdef class Route6Table(NexthopSlots):
     """IPv6 routing table: multibit-trie (rte_lpm6-like) lookups usable without the GIL.
 
     ``add(prefix, nexthop=None, *, via=None, ifindex=None, type=None)``
@@ -678,38 +678,16 @@ cdef class Route6Table:
         self.t = rt6_create(tbl8_max, nexthops)
         if self.t == NULL:
             raise MemoryError("cannot map the IPv6 route table")
+        self._nh_max = self.t.nh_max
         self._routes = {}
         self._plen_count = [0] * 129
-        self._nh_by_key = {}
-        self._nh_key = []
-        self._nh_refs = []
-        self._nh_free = deque()
-        self._nh_hwm = 0
         self._lock = threading.Lock()
 
     def __dealloc__(self):
         rt6_destroy(self.t)
         self.t = NULL
 
-    # -- next hops (as route.pyx's RouteTable) --
-
-    cdef int _nh_alloc(self, object key) except -1:
-        """A free slot for a new next hop ``key`` (0 references); the caller
-        writes it."""
-        cdef int i
-        if len(self._nh_free) >= NH_QUARANTINE or (self._nh_hwm == self.t.nh_max and self._nh_free):
-            i = self._nh_free.popleft()
-            self._nh_key[i] = key
-            self._nh_refs[i] = 0
-        elif self._nh_hwm < self.t.nh_max:
-            i = self._nh_hwm
-            self._nh_hwm += 1
-            self._nh_key.append(key)
-            self._nh_refs.append(0)
-        else:
-            raise OverflowError(f"next-hop table full ({self.t.nh_max} next hops)")
-        self._nh_by_key[key] = i
-        return i
+    # -- next hops (the slots' bookkeeping is route.pyx's NexthopSlots') --
 
     cdef int _nh_get(self, bytes gateway, int32_t ifindex, int32_t type) except -1:
         """Index of the next hop (created with 0 references if new)."""
@@ -722,46 +700,14 @@ cdef class Route6Table:
         rt6_nh_set(self.t, i, gateway, ifindex, type)
         return i
 
-    cdef int _nhg_get(self, list paths) except -1:
-        """Index of the multipath next hop over paths, [(gateway, ifindex,
-        weight)] (created with 0 references if new; it holds one on each
-        member)."""
-        cdef list members = [self._nh_get(gw, ifi, NH_FORWARD) for gw, ifi, _ in paths]
-        cdef tuple row = tuple(members[k] for k in nhg_slots([w for _, _, w in paths]))
-        cdef object key = (NH_MULTIPATH, row)
-        cdef object idx = self._nh_by_key.get(key)
+    cdef int _nhg_write(self, int idx, tuple row) except -1:
         cdef uint32_t buf[RT_NHG_SLOTS]
-        cdef int i, k
-        if idx is not None:
-            return idx
-        for i in set(row):
-            self._nh_refs[i] += 1
-        try:
-            i = self._nh_alloc(key)
-        except OverflowError:
-            for k in set(row):
-                self._nh_put(k)
-            raise
+        cdef int k
         for k in range(len(row)):
             buf[k] = row[k]
-        rt6_nhg_set(self.t, i, buf, len(row))
-        return i
-
-    cdef void _nh_put(self, int idx):
-        """Drop one reference; a next hop without routes goes to the free FIFO
-        (a group gives its members' references back).  Its slot keeps its old
-        contents until reused (a reader that just got the index still reads a
-        sane next hop)."""
-        cdef object key
-        self._nh_refs[idx] -= 1
-        if self._nh_refs[idx] == 0:
-            key = self._nh_key[idx]
-            del self._nh_by_key[key]
-            self._nh_key[idx] = None
-            self._nh_free.append(idx)
-            if key[0] == NH_MULTIPATH:
-                for k in set(key[1]):
-                    self._nh_put(k)
+        if rt6_nhg_set(self.t, idx, buf, len(row)) < 0:
+            raise ValueError(f"bad next-hop group row {row!r}")
+        return 0
 
     # -- routes --
 
@@ -835,7 +781,9 @@ cdef class Route6Table:
                               lambda v: _parse_gateway(v, prefix))
             with self._lock:
                 self._add(net, plen, self._nh_get(paths[0][0], paths[0][1], NH_FORWARD)
-                          if len(paths) == 1 else self._nhg_get(paths))
+                          if len(paths) == 1 else
+                          self._nhg_get([self._nh_get(gw, i, NH_FORWARD) for gw, i, _ in paths],
+                                        [w for _, _, w in paths]))
             return
         if type is None:
             type = "forward"
