@@ -1,9 +1,9 @@
 """The `forwarder` command: one entry point, one subcommand per job.
 
-  forwarder run -c CONFIG [-o NAME=VALUE ...] [--frr]
+  forwarder run -c CONFIG [-o NAME=VALUE ...] [--frr] [--log-format text|json]
                                                   run a router (foreground; --frr: and FRR)
   forwarder sysctl [-a | -d NAME | NAME[=VALUE] ...]
-  forwarder netstat -m | vmstat -z | stats         [--json]
+  forwarder netstat -m | vmstat -z | stats
   forwarder route [list | add PREFIX (via GW | dev IF | TYPE) | del PREFIX]
   forwarder arp -a | -d IP [-i IF]
   forwarder ndp -a | -d IP [-i IF]
@@ -13,7 +13,9 @@
 
 Every command but run talks to a running router, chosen with -c CONFIG,
 --name NAME or --socket PATH (default: the only socket in /run/forwarder);
---timeout SECONDS bounds the wait for its answer (default 10).
+--timeout SECONDS bounds the wait for its answer (default 10).  The commands
+that read take --json: one JSON document, its schema in forwarder/schemas/
+(docs/json.md).
 
 Exit status: 0 done; 1 the router refused (unknown tunable, bad or out of
 range value, boot-only tunable at runtime, no such route, broken config on
@@ -33,6 +35,9 @@ import sys
 import threading
 from pathlib import Path
 from typing import Any, Callable
+
+from forwarder.logformat import FORMATS, json_line
+from forwarder.logformat import configure as configure_logging
 
 log = logging.getLogger("forwarder")
 
@@ -100,11 +105,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, args.option or [])
     except ConfigError as e:
-        print(f"forwarder: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return _run_failed(args, f"forwarder: {e}", EXIT_USAGE)
     except FileNotFoundError:
-        print(f"forwarder: {args.config}: no such file", file=sys.stderr)
-        return EXIT_USAGE
+        return _run_failed(args, f"forwarder: {args.config}: no such file", EXIT_USAGE)
     if not args.verbose:
         logging.getLogger().setLevel(config.router.log_level.upper())
 
@@ -115,8 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             frr = Frr(config)
             frr.check()
         except FrrError as e:
-            print(f"forwarder run --frr: {e}", file=sys.stderr)
-            return EXIT_ERROR
+            return _run_failed(args, f"forwarder run --frr: {e}", EXIT_ERROR)
     router = Router(config, overrides=tuple(args.option or ()),
                     manage_log_level=not args.verbose)
     stop = threading.Event()
@@ -127,8 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         server = ControlServer(config.router.socket, router)
     except (ControlError, OSError) as e:
-        print(f"forwarder: control socket: {e}", file=sys.stderr)
-        return EXIT_ERROR
+        return _run_failed(args, f"forwarder: control socket: {e}", EXIT_ERROR)
     metrics = None
     try:
         router.start()
@@ -164,11 +165,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         server.close()
         router.stop()
     leaked = mbufs.in_use()
-    print(mbufs.netstat_text())
+    if args.log_format == "json":           # the final netstat -m as one more JSON line
+        print(json_line("forwarder", "netstat -m at exit", netstat_m=mbufs.netstat_dict()),
+              flush=True)
+    else:
+        print(mbufs.netstat_text())
     if leaked:
         log.error("mbufs still in use at exit: %s", leaked)
         return EXIT_ERROR
     return EXIT_OK
+
+
+def _run_failed(args: argparse.Namespace, message: str, code: int) -> int:
+    """`forwarder run` cannot start: say why on stderr, in the log format."""
+    if args.log_format == "json":
+        log.error("%s", message)
+    else:
+        print(message, file=sys.stderr)
+    return code
 
 
 # --- sysctl ------------------------------------------------------------------------
@@ -483,6 +497,10 @@ def build_parser(extras: bool = True) -> argparse.ArgumentParser:
                    help="also run FRR's daemons (/etc/frr/daemons, frr.conf) in [control_plane] "
                         "netns once the mirrors are there, and stop them first "
                         "(forwarder/frr.py)")
+    r.add_argument("--log-format", choices=FORMATS, default="text",
+                   help="text (the default) or json: one JSON object a line on stderr, with "
+                        "time (RFC 3339, UTC), level, logger, message and exception "
+                        "(forwarder/logformat.py)")
 
     s = sub.add_parser("sysctl", parents=[which, js], help="read or set tunables")
     s.add_argument("-a", "--all", action="store_true", help="list every tunable")
@@ -534,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     first = next((w for w in words if not w.startswith("-")), None)
     args = build_parser(extras=first not in COMMANDS).parse_args(words)
     level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(level, getattr(args, "log_format", "text"))
     fn = COMMANDS.get(args.cmd) or getattr(args, "func", None)
     try:
         return fn(args)

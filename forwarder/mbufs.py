@@ -45,3 +45,8 @@ def in_use() -> dict[str, int]:
 
 def netstat_text() -> str:
     return netstat_m(mbuf.zone_stats())
+
+
+def netstat_dict() -> dict:
+    """netstat -m's numbers (netstat -m --json)."""
+    return netstat_m_dict(mbuf.zone_stats())

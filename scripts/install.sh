@@ -4,7 +4,8 @@
 #   Python headers (only those missing).  frr and bird2 are the routing daemons the
 #   control-plane tests run in namespaces; their packages' services are not started here.
 #   Python: this package, built in place with its Cython extensions, plus the lab extra
-#   (scapy, numpy, matplotlib, psutil: `forwarder lab`) and the test extra.
+#   (scapy, numpy, matplotlib, psutil: `forwarder lab`) and the test extra (pytest,
+#   hypothesis, jsonschema, ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

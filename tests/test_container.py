@@ -1293,6 +1293,21 @@ def test_installed_image_imports_without_a_compiler(image: Image, tmp_path: Path
     print(f"wheel build {image.build_seconds:.0f} s, install {image.install_seconds:.0f} s")
 
 
+def test_the_wheel_ships_the_json_schemas(image: Image, tmp_path: Path) -> None:
+    """forwarder/schemas/*.json (docs/json.md) are package data: in the wheel, and
+    loadable from the installed package."""
+    from forwarder import schemas
+    with zipfile.ZipFile(_wheel(image)) as whl:
+        shipped = {n for n in whl.namelist() if n.startswith("forwarder/schemas/")}
+    assert {f"forwarder/schemas/{n}.json" for n in schemas.names()} <= shipped, shipped
+    cp = run([str(image.venv / "bin" / "python"), "-c",
+              "from forwarder import schemas\n"
+              "print(*(n for n in schemas.names() if schemas.load(n)['$schema']))"],
+             cwd=tmp_path, env=image.env())
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.split() == schemas.names(), cp.stdout
+
+
 # --- the router without the lab, the lab as an extra ---------------------------------
 
 LAB_IMPORTS = ("scapy", "numpy", "matplotlib", "psutil")     # forwarder.lab.MODULES
