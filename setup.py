@@ -24,6 +24,9 @@ def extensions() -> list[Extension]:
 
 
 setup(
+    # the C compiles in parallel too (as cythonize's nthreads): the image build
+    # and the test command compile every extension from scratch
+    options={"build_ext": {"parallel": os.cpu_count() or 1}},
     ext_modules=cythonize(
         extensions(),
         compiler_directives={"language_level": "3", "boundscheck": False,
