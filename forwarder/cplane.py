@@ -101,12 +101,18 @@ RTNLGRP_NEXTHOP = 32                # past the 32 bits of bind(): NETLINK_ADD_ME
 SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
 
 
+def rtnl_socket(ns: str | None) -> socket.socket:
+    """A NETLINK_ROUTE socket of namespace ns (the namespace is the one it is
+    made in; it stays there whatever thread uses it)."""
+    with netns.enter_netns(ns):
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                             socket.NETLINK_ROUTE)
+
+
 def netlink_dump(ns: str | None, msg_type: int, body_len: int) -> list[rtnl.Route | rtnl.Nexthop]:
     """A dump of msg_type (every family) in namespace ns, read to NLMSG_DONE;
     [] where the kernel does not know it (no next-hop objects)."""
-    with netns.enter_netns(ns):
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                             socket.NETLINK_ROUTE)
+    sock = rtnl_socket(ns)
     out: list[rtnl.Route | rtnl.Nexthop] = []
     with sock:
         sock.bind((0, 0))
@@ -451,9 +457,7 @@ class RouteImporter:
 
     def _listen(self) -> socket.socket:
         """A netlink socket in the control plane's namespace on route and link events."""
-        with netns.enter_netns(self.netns):
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                 socket.NETLINK_ROUTE)
+        sock = rtnl_socket(self.netns)
         try:
             sock.bind((0, RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_LINK))
             with contextlib.suppress(OSError):      # a kernel without next-hop objects
