@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the router, its lab and its tests need (run as root on Debian).
-#   Debian tools: iproute2, ping, traceroute, iperf3, ndisc6, frr, bird2, gcc, pip, venv,
+#   Debian tools: iproute2, ping, traceroute, iperf3, ndisc6, tcpdump (libpcap), frr, bird2,
+#   gcc, pip, venv,
 #   Python headers (only those missing).  frr and bird2 are the routing daemons the
 #   control-plane tests run in namespaces; their packages' services are not started here.
 #   Python: this package, built in place with its Cython extensions, plus the lab extra
@@ -15,6 +16,7 @@ command -v ping >/dev/null       || need+=(iputils-ping)
 command -v traceroute >/dev/null || need+=(traceroute)
 command -v iperf3 >/dev/null     || need+=(iperf3)
 command -v rdisc6 >/dev/null     || need+=(ndisc6)
+command -v tcpdump >/dev/null    || need+=(tcpdump)   # and libpcap: BPF filters (forwarder/bpf.py)
 [ -x /usr/lib/frr/bgpd ]         || need+=(frr)
 command -v bird >/dev/null       || need+=(bird2)
 command -v gcc >/dev/null        || need+=(gcc)
