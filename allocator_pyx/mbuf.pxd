@@ -66,7 +66,8 @@ cdef extern from *:
         uint8_t  pkt_spare8;
         uint16_t fibnum;
         uint64_t rcv_tstmp;
-        uint64_t pkt_spare64;
+        uint32_t trace;         /* the stack's packet-trace tag, 0 = not traced */
+        uint32_t pkt_spare32;
     };
 
     /* External storage: a cluster of one of the cluster kegs.  ext_cnt
@@ -138,6 +139,7 @@ cdef extern from *:
         uint8_t l4hlen
         uint16_t fibnum
         uint64_t rcv_tstmp
+        uint32_t trace
 
     cdef struct m_ext_s:
         uint32_t *ext_cnt

@@ -8,6 +8,10 @@
   forwarder arp -a | -d IP [-i IF]
   forwarder ndp -a | -d IP [-i IF]
   forwarder health | reload
+  forwarder trace start [-n N] [-i IF] [--filter EXPR] | trace show | trace stop
+                                                  per-stage packet trace (forwarder/trace.py)
+  forwarder capture IF|drops [-w FILE|-] [-n N] [-d SECONDS] [-Q in|out|inout] [--filter EXPR]
+                                                  pcap/pcapng of a port or of drops (capture.py)
   forwarder debug stall SECONDS | debug resume
   forwarder lab | loadgen | bench                 the lab (pip install 'mbuma-forwarder[lab]')
 
@@ -448,6 +452,78 @@ def cmd_debug(args: argparse.Namespace) -> int:
     return emit(args, r, lambda d: "dataplane resumed" if d["resumed"] else "dataplane was not stalled")
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    """trace start | show | stop: VPP's trace add / show trace / clear trace."""
+    if args.what != "start" and (args.count is not None or args.interface or args.filter):
+        raise CliError("-n, -i and --filter go with trace start", EXIT_USAGE)
+    if args.what == "start":
+        from forwarder.trace import DEFAULT_COUNT
+        r = call(args, "trace.start", count=DEFAULT_COUNT if args.count is None else args.count,
+                 interface=args.interface, filter=args.filter)
+        on = f" on {r['interface']}" if r["interface"] else ""
+        flt = f" matching {r['filter']!r}" if r["filter"] else ""
+        print(f"tracing the next {r['count']} packets{on}{flt} (forwarder trace show)")
+        return EXIT_OK
+    if args.what == "stop":
+        r = call(args, "trace.stop")
+        left = f" ({r['remaining']} not taken)" if r["remaining"] else ""
+        print(f"trace stopped{left}; forwarder trace show has what was traced")
+        return EXIT_OK
+    from forwarder.trace import format_text
+    return emit(args, call(args, "trace.show"), format_text)
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    """capture IF|drops: tcpdump's -w/-c/-Q/-s, bounded by count and time."""
+    from forwarder import capture as cap
+    from forwarder.pcap import PcapngWriter, PcapWriter
+    fmt = args.format or ("pcapng" if args.interface == "drops" else "pcap")
+    out = None
+    state: dict[str, Any] = {}
+
+    def header(h: dict) -> None:
+        nonlocal out
+        what = "drops" if h["drops"] else f"{h['interface']} ({h['direction']})"
+        log.info("capturing %s: up to %d packets or %g s", what, h["count"], h["timeout"])
+        state.update(h)
+        if args.write is None:
+            return
+        f = sys.stdout.buffer if args.write == "-" else open(args.write, "wb")
+        state["file"] = f
+        out = (PcapngWriter(f, h["snaplen"], h["interfaces"]) if fmt == "pcapng"
+               else PcapWriter(f, h["snaplen"]))
+
+    def records(rs: list[cap.Record]) -> None:
+        off = state["clock_offset_ns"]
+        for r in rs:
+            if out is None:
+                print(cap.line(r, state["interfaces"], off), flush=True)
+            else:
+                out.packet(r.time_ns + off, r.data, r.origlen, r.ifindex,
+                           cap.direction_flag(r), cap.comment(r))
+        if out is not None and args.write == "-":
+            state["file"].flush()           # `| tcpdump -r -` sees packets as they come
+
+    kw = {"interface": args.interface, "count": args.count, "timeout": args.duration,
+          "direction": args.direction, "filter": args.filter}
+    if args.snaplen:
+        kw["snaplen"] = args.snaplen
+    try:
+        totals = cap.stream(socket_path(args), kw, header, records, args.timeout)
+    except cap.CaptureError as e:
+        raise CliError(str(e)) from None
+    finally:
+        f = state.get("file")
+        if f is not None and f is not sys.stdout.buffer:
+            f.close()
+        elif f is not None:
+            f.flush()
+    print(f"{totals['captured']} packets captured ({totals['ended']}), "
+          f"{totals['lost']} lost (capture ring full), "
+          f"{totals['filtered']} not matching the filter", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     changes = call(args, "reload")
     print("reloaded: " + ("; ".join(changes) if changes else "no changes"))
@@ -528,6 +604,34 @@ def build_parser(extras: bool = True) -> argparse.ArgumentParser:
     sub.add_parser("health", parents=[which, js],
                    help="exit 0 if the dataplane made progress in the last 2 s, else 1")
     sub.add_parser("reload", parents=[which], help="re-read the config file (as SIGHUP)")
+    c = sub.add_parser("capture", parents=[which],
+                       help="capture a port's frames, or the dropped packets, as pcap/pcapng")
+    c.add_argument("interface", metavar="IF|drops",
+                   help="a port, or 'drops': every dropped packet with its reason")
+    c.add_argument("-w", "--write", metavar="FILE",
+                   help="write packets to FILE (- for stdout: `| tcpdump -r -`); "
+                        "without it, print a line per packet")
+    c.add_argument("-n", "--count", type=int, default=1000, metavar="N",
+                   help="stop after N packets (default 1000; tcpdump's -c, which is --config here)")
+    c.add_argument("-d", "--duration", type=float, default=60.0, metavar="SECONDS",
+                   help="stop after SECONDS (default 60, at most 3600)")
+    c.add_argument("-Q", "--direction", choices=("in", "out", "inout"), default="inout",
+                   help="a port's received, sent or both (default)")
+    c.add_argument("-s", "--snaplen", type=int, metavar="BYTES",
+                   help="bytes kept of each packet (default and at most 262144)")
+    c.add_argument("--format", choices=("pcap", "pcapng"),
+                   help="with -w: pcap (default for a port) or pcapng (default for drops: "
+                        "the reason is each packet's comment)")
+    c.add_argument("--filter", metavar="EXPR", help="only packets matching a tcpdump expression")
+    t = sub.add_parser("trace", parents=[which, js],
+                       help="trace packets through the dataplane's stages")
+    t.add_argument("what", choices=("start", "show", "stop"))
+    t.add_argument("-n", "--count", type=int, metavar="N",
+                   help="start: packets to trace (default 10, at most 512)")
+    t.add_argument("-i", "--interface", metavar="IF", help="start: only packets received on IF")
+    t.add_argument("--filter", metavar="EXPR",
+                   help="start: only packets matching a tcpdump (BPF) expression, "
+                        "e.g. 'icmp and host 10.2.0.2'")
     d = sub.add_parser("debug", parents=[which, js],
                        help="debug facilities: stall the forwarding loop (health then fails)")
     d.add_argument("what", choices=("stall", "resume"))
@@ -542,7 +646,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "sysctl": cmd_sysctl, "netstat": cmd_netstat, "vmstat": cmd_vmstat,
     "stats": cmd_stats, "route": cmd_route, "arp": cmd_arp, "ndp": cmd_ndp,
     "health": cmd_health,
-    "reload": cmd_reload, "debug": cmd_debug,
+    "reload": cmd_reload, "debug": cmd_debug, "trace": cmd_trace,
+    "capture": cmd_capture,
 }
 
 

@@ -21,6 +21,11 @@ Commands (``args`` in brackets):
     arp.list | arp.del [ip, interface]
     ndp.list | ndp.del [ip, interface]   the IPv6 neighbour cache
     reload                        re-read the config file -> [change, ...]
+    trace.start [count, interface, filter]   trace the next count packets (of interface,
+                                  matching the BPF filter): forwarder/trace.py
+    trace.show | trace.stop       the trace so far (rendered) | stop taking packets
+    capture [interface, count, timeout, direction, snaplen, filter]
+                                  a stream of captured packets (forwarder/capture.py)
     debug.stall [seconds] | debug.resume
                                   stop the forwarding loop for a while (a debug and
                                   test facility: health checks fail meanwhile)
@@ -30,6 +35,7 @@ reconfigure the router.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import ipaddress
 import json
@@ -45,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     from forwarder.router import Router
 
+from forwarder import capture, trace
 from forwarder.dataplane import DROP_REASONS
 
 log = logging.getLogger("forwarder.control")
@@ -139,6 +146,20 @@ def handlers(router: "Router") -> dict[str, Callable[..., Any]]:
             return n
         return run
 
+    def trace_start(count: int = trace.DEFAULT_COUNT, interface: str | None = None,
+                    filter: str | None = None) -> dict:
+        ifindex = -1
+        if interface is not None:
+            if interface not in router.ifindex:
+                raise KeyError(f"no interface {interface!r}")
+            ifindex = router.ifindex[interface]
+        program = None
+        if filter:
+            from forwarder import bpf
+            program = bpf.compile(filter)
+        router.dp.trace_start(trace.check_count(count), ifindex, program)
+        return {"count": count, "interface": interface, "filter": filter}
+
     arp_delete = neighbour_delete(4, router.dp.arp_delete, "ARP entry")
     ndp_delete = neighbour_delete(6, router.dp.nd6_delete, "neighbour cache entry")
 
@@ -161,6 +182,10 @@ def handlers(router: "Router") -> dict[str, Callable[..., Any]]:
         "reload": lambda: router.reload(),
         "debug.stall": lambda seconds: router.stall(seconds),
         "debug.resume": router.resume,
+        "trace.start": trace_start,
+        "trace.show": lambda: trace.render(router.dp.trace_records()),
+        "trace.stop": lambda: {"remaining": router.dp.trace_stop()},
+        "capture": functools.partial(capture.start, router),
     }
 
 
@@ -176,6 +201,14 @@ class _Handler(socketserver.StreamRequestHandler):
                 if not line:
                     return
                 reply = self.server.dispatch(line)
+                stream = reply.get("result")
+                if isinstance(stream, capture.CaptureStream):
+                    # The connection becomes the capture's stream (forwarder/capture.py).
+                    reply["result"] = stream.header
+                    self.wfile.write(json.dumps(reply).encode() + b"\n")
+                    self.wfile.flush()
+                    stream.run(self.connection)
+                    return
                 self.wfile.write(json.dumps(reply).encode() + b"\n")
         except TimeoutError:
             log.debug("control connection idle for %g s: closed", IDLE_TIMEOUT)

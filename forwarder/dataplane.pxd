@@ -8,7 +8,7 @@
 # wake-up (a burst), never per packet.  Routes are in forwarder.route's
 # table, which is read lock-free (see route.pxd).
 
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from allocator_pyx.mbuf cimport mbuf, mbufq
 from allocator_pyx.includes cimport pthread_mutex_t
@@ -96,6 +96,118 @@ cdef extern from "dp_drop.h":
     const char *const dp_drop_symbol[]
     const char *const dp_drop_description[]
 
+# The packet trace's points and ends, defined once in dp_trace.h (as the
+# drop reasons are in dp_drop.h); net/dp_trace.pxi records them.
+cdef extern from "dp_trace.h":
+    enum:   # dp_trace_point_t
+        TR_TAP_INPUT
+        TR_ETHER_INPUT
+        TR_ARP_INPUT
+        TR_IP_INPUT
+        TR_IP_LOCAL
+        TR_ICMP_INPUT
+        TR_IP_LOOKUP
+        TR_IP_MULTIPATH
+        TR_IP_TTL
+        TR_IP_OUTPUT
+        TR_IP_FRAGMENT
+        TR_GSO_SEGMENT
+        TR_ARP_HIT
+        TR_ARP_MISS
+        TR_ARP_RESOLVED
+        TR_IP6_INPUT
+        TR_IP6_LOCAL
+        TR_ICMP6_INPUT
+        TR_ND6_INPUT
+        TR_IP6_LOOKUP
+        TR_IP6_MULTIPATH
+        TR_IP6_HLIM
+        TR_IP6_OUTPUT
+        TR_ND6_HIT
+        TR_ND6_MISS
+        TR_ND6_RESOLVED
+        TR_ICMP_ERROR
+        TR_ICMP6_ERROR
+        TR_ICMP_SUPPRESSED
+        TR_ICMP6_SUPPRESSED
+        TR_PUNT
+        TR_ETHER_OUTPUT
+        TR_TX
+        TR_DROP
+        TR_MAX
+    enum:   # dp_trace_end_t
+        TR_END_NONE
+        TR_END_TRANSMITTED
+        TR_END_DELIVERED
+        TR_END_PUNTED
+        TR_END_ICMP_ERROR
+        TR_END_DROPPED
+        TR_END_MAX
+    enum:
+        TR_NOSEND_FRAGMENT
+        TR_NOSEND_ERROR
+        TR_NOSEND_GROUP
+        TR_NOSEND_RATELIMIT
+        TR_NOSEND_NOBUFS
+    const char *const dp_trace_stage[]
+    const char *const dp_trace_format[]
+    const char *const dp_trace_end_name[]
+
+cdef enum:
+    DP_TRACE_MAX = 512          # packets one trace holds: a ring, the oldest overwritten
+    DP_TRACE_STEPS = 24         # steps kept per packet (more are counted: lost_steps)
+    DP_TRACE_HEAD = 128         # bytes of the frame kept, as received
+
+cdef struct dp_trace_step:
+    uint16_t point              # TR_*
+    uint16_t x
+    uint32_t dt_us              # since the frame was read
+    uint32_t a
+    uint32_t b
+    uint32_t c
+    uint32_t d
+    uint8_t data[32]
+
+cdef struct dp_trace_rec:
+    uint32_t id                 # the packet's m_pkthdr.trace; 0: slot unused
+    int32_t ifindex             # the receiving port
+    int64_t time_ns             # when it was read (CLOCK_MONOTONIC)
+    int32_t len                 # the frame's length
+    int32_t caplen              # bytes of it in head
+    uint16_t nsteps
+    uint16_t lost_steps
+    uint16_t end                # TR_END_*
+    uint16_t end_arg            # its detail: drop reason, ICMP type << 8 | code, egress index
+    uint8_t head[DP_TRACE_HEAD]
+    dp_trace_step steps[DP_TRACE_STEPS]
+
+# Who watches a port (dp_ifnet.observe): the one word the receive and
+# transmit legs test for the trace and the capture (net/dp_capture.pxi).
+cdef enum:
+    OBS_TRACE = 1               # the trace takes frames read here
+    OBS_CAP_IN = 2              # the capture takes frames read here ...
+    OBS_CAP_OUT = 4             # ... and frames written here
+
+# Capture records (net/dp_capture.pxi): a header, then the frame's bytes.
+cdef enum:
+    CAP_IN = 1
+    CAP_OUT = 2
+    CAP_DROP = 3
+    DP_CAP_RING = 1 << 22       # bytes of the capture ring (4 MiB: 2800 full-size frames)
+    DP_CAP_SNAPLEN = 262144     # the largest snap length (tcpdump's default)
+
+cdef struct dp_cap_hdr:
+    int64_t time_ns             # CLOCK_MONOTONIC when captured
+    uint32_t reclen             # this record: header and bytes, rounded up to 8
+    uint32_t caplen             # bytes of the frame that follow
+    uint32_t origlen            # the frame's length
+    int16_t ifindex             # the port (a drop: the port it came in on)
+    uint8_t dir                 # CAP_IN, CAP_OUT or CAP_DROP
+    uint8_t synth               # a drop past ether_input: its Ethernet header was rebuilt
+    uint16_t reason             # CAP_DROP: the drop reason (dp_drop.h)
+    uint16_t pad0
+    uint32_t pad1
+
 cdef struct dp_ifnet:
     int fd
     int index
@@ -130,6 +242,7 @@ cdef struct dp_ifnet:
     int link_down               # an attached port whose interface is gone (set_link)
     int mirror                  # a port: its mirror's index (forwarder/cplane.py), -1 none
     int mirror_of               # a mirror: its port's index (what it sends goes out there), -1
+    int observe                 # OBS_*: trace or capture watches this port (0 nearly always)
     # offloads (net/if_tap.pxi)
     int vnet_hdrlen             # VIRTIO_NET_HDR_LEN when opened with IFF_VNET_HDR, else 0
     uint32_t offloads           # TUN_F_* the kernel accepted: what it may hand us
@@ -239,3 +352,25 @@ cdef struct dp_state:
     int64_t last_reclaim_ns
     volatile int64_t last_progress_ns
     uint64_t loops
+    # packet trace (net/dp_trace.pxi): all under lock, as every field here
+    int tr_armed                # packets still to select; 0: off (the one test per frame)
+    int tr_ifindex              # select frames of this port only; -1: any
+    uint32_t tr_next_id         # the last trace id given (ids count up from 1)
+    uint32_t tr_first_id        # the first id of the current trace
+    dp_trace_rec *tr_ring       # DP_TRACE_MAX records; NULL until the first trace
+    const void *tr_filter       # classic BPF (forwarder/bpf.py): frames it rejects are not traced
+    uint32_t tr_filter_len      # its instructions; 0: no filter
+    uint64_t tr_filtered        # frames of the port(s) the filter rejected
+    # capture (net/dp_capture.pxi): the ring is lock-free between this
+    # thread and the capture's reader; the rest is set under lock
+    uint8_t *cap_ring           # DP_CAP_RING bytes; NULL: no capture
+    uint64_t cap_head           # written by the forwarding thread only
+    uint64_t cap_tail           # written by the reader only
+    uint8_t *cap_buf            # cap_snaplen bytes: the frame made contiguous
+    uint32_t cap_snaplen
+    int cap_drops               # capture dropped packets (with their reasons)
+    const void *cap_filter      # classic BPF; NULL: everything
+    uint32_t cap_filter_len
+    uint64_t cap_captured       # records written
+    uint64_t cap_lost           # records that did not fit: the reader was behind
+    uint64_t cap_filtered       # packets the filter rejected

@@ -47,7 +47,8 @@ allocator_pyx/includes.pxd.
 
 from libc.errno cimport EAGAIN, EBADF, EBADFD, EINTR, EIO, EMSGSIZE, ENOBUFS, ENODEV, ENXIO, errno
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memset, strncpy
 from posix.uio cimport iovec, readv
 from posix.unistd cimport close, read, usleep, write
@@ -107,15 +108,19 @@ from forwarder.inet6 cimport (ND_ROUTER_ADVERT, ND_ROUTER_SOLICIT,
                               in6_is_solicited_node, in6_is_unspecified, in6_is_v4mapped,
                               in6_prefix_match, in6_pseudo, in6_solicited_node, ip6_hdr, ip6_v,
                               nd_neighbor_solicit)
+from forwarder.bpf cimport DP_BPF_MAXINSNS, dp_bpf_insn, dp_bpf_run
 from forwarder.route cimport (NH_BLACKHOLE, NH_FORWARD, NH_LOCAL, NH_MULTIPATH, NH_PROHIBIT,
-                              NH_UNREACHABLE, RouteTable, rt_hash_mix, rt_lookup_nh,
-                              rt_lookup_route, rt_nexthop, rt_nh_select)
-from forwarder.route6 cimport (Route6Table, rt6_lookup_nh, rt6_lookup_route, rt6_nexthop,
-                               rt6_nh_select)
+                              NH_UNREACHABLE, RouteTable, rt_entry_plen, rt_hash_mix,
+                              rt_lookup_entry, rt_lookup_nh, rt_lookup_route, rt_nexthop,
+                              rt_nh_select)
+from forwarder.route6 cimport (Route6Table, rt6_entry_plen, rt6_lookup_entry, rt6_lookup_nh,
+                               rt6_lookup_route, rt6_nexthop, rt6_nh_select)
 
 cdef uint8_t ETHER_BCAST[6]
 memset(ETHER_BCAST, 0xff, 6)
 
+include "net/dp_trace.pxi"
+include "net/dp_capture.pxi"
 include "net/dp_subr.pxi"
 include "net/if_tap.pxi"
 include "netinet/in.pxi"
@@ -181,6 +186,20 @@ assert (ND6_INCOMPLETE, ND6_REACHABLE, ND6_STALE, ND6_DELAY, ND6_PROBE) == (1, 2
 DROP_REASONS = {dp_drop_symbol[i].decode().lower(): dp_drop_description[i].decode()
                 for i in range(DROP_MAX)}
 
+# The packet trace's points, (stage, format) by value, and its ends by value
+# (from dp_trace.h; forwarder/trace.py renders them).
+TRACE_POINTS = tuple((dp_trace_stage[i].decode(), dp_trace_format[i].decode())
+                     for i in range(TR_MAX))
+TRACE_ENDS = tuple(dp_trace_end_name[i].decode() for i in range(TR_END_MAX))
+TRACE_MAX = DP_TRACE_MAX
+TRACE_STEPS = DP_TRACE_STEPS
+TRACE_HEAD = DP_TRACE_HEAD
+CAPTURE_SNAPLEN = DP_CAP_SNAPLEN
+CAPTURE_RING = DP_CAP_RING
+CAPTURE_IN, CAPTURE_OUT, CAPTURE_DROP = CAP_IN, CAP_OUT, CAP_DROP
+CAPTURE_HEADER = sizeof(dp_cap_hdr)     # struct dp_cap_hdr, native order (forwarder/capture.py)
+BPF_MAXINSNS = DP_BPF_MAXINSNS
+
 
 def _check_mtu(int mtu):
     if not DP_MTU_MIN <= mtu <= DP_MTU_MAX:
@@ -229,6 +248,11 @@ cdef class Dataplane:
                 close(self.dp.epfd)
                 close(self.dp.wakefd)
                 pthread_mutex_destroy(&self.dp.lock)
+                free(self.dp.tr_ring)
+                free(<void *>self.dp.tr_filter)
+                free(self.dp.cap_ring)
+                free(self.dp.cap_buf)
+                free(<void *>self.dp.cap_filter)
                 free(self.dp)
             self.dp = NULL
 
@@ -503,6 +527,217 @@ cdef class Dataplane:
     @property
     def running(self) -> bool:
         return self.running
+
+    # --- packet trace (net/dp_trace.pxi) ---------------------------------------
+
+    def trace_start(self, int count, int ifindex=-1, bytes program=None):
+        """Trace the next count frames read (of port ifindex, -1: any) that
+        the classic BPF program (packed struct bpf_insn, checked by
+        forwarder.bpf.validate) accepts; the previous trace is cleared."""
+        cdef void *prog = NULL
+        cdef const void *old
+        cdef uint32_t n = 0
+        cdef int i
+        if not 1 <= count <= DP_TRACE_MAX:
+            raise ValueError(f"count {count} out of range (1..{DP_TRACE_MAX})")
+        if not -1 <= ifindex < self.dp.nifs:
+            raise ValueError(f"no interface {ifindex}")
+        if self.dp.tr_ring == NULL:
+            self.dp.tr_ring = <dp_trace_rec *>calloc(DP_TRACE_MAX, sizeof(dp_trace_rec))
+            if self.dp.tr_ring == NULL:
+                raise MemoryError()
+        if program:
+            if len(program) % 8 or not 0 < len(program) // 8 <= DP_BPF_MAXINSNS:
+                raise ValueError("a BPF program is 1..4096 instructions of 8 bytes")
+            n = len(program) // 8
+            prog = malloc(len(program))
+            if prog == NULL:
+                raise MemoryError()
+            memcpy(prog, <const char *>program, len(program))
+        with nogil:
+            pthread_mutex_lock(&self.dp.lock)
+            memset(self.dp.tr_ring, 0, DP_TRACE_MAX * sizeof(dp_trace_rec))
+            old = self.dp.tr_filter
+            self.dp.tr_filter = prog
+            self.dp.tr_filter_len = n
+            self.dp.tr_ifindex = ifindex
+            self.dp.tr_first_id = self.dp.tr_next_id + 1
+            self.dp.tr_filtered = 0
+            self.dp.tr_armed = count
+            for i in range(self.dp.nifs):
+                if ifindex < 0 or i == ifindex:
+                    self.dp.ifs[i].observe |= OBS_TRACE
+                else:
+                    self.dp.ifs[i].observe &= ~OBS_TRACE
+            pthread_mutex_unlock(&self.dp.lock)
+        free(<void *>old)           # the dataplane reads it only under the lock
+
+    # --- capture (net/dp_capture.pxi) --------------------------------------------
+
+    def capture_start(self, int ifindex, bint drops=False, bint rx=True, bint tx=True,
+                      int snaplen=DP_CAP_SNAPLEN, bytes program=None):
+        """Capture what port ifindex receives (rx) and sends (tx), or with
+        drops every dropped packet; one capture at a time.  Read the
+        records with capture_read, end with capture_stop."""
+        cdef uint8_t *ring
+        cdef uint8_t *buf
+        cdef void *prog = NULL
+        cdef uint32_t n = 0
+        cdef int bits = (OBS_CAP_IN if rx else 0) | (OBS_CAP_OUT if tx else 0)
+        if self.dp.cap_ring != NULL:
+            raise RuntimeError("a capture is running already (one at a time)")
+        if not drops and not 0 <= ifindex < self.dp.nifs:
+            raise ValueError(f"no interface {ifindex}")
+        if not drops and not bits:
+            raise ValueError("capture neither received nor sent frames")
+        if not 64 <= snaplen <= DP_CAP_SNAPLEN:
+            raise ValueError(f"snap length {snaplen} out of range (64..{DP_CAP_SNAPLEN})")
+        if program:
+            if len(program) % 8 or not 0 < len(program) // 8 <= DP_BPF_MAXINSNS:
+                raise ValueError("a BPF program is 1..4096 instructions of 8 bytes")
+            n = len(program) // 8
+        ring = <uint8_t *>malloc(DP_CAP_RING)
+        buf = <uint8_t *>malloc(snaplen)
+        if n:
+            prog = malloc(n * 8)
+        if ring == NULL or buf == NULL or (n and prog == NULL):
+            free(ring)
+            free(buf)
+            free(prog)
+            raise MemoryError()
+        if n:
+            memcpy(prog, <const char *>program, n * 8)
+        with nogil:
+            pthread_mutex_lock(&self.dp.lock)
+            self.dp.cap_ring = ring
+            self.dp.cap_buf = buf
+            self.dp.cap_head = 0
+            self.dp.cap_tail = 0
+            self.dp.cap_snaplen = snaplen
+            self.dp.cap_filter = prog
+            self.dp.cap_filter_len = n
+            self.dp.cap_captured = 0
+            self.dp.cap_lost = 0
+            self.dp.cap_filtered = 0
+            self.dp.cap_drops = drops
+            if not drops:
+                self.dp.ifs[ifindex].observe |= bits
+            pthread_mutex_unlock(&self.dp.lock)
+
+    def capture_read(self) -> bytes:
+        """The records written since the last read (whole records: the
+        producer publishes a record only once it is complete)."""
+        cdef uint64_t head, tail
+        cdef uint32_t off, first, n
+        cdef bytes out
+        cdef char *p
+        if self.dp.cap_ring == NULL:
+            return b""
+        head = cap_load_acq(&self.dp.cap_head)
+        tail = self.dp.cap_tail
+        n = <uint32_t>(head - tail)
+        if n == 0:
+            return b""
+        out = PyBytes_FromStringAndSize(NULL, n)
+        p = PyBytes_AS_STRING(out)
+        off = <uint32_t>(tail & (DP_CAP_RING - 1))
+        first = DP_CAP_RING - off
+        with nogil:
+            if first >= n:
+                memcpy(p, self.dp.cap_ring + off, n)
+            else:
+                memcpy(p, self.dp.cap_ring + off, first)
+                memcpy(p + first, self.dp.cap_ring, n - first)
+            cap_store_rel(&self.dp.cap_tail, head)
+        return out
+
+    def capture_stop(self) -> dict:
+        """End the capture (what was not read is lost with the ring):
+        {captured, lost, filtered} as the dataplane counted them."""
+        cdef uint8_t *ring
+        cdef uint8_t *buf
+        cdef const void *prog
+        cdef int i
+        if self.dp.cap_ring == NULL:
+            return {"captured": 0, "lost": 0, "filtered": 0}
+        with nogil:
+            pthread_mutex_lock(&self.dp.lock)
+            for i in range(self.dp.nifs):
+                self.dp.ifs[i].observe &= ~(OBS_CAP_IN | OBS_CAP_OUT)
+            self.dp.cap_drops = 0
+            ring = self.dp.cap_ring
+            buf = self.dp.cap_buf
+            prog = self.dp.cap_filter
+            self.dp.cap_ring = NULL
+            self.dp.cap_buf = NULL
+            self.dp.cap_filter = NULL
+            self.dp.cap_filter_len = 0
+            pthread_mutex_unlock(&self.dp.lock)
+        free(ring)                  # the forwarding thread writes it only under the lock
+        free(buf)
+        free(<void *>prog)
+        return {"captured": self.dp.cap_captured, "lost": self.dp.cap_lost,
+                "filtered": self.dp.cap_filtered}
+
+    def ifnames(self) -> list:
+        """Every interface's name (ports and mirrors), by index."""
+        return [self.dp.ifs[i].name.decode() for i in range(self.dp.nifs)]
+
+    def trace_stop(self) -> int:
+        """Stop selecting frames (the records stay); returns how many of
+        the count were still to take."""
+        cdef int left
+        with nogil:
+            pthread_mutex_lock(&self.dp.lock)
+            left = self.dp.tr_armed
+            self.dp.tr_armed = 0
+            tr_unwatch(self.dp)
+            pthread_mutex_unlock(&self.dp.lock)
+        return left
+
+    def trace_records(self) -> dict:
+        """The current trace: {remaining, filtered, packets: [record, ...]}
+        oldest first, each record's steps as tuples (point, x, dt_us, a, b,
+        c, d, data) -- raw; forwarder/trace.py renders them."""
+        cdef dp_trace_rec *copy
+        cdef dp_trace_rec *r
+        cdef dp_trace_step *s
+        cdef int i, k, left
+        cdef uint32_t first
+        cdef uint64_t filtered
+        if self.dp.tr_ring == NULL:
+            return {"remaining": 0, "filtered": 0, "packets": []}
+        copy = <dp_trace_rec *>malloc(DP_TRACE_MAX * sizeof(dp_trace_rec))
+        if copy == NULL:
+            raise MemoryError()
+        try:
+            with nogil:
+                pthread_mutex_lock(&self.dp.lock)
+                memcpy(copy, self.dp.tr_ring, DP_TRACE_MAX * sizeof(dp_trace_rec))
+                left = self.dp.tr_armed
+                first = self.dp.tr_first_id
+                filtered = self.dp.tr_filtered
+                pthread_mutex_unlock(&self.dp.lock)
+            packets = []
+            for i in range(DP_TRACE_MAX):
+                r = &copy[i]
+                if r.id == 0 or <uint32_t>(r.id - first) >= 0x80000000:
+                    continue                    # unused, or of an earlier trace
+                steps = []
+                for k in range(r.nsteps):
+                    s = &r.steps[k]
+                    steps.append((s.point, s.x, s.dt_us, s.a, s.b, s.c, s.d,
+                                  bytes(s.data[:32])))
+                packets.append({
+                    "id": r.id, "ifindex": r.ifindex, "time_ns": r.time_ns, "len": r.len,
+                    "head": bytes(r.head[:r.caplen]), "lost_steps": r.lost_steps,
+                    "end": TRACE_ENDS[r.end] if r.end < TR_END_MAX else "?",
+                    "end_arg": r.end_arg, "steps": steps})
+            packets.sort(key=lambda p: (p["id"] - first) & 0xffffffff)
+            return {"remaining": left, "filtered": filtered, "packets": packets,
+                    "ifnames": self.ifnames(), "now_ns": now_ns()}
+        finally:
+            free(copy)
 
     def stats(self) -> dict:
         cdef int i

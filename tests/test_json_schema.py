@@ -93,10 +93,14 @@ def argv_of(output: schemas.Output) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def outputs(router: RunningRouter) -> dict[tuple[str, ...], Any]:
+def outputs(router: RunningRouter, lab: RouterLab) -> dict[tuple[str, ...], Any]:
     """{command line: its --json document} for every entry of schemas.OUTPUTS,
     and `health --json` of a stalled router (exit 1, still JSON)."""
     got: dict[tuple[str, ...], Any] = {}
+    router.call("trace.start", count=2, interface="tap1")
+    assert lab.ping("h1", "10.2.0.2", count=2).returncode == 0
+    router.wait_for(lambda: len(router.call("trace.show")["packets"]) == 2, 5,
+                    what="two traced packets")
     for o in schemas.OUTPUTS:
         if o.argv[0] == "debug":
             continue
@@ -154,6 +158,8 @@ def test_the_outputs_validated_carry_every_shape_the_schemas_describe(outputs) -
     assert outputs[("sysctl", "NAME=VALUE")] == [{"name": "net.inet.ip.ttl", "old": 64, "new": 61}]
     assert outputs[("health",)]["healthy"] and not outputs[("health", "stalled")]["healthy"]
     assert outputs[("debug", "resume")] == {"resumed": True}
+    ends = [p["end"]["kind"] for p in outputs[("trace", "show")]["packets"]]
+    assert len(ends) == 2 and "transmitted" in ends and "in flight" not in ends, ends
 
 
 # --- the schemas reject what is not so ------------------------------------------------------

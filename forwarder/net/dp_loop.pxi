@@ -13,6 +13,8 @@ cdef inline void dp_rx_frame(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogi
         return
     ifp.rx_packets += 1
     ifp.rx_bytes += m.m_pkthdr.len
+    if unlikely(ifp.observe):           # trace or capture: the one test per frame
+        dp_observe_rx(dp, ifp, m)
     if unlikely(ifp.mirror_of >= 0):
         dp_inject(dp, ifp, m)
         return

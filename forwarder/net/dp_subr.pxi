@@ -6,10 +6,29 @@ cdef inline unsigned char *mdata(mbuf *m) noexcept nogil:
     return <unsigned char *>m.m_data
 
 
+cdef inline void dp_drop_count(dp_state *dp, mbuf *m, int why) noexcept nogil:
+    """Count m as dropped for why (dp_drop.h), m kept: the stage answers it
+    (an ICMP error) or frees it."""
+    dp.drops[why] += 1
+    trace_drop(dp, m, why)
+    cap_drop(dp, m, why)
+
+
 cdef inline void dp_drop_m(dp_state *dp, mbuf *m, int why) noexcept nogil:
     """The drop leg of every stage: count the reason (dp_drop.h), free m."""
-    dp.drops[why] += 1
+    dp_drop_count(dp, m, why)
     m_freem(m)
+
+
+cdef int dp_drop_queue(dp_state *dp, mbufq *q, int why) noexcept nogil:
+    """Drop every packet of q (each counted and traced); returns how many."""
+    cdef int n = 0
+    cdef mbuf *m = mbufq_dequeue(q)
+    while m != NULL:
+        dp_drop_m(dp, m, why)
+        n += 1
+        m = mbufq_dequeue(q)
+    return n
 
 
 cdef mbuf *dp_new_packet(int len) noexcept nogil:
@@ -38,6 +57,8 @@ cdef void dp_punt(dp_state *dp, dp_ifnet *ifp, mbuf *m, bint l3) noexcept nogil:
         m.m_data -= ETHER_HDR_LEN
         m.m_len += ETHER_HDR_LEN
         m.m_pkthdr.len += ETHER_HDR_LEN
+    trace(dp, m, TR_PUNT, 0, 0, 0, 0, <uint32_t>ifp.mirror)
+    trace_end(dp, m, TR_END_PUNTED, ifp.mirror)
     dp_transmit(dp, &dp.ifs[ifp.mirror], m)
 
 
@@ -51,21 +72,29 @@ cdef void dp_transmit(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
     """writev() the chain (a complete frame) to the TAP, behind its
     virtio-net header when the TAP has one (tap_output_hdr); m is consumed."""
     cdef int len = m.m_pkthdr.len
+    cdef uint32_t tid = m.m_pkthdr.trace
     cdef virtio_net_hdr vh
     if ifp.link_down:
         dp_drop_m(dp, m, DROP_INTERFACE_DOWN)
         return
+    if unlikely(ifp.observe & OBS_CAP_OUT):
+        cap_put(dp, m, ifp.index, CAP_OUT, 0, False)      # the frame, without virtio-net header
     if ifp.vnet_hdrlen:
         tap_output_hdr(ifp, &vh, m)
         m = M_PREPEND(m, VIRTIO_NET_HDR_LEN, M_NOWAIT)     # in the leading space when there is room
         if m == NULL:
             dp.drops[DROP_NO_BUFFER] += 1
+            if unlikely(tid != 0):
+                tr_drop_id(dp, tid, DROP_NO_BUFFER)
             return
         memcpy(mdata(m), &vh, VIRTIO_NET_HDR_LEN)
     if ifp.lost_errno or m_writev_fd(ifp.fd, m) < 0:
         ifp.tx_errors += 1
-        dp.drops[DROP_TX_ERROR] += 1
+        dp_drop_count(dp, m, DROP_TX_ERROR)
     else:
         ifp.tx_packets += 1
         ifp.tx_bytes += len
+        if unlikely(tid != 0):
+            tr_step(dp, tid, TR_TX, 0, <uint32_t>len, 0, 0, <uint32_t>ifp.index, NULL, 0)
+            tr_set_end(dp, tid, TR_END_TRANSMITTED, ifp.index)
     m_freem(m)

@@ -14,11 +14,15 @@ cdef inline void ether_fill(ether_header *eh, const uint8_t *dst, const uint8_t 
 
 cdef void ether_output(dp_state *dp, dp_ifnet *ifp, mbuf *m, const uint8_t *dst,
                        uint16_t type) noexcept nogil:
+    cdef uint32_t tid = m.m_pkthdr.trace
     m = M_PREPEND(m, ETHER_HDR_LEN, M_NOWAIT)       # in the leading space when there is room
     if m == NULL:
         dp.drops[DROP_NO_BUFFER] += 1
+        if unlikely(tid != 0):
+            tr_drop_id(dp, tid, DROP_NO_BUFFER)
         return
     ether_fill(<ether_header *>mdata(m), dst, ifp.mac, type)
+    trace_data(dp, m, TR_ETHER_OUTPUT, type, 0, 0, 0, <uint32_t>ifp.index, mdata(m), 12)
     dp_transmit(dp, ifp, m)
 
 
@@ -31,6 +35,7 @@ cdef void ether_input(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
         dp_drop_m(dp, m, DROP_RUNT)
         return
     group = eh.ether_dhost[0] & 1    # broadcast or multicast
+    trace_data(dp, m, TR_ETHER_INPUT, ntohs(eh.ether_type), 0, 0, 0, 0, eh, 12)
     if not group and memcmp(eh.ether_dhost, ifp.mac, ETHER_ADDR_LEN) != 0:
         dp_drop_m(dp, m, DROP_NOT_OUR_MAC)
         return

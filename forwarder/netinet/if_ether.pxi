@@ -107,6 +107,7 @@ cdef void arp_flush_hold(dp_state *dp, dp_arp *e) noexcept nogil:
     cdef dp_ifnet *ifp = &dp.ifs[e.ifindex]
     cdef mbuf *m = mbufq_dequeue(&e.hold)
     while m != NULL:
+        trace_data(dp, m, TR_ARP_RESOLVED, 0, e.ip, 0, 0, <uint32_t>ifp.index, e.mac, 6)
         ether_output(dp, ifp, m, e.mac, ETHERTYPE_IP)
         m = mbufq_dequeue(&e.hold)
 
@@ -127,6 +128,7 @@ cdef void arp_input(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
         return
     spa = ntohl(ah.arp_spa)
     tpa = ntohl(ah.arp_tpa)
+    trace_data(dp, m, TR_ARP_INPUT, ntohs(ah.ar_op), spa, tpa, 0, 0, ah.arp_sha, 6)
     ours = ifp_has_addr(ifp, tpa)
     # 0.0.0.0 is a probe (RFC 5227): answered, never learned.
     if ours and spa != 0 and not arp_on_link(dp, ifp, spa):
@@ -155,11 +157,13 @@ cdef void arp_input(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
         memcpy(ah.arp_sha, ifp.mac, ETHER_ADDR_LEN)
         ah.arp_spa = htonl(tpa)
         dp.arp_replies += 1
+        trace_end(dp, m, TR_END_DELIVERED, 0)
         dp_transmit(dp, ifp, m)
         return
     if ifp.mirror >= 0 and ntohs(ah.ar_op) == ARPOP_REPLY:
         dp_punt(dp, ifp, m, False)      # the mirror's kernel asked (cplane.py)
         return
+    trace_end(dp, m, TR_END_DELIVERED, 0)
     m_freem(m)
 
 
@@ -170,6 +174,7 @@ cdef void ether_resolve(dp_state *dp, dp_ifnet *ifp, mbuf *m, uint32_t nexthop) 
     cdef int why
     if e != NULL and e.state == ARP_REACHABLE:
         if dp.now_ns < e.expire_ns:
+            trace_data(dp, m, TR_ARP_HIT, 0, nexthop, 0, 0, <uint32_t>ifp.index, e.mac, 6)
             ether_output(dp, ifp, m, e.mac, ETHERTYPE_IP)
             return
         e.state = ARP_INCOMPLETE     # aged: ask again before using it
@@ -184,6 +189,7 @@ cdef void ether_resolve(dp_state *dp, dp_ifnet *ifp, mbuf *m, uint32_t nexthop) 
     while mbufq_full(&e.hold):
         dp_drop_m(dp, mbufq_dequeue(&e.hold), DROP_ARP_HOLD_OVERFLOW)
     mbufq_enqueue(&e.hold, m)
+    trace(dp, m, TR_ARP_MISS, 0, nexthop, <uint32_t>mbufq_len(&e.hold), 0, <uint32_t>ifp.index)
     if e.tries == 0 or dp.now_ns - e.last_req_ns >= 1000000000:
         e.tries += 1
         e.last_req_ns = dp.now_ns
@@ -210,7 +216,7 @@ cdef void arp_timer(dp_state *dp) noexcept nogil:
                 # answered again, so the loop ends.
                 m = mbufq_dequeue(&e.hold)
                 while m != NULL:
-                    dp.drops[DROP_ARP_TIMEOUT] += 1
+                    dp_drop_count(dp, m, DROP_ARP_TIMEOUT)
                     icmp_error(dp, &dp.ifs[m.m_pkthdr.rcvif], m, ICMP_UNREACH, ICMP_UNREACH_HOST, 0)
                     m = mbufq_dequeue(&e.hold)
                 arp_remove(dp, e)
@@ -229,15 +235,13 @@ cdef int arp_reclaim(dp_state *dp) noexcept nogil:
     IPv6 neighbours' too.
     At most every 100 ms, so a flood does not turn it into a table walk per
     frame.  Returns the packets freed."""
-    cdef int i, k, n = 0
+    cdef int i, n = 0
     if dp.now_ns - dp.last_reclaim_ns < 100000000:
         return 0
     dp.last_reclaim_ns = dp.now_ns
     for i in range(DP_ARP_SIZE):
         if dp.arp[i].state == ARP_INCOMPLETE:
-            k = mbufq_drain(&dp.arp[i].hold)
-            dp.drops[DROP_ARP_HOLD_RECLAIMED] += k
-            n += k
+            n += dp_drop_queue(dp, &dp.arp[i].hold, DROP_ARP_HOLD_RECLAIMED)
     return n + nd6_reclaim(dp)
 
 

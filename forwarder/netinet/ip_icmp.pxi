@@ -24,6 +24,8 @@ cdef void icmp_input(dp_state *dp, dp_ifnet *ifp, mbuf *m, uint32_t dst) noexcep
         dp_drop_m(dp, m, DROP_ICMP_MALFORMED)
         return
     dp.delivered_local += 1
+    trace(dp, m, TR_ICMP_INPUT, ntohs((<uint16_t *>ic)[2]), ntohs((<uint16_t *>ic)[3]), 0, 0, 0)
+    trace_end(dp, m, TR_END_DELIVERED, 0)
     ic.icmp_type = ICMP_ECHOREPLY
     ic.icmp_cksum = 0
     ic.icmp_cksum = in_cksum(<unsigned char *>ic, icmplen)
@@ -77,15 +79,19 @@ cdef void icmp_error(dp_state *dp, dp_ifnet *ifp, mbuf *m, int type, int code,
     # Never about (RFC 1812 4.3.2.7): non-initial fragments, ICMP errors,
     # broadcasts and multicasts, martian sources.
     if ntohs(ip.ip_off) & IP_OFFMASK:
+        trace(dp, m, TR_ICMP_SUPPRESSED, <uint32_t>type, TR_NOSEND_FRAGMENT, 0, 0, 0)
         m_freem(m)
         return
     if ip.ip_p == IPPROTO_ICMP and m.m_len > hlen and icmp_is_error(mdata(m)[hlen]):
+        trace(dp, m, TR_ICMP_SUPPRESSED, <uint32_t>type, TR_NOSEND_ERROR, 0, 0, 0)
         m_freem(m)
         return
     if in_martian_src(src) or in_multicast(dst) or in_lbcast(dst) or dp_is_subnet_bcast(dp, dst):
+        trace(dp, m, TR_ICMP_SUPPRESSED, <uint32_t>type, TR_NOSEND_GROUP, 0, 0, 0)
         m_freem(m)
         return
     if not icmp_ratecheck(dp):
+        trace(dp, m, TR_ICMP_SUPPRESSED, <uint32_t>type, TR_NOSEND_RATELIMIT, 0, 0, 0)
         m_freem(m)
         return
     if unlikely(m.m_pkthdr.csum_flags & CSUM_DELAY_DATA):
@@ -119,6 +125,9 @@ cdef void icmp_error(dp_state *dp, dp_ifnet *ifp, mbuf *m, int type, int code,
         ic.icmp_nextmtu = htons(<uint16_t>(nextmtu if nextmtu >= DP_MTU_MIN else DP_MTU_MIN))
     m_copydata(m, 0, quote, <char *>ic + ICMP_HDR_LEN)
     ic.icmp_cksum = in_cksum(<unsigned char *>ic, ICMP_HDR_LEN + quote)
+    trace_copy(n, m)
+    trace(dp, n, TR_ICMP_ERROR, <uint32_t>type, src, 0, <uint32_t>code, 0)
+    trace_end(dp, n, TR_END_ICMP_ERROR, (type << 8) | code)
     m_freem(m)
     dp.icmp_out[type] += 1
     ip_output(dp, n)

@@ -40,10 +40,12 @@ cdef void ip_input(dp_state *dp, dp_ifnet *ifp, mbuf *m, bint l2group) noexcept 
             return
     src = ntohl(ip.ip_src)
     dst = ntohl(ip.ip_dst)
+    trace(dp, m, TR_IP_INPUT, <uint32_t>hlen, src, dst, <uint32_t>iplen, ip.ip_p)
     if in_martian_src(src):
         dp_drop_m(dp, m, DROP_MARTIAN_SOURCE)
         return
     nh = rt_lookup_route(dp.rt, dst)
+    trace_ip_lookup(dp, m, dst, nh)
     if nh != NULL and nh.type == NH_LOCAL:
         ip_local(dp, ifp, m, dst)
         return
@@ -73,6 +75,7 @@ cdef void ip_local(dp_state *dp, dp_ifnet *ifp, mbuf *m, uint32_t dst) noexcept 
     cdef ip_hdr *ip = <ip_hdr *>mdata(m)
     cdef int hlen = ip_hl(ip)
     cdef bint whole = not (ntohs(ip.ip_off) & (IP_MF | IP_OFFMASK))
+    trace(dp, m, TR_IP_LOCAL, 0, dst, 0, 0, 0)
     # (ip_offload_input completed any ICMP checksum the sender left open.)
     if ip.ip_p == IPPROTO_ICMP and whole and (ifp.mirror < 0 or (
             m.m_len > hlen and (<uint8_t *>ip)[hlen] == ICMP_ECHO)):
@@ -92,27 +95,29 @@ cdef void ip_forward(dp_state *dp, dp_ifnet *ifp, mbuf *m, const rt_nexthop *nh,
     ip_too_big's."""
     cdef ip_hdr *ip = <ip_hdr *>mdata(m)
     cdef dp_ifnet *oifp
-    cdef uint32_t nexthop
+    cdef uint32_t nexthop, hash
     cdef bint too_big
     if nh != NULL and nh.type == NH_MULTIPATH:
-        nh = rt_nh_select(dp.rt, nh, ip_flow_hash(dp, m, ip))     # one member per flow
+        hash = ip_flow_hash(dp, m, ip)
+        nh = rt_nh_select(dp.rt, nh, hash)     # one member per flow
+        trace(dp, m, TR_IP_MULTIPATH, 0, hash, nh.gateway, 0, <uint32_t>nh.ifindex)
     if nh == NULL:
-        dp.drops[DROP_NO_ROUTE] += 1
+        dp_drop_count(dp, m, DROP_NO_ROUTE)
         icmp_error(dp, ifp, m, ICMP_UNREACH, ICMP_UNREACH_NET, 0)
         return
     if nh.type != NH_FORWARD:
         if nh.type == NH_UNREACHABLE:
-            dp.drops[DROP_UNREACHABLE_ROUTE] += 1
+            dp_drop_count(dp, m, DROP_UNREACHABLE_ROUTE)
             icmp_error(dp, ifp, m, ICMP_UNREACH, ICMP_UNREACH_HOST, 0)
         elif nh.type == NH_PROHIBIT:
-            dp.drops[DROP_PROHIBITED_ROUTE] += 1
+            dp_drop_count(dp, m, DROP_PROHIBITED_ROUTE)
             icmp_error(dp, ifp, m, ICMP_UNREACH, ICMP_UNREACH_FILTER_PROHIB, 0)
         else:
             dp_drop_m(dp, m, DROP_BLACKHOLE)
         return
     # TTL expiry: answered before anything in the packet changes.
     if ip_ttl_expired(ip):
-        dp.drops[DROP_TTL_EXCEEDED] += 1
+        dp_drop_count(dp, m, DROP_TTL_EXCEEDED)
         icmp_error(dp, ifp, m, ICMP_TIMXCEED, ICMP_TIMXCEED_INTRANS, 0)
         return
     oifp = &dp.ifs[nh.ifindex]
@@ -122,10 +127,11 @@ cdef void ip_forward(dp_state *dp, dp_ifnet *ifp, mbuf *m, const rt_nexthop *nh,
         return
     too_big = ip_too_big(m, oifp.mtu)
     if too_big and (ntohs(ip.ip_off) & IP_DF):
-        dp.drops[DROP_NEEDFRAG_DF_SET] += 1
+        dp_drop_count(dp, m, DROP_NEEDFRAG_DF_SET)
         icmp_error(dp, ifp, m, ICMP_UNREACH, ICMP_UNREACH_NEEDFRAG, oifp.mtu)
         return
     # TTL decrement: the one place a forwarded packet's TTL changes.
+    trace(dp, m, TR_IP_TTL, 0, ip.ip_ttl, <uint32_t>(ip.ip_ttl - 1), 0, 0)
     ip_dec_ttl(ip)
     dp.forwarded += 1
     ip_output_if(dp, oifp, m, nexthop, too_big)

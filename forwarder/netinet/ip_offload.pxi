@@ -137,6 +137,7 @@ cdef int ip_gso_segment(mbuf *m, mbufq *segs) noexcept nogil:
             return -1
         s.m_pkthdr.len = hdr + len
         s.m_pkthdr.rcvif = m.m_pkthdr.rcvif
+        trace_copy(s, m)
         if v6:
             sip6 = <ip6_hdr *>mdata(s)
             sip6.ip6_plen = htons(<uint16_t>(hdr + len - IP6_HDR_LEN))
@@ -175,9 +176,11 @@ cdef void ip_gso_output(dp_state *dp, dp_ifnet *oifp, mbuf *m, uint32_t nexthop)
     fit its MTU and DF is clear: then each is fragmented), and send each."""
     cdef mbufq segs
     cdef mbuf *s
-    if ip_gso_segment(m, &segs) < 0:
+    cdef int n = ip_gso_segment(m, &segs)
+    if n < 0:
         dp_drop_m(dp, m, DROP_NO_BUFFER)
         return
+    trace(dp, m, TR_GSO_SEGMENT, 0, <uint32_t>m.m_pkthdr.len, <uint32_t>n, 0, <uint32_t>oifp.index)
     m_freem(m)                          # the clusters live on in the segments
     oifp.gso_sw += 1
     s = mbufq_dequeue(&segs)

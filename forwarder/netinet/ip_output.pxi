@@ -10,6 +10,8 @@ cdef void ip_output(dp_state *dp, mbuf *m) noexcept nogil:
     cdef const rt_nexthop *nh = rt_lookup_nh(dp.rt, dst)
     cdef dp_ifnet *oifp
     cdef uint32_t nexthop
+    trace(dp, m, TR_IP_OUTPUT, 0, ntohl(ip.ip_src), dst, <uint32_t>(nh.type if nh != NULL else 0xff),
+          <uint32_t>(nh.ifindex if nh != NULL else -1))
     if nh == NULL or nh.type != NH_FORWARD:
         dp_drop_m(dp, m, DROP_OUTPUT_NO_ROUTE)
         return
@@ -90,12 +92,15 @@ cdef void ip_fragment(dp_state *dp, dp_ifnet *oifp, mbuf *m, uint32_t nexthop) n
         fip.ip_off = htons(<uint16_t>((obase + off // 8) | (0 if last and not omf else IP_MF)))
         ip_set_cksum(fip, h)
         f.m_pkthdr.rcvif = m.m_pkthdr.rcvif
+        trace_copy(f, m)
         mbufq_enqueue(&frags, f)
         off += len
     if off < payload:                   # ran out of buffers: send nothing
         mbufq_drain(&frags)
         dp_drop_m(dp, m, DROP_NO_BUFFER)
         return
+    trace(dp, m, TR_IP_FRAGMENT, 0, <uint32_t>m.m_pkthdr.len, <uint32_t>oifp.mtu,
+          <uint32_t>mbufq_len(&frags), <uint32_t>oifp.index)
     m_freem(m)                          # the clusters live on in the fragments
     f = mbufq_dequeue(&frags)
     while f != NULL:

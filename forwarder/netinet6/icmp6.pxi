@@ -27,9 +27,12 @@ cdef void ip6_output(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
     cdef ip6_hdr *ip6 = <ip6_hdr *>mdata(m)
     cdef const rt6_nexthop *nh
     if in6_is_linklocal(ip6.ip6_dst):
+        trace_data(dp, m, TR_IP6_OUTPUT, 0, 0, 0, 0, <uint32_t>ifp.index, ip6.ip6_dst, 16)
         nd6_resolve(dp, ifp, m, ip6.ip6_dst)
         return
     nh = rt6_lookup_nh(dp.rt6, ip6.ip6_dst) if dp.rt6 != NULL else NULL
+    trace_data(dp, m, TR_IP6_OUTPUT, 0, 0, 0, 0, <uint32_t>(nh.ifindex if nh != NULL else -1),
+               ip6.ip6_dst, 16)
     if nh == NULL or nh.type != NH_FORWARD:
         dp_drop_m(dp, m, DROP_OUTPUT_NO_ROUTE)
         return
@@ -66,13 +69,16 @@ cdef void icmp6_error(dp_state *dp, dp_ifnet *ifp, mbuf *m, int type, int code,
     cdef const uint8_t *src
     if in6_is_unspecified(ip6.ip6_src) or in6_is_multicast(ip6.ip6_src) \
             or in6_is_multicast(ip6.ip6_dst) or dp_has_addr6(dp, ifp, ip6.ip6_src):
+        trace(dp, m, TR_ICMP6_SUPPRESSED, <uint32_t>type, TR_NOSEND_GROUP, 0, 0, 0)
         m_freem(m)                      # (the last: a packet of our own that could not leave)
         return
     if ip6.ip6_nxt == IPPROTO_ICMPV6 and m.m_len > IP6_HDR_LEN \
             and mdata(m)[IP6_HDR_LEN] < ICMP6_ECHO_REQUEST:
+        trace(dp, m, TR_ICMP6_SUPPRESSED, <uint32_t>type, TR_NOSEND_ERROR, 0, 0, 0)
         m_freem(m)
         return
     if not icmp6_ratecheck(dp):
+        trace(dp, m, TR_ICMP6_SUPPRESSED, <uint32_t>type, TR_NOSEND_RATELIMIT, 0, 0, 0)
         m_freem(m)
         return
     if unlikely(m.m_pkthdr.csum_flags & CSUM_DELAY_DATA_IPV6):
@@ -95,6 +101,9 @@ cdef void icmp6_error(dp_state *dp, dp_ifnet *ifp, mbuf *m, int type, int code,
     ic.icmp6_data32 = htonl(data)
     m_copydata(m, 0, quote, <char *>ic + ICMP6_HDR_LEN)
     icmp6_set_cksum(n, ICMP6_HDR_LEN + quote)
+    trace_copy(n, m)
+    trace_data(dp, n, TR_ICMP6_ERROR, <uint32_t>type, 0, 0, <uint32_t>code, 0, ip6.ip6_src, 16)
+    trace_end(dp, n, TR_END_ICMP_ERROR, (type << 8) | code)
     m_freem(m)
     dp.icmp6_errors[type] += 1
     ip6_output(dp, ifp, n)
@@ -117,6 +126,9 @@ cdef void icmp6_input(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
     ic = <icmp6_hdr *>(mdata(m) + IP6_HDR_LEN)
     if ic.icmp6_type == ND_NEIGHBOR_SOLICIT or ic.icmp6_type == ND_NEIGHBOR_ADVERT \
             or ic.icmp6_type == ND_ROUTER_SOLICIT:
+        if icmplen >= ND_NS_LEN:
+            trace_data(dp, m, TR_ND6_INPUT, ic.icmp6_type, 0, 0, 0, 0, <uint8_t *>ic + 8, 16)
+        trace_end(dp, m, TR_END_DELIVERED, 0)       # (a drop in nd6 replaces it)
         if ip6.ip6_hlim != IP6_HLIM_ND or ic.icmp6_code != 0:
             dp_drop_m(dp, m, DROP_ND_MALFORMED)
         elif ic.icmp6_type == ND_NEIGHBOR_SOLICIT:
@@ -146,6 +158,8 @@ cdef void icmp6_input(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
     ip6.ip6_hlim = <uint8_t>dp.hlim
     ic.icmp6_type = ICMP6_ECHO_REPLY
     icmp6_set_cksum(m, icmplen)
+    trace(dp, m, TR_ICMP6_INPUT, 0, ntohs((<uint16_t *>ic)[2]), ntohs((<uint16_t *>ic)[3]), 0, 0)
+    trace_end(dp, m, TR_END_DELIVERED, 0)
     dp.delivered_local += 1
     dp.icmp6_echo_replies += 1
     ip6_output(dp, ifp, m)

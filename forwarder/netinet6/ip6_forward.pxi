@@ -16,37 +16,42 @@ cdef void ip6_forward(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
     cdef ip6_hdr *ip6 = <ip6_hdr *>mdata(m)
     cdef const rt6_nexthop *nh = rt6_lookup_route(dp.rt6, ip6.ip6_dst) if dp.rt6 != NULL else NULL
     cdef dp_ifnet *oifp
+    cdef uint32_t hash
+    trace_ip6_lookup(dp, m, ip6.ip6_dst, nh)
     if nh != NULL and nh.type == NH_MULTIPATH:
-        nh = rt6_nh_select(dp.rt6, nh, ip6_flow_hash(dp, m, ip6))   # one member per flow
+        hash = ip6_flow_hash(dp, m, ip6)
+        nh = rt6_nh_select(dp.rt6, nh, hash)    # one member per flow
+        trace_data(dp, m, TR_IP6_MULTIPATH, 0, hash, 0, 0, <uint32_t>nh.ifindex, nh.gateway, 16)
     if nh == NULL:
-        dp.drops[DROP_NO_ROUTE] += 1
+        dp_drop_count(dp, m, DROP_NO_ROUTE)
         icmp6_error(dp, ifp, m, ICMP6_DST_UNREACH, ICMP6_DST_UNREACH_NOROUTE, 0)
         return
     if nh.type != NH_FORWARD:
         if nh.type == NH_UNREACHABLE:
-            dp.drops[DROP_UNREACHABLE_ROUTE] += 1
+            dp_drop_count(dp, m, DROP_UNREACHABLE_ROUTE)
             icmp6_error(dp, ifp, m, ICMP6_DST_UNREACH, ICMP6_DST_UNREACH_NOROUTE, 0)
         elif nh.type == NH_PROHIBIT:
-            dp.drops[DROP_PROHIBITED_ROUTE] += 1
+            dp_drop_count(dp, m, DROP_PROHIBITED_ROUTE)
             icmp6_error(dp, ifp, m, ICMP6_DST_UNREACH, ICMP6_DST_UNREACH_ADMIN, 0)
         else:
             dp_drop_m(dp, m, DROP_BLACKHOLE)
         return
     # Hop limit expiry: answered before anything in the packet changes.
     if ip6.ip6_hlim <= 1:
-        dp.drops[DROP_TTL_EXCEEDED] += 1
+        dp_drop_count(dp, m, DROP_TTL_EXCEEDED)
         icmp6_error(dp, ifp, m, ICMP6_TIME_EXCEEDED, ICMP6_TIME_EXCEED_TRANSIT, 0)
         return
     oifp = &dp.ifs[nh.ifindex]
     if in6_is_linklocal(ip6.ip6_src) and oifp != ifp:
-        dp.drops[DROP_IP6_BEYOND_SCOPE] += 1      # RFC 4007 9: a link-local source stays on its link
+        dp_drop_count(dp, m, DROP_IP6_BEYOND_SCOPE)   # RFC 4007 9: a link-local source stays on its link
         icmp6_error(dp, ifp, m, ICMP6_DST_UNREACH, ICMP6_DST_UNREACH_BEYONDSCOPE, 0)
         return
     if ip_too_big(m, oifp.mtu):
-        dp.drops[DROP_IP6_TOO_BIG] += 1
+        dp_drop_count(dp, m, DROP_IP6_TOO_BIG)
         icmp6_error(dp, ifp, m, ICMP6_PACKET_TOO_BIG, 0, oifp.mtu)
         return
     # Hop limit decrement: the one place a forwarded packet's hop limit changes.
+    trace(dp, m, TR_IP6_HLIM, 0, ip6.ip6_hlim, <uint32_t>(ip6.ip6_hlim - 1), 0, 0)
     ip6.ip6_hlim -= 1
     dp.forwarded += 1
     ip6_output_if(dp, oifp, m, in6_nexthop(nh, ip6))
@@ -59,11 +64,15 @@ cdef void ip6_output_if(dp_state *dp, dp_ifnet *oifp, mbuf *m, const uint8_t *ne
     cdef uint8_t nh[16]
     cdef mbufq segs
     cdef mbuf *s
+    cdef int n
     if unlikely(sw & CSUM_SEG):
         memcpy(nh, nexthop, 16)         # nexthop may point into m, freed below
-        if ip_gso_segment(m, &segs) < 0:
+        n = ip_gso_segment(m, &segs)
+        if n < 0:
             dp_drop_m(dp, m, DROP_NO_BUFFER)
             return
+        trace(dp, m, TR_GSO_SEGMENT, 0, <uint32_t>m.m_pkthdr.len, <uint32_t>n, 0,
+              <uint32_t>oifp.index)
         m_freem(m)
         oifp.gso_sw += 1
         s = mbufq_dequeue(&segs)

@@ -45,6 +45,7 @@ cdef void ip6_input(dp_state *dp, dp_ifnet *ifp, mbuf *m, bint l2group) noexcept
         return
     if IP6_HDR_LEN + plen < m.m_pkthdr.len:
         m_adj(m, IP6_HDR_LEN + plen - m.m_pkthdr.len)      # Ethernet padding
+    trace_data(dp, m, TR_IP6_INPUT, 0, <uint32_t>plen, ip6.ip6_nxt, ip6.ip6_hlim, 0, ip6.ip6_dst, 16)
     if unlikely(m.m_pkthdr.csum_flags & (CSUM_DEV_PARTIAL | CSUM_DEV_GSO)):
         if not ip_offload_input(dp, ifp, m, IP6_HDR_LEN, ip6.ip6_nxt, False, True):
             return
@@ -93,13 +94,14 @@ cdef void ip6_local(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
     (Headers in front of ICMPv6, as MLD's hop-by-hop, are not parsed.)"""
     cdef ip6_hdr *ip6 = <ip6_hdr *>mdata(m)
     cdef int nxt = ip6.ip6_nxt
+    trace_data(dp, m, TR_IP6_LOCAL, 0, <uint32_t>nxt, 0, 0, 0, ip6.ip6_dst, 16)
     if nxt == IPPROTO_ICMPV6:
         icmp6_input(dp, ifp, m)
         return
     if ifp.mirror >= 0:
         dp_punt(dp, ifp, m, True)           # TCP, UDP, OSPFv3...: the daemons' (cplane.py)
         return
-    dp.drops[DROP_LOCAL_NOT_ECHO] += 1
+    dp_drop_count(dp, m, DROP_LOCAL_NOT_ECHO)
     if nxt == IPPROTO_UDP:
         icmp6_error(dp, ifp, m, ICMP6_DST_UNREACH, ICMP6_DST_UNREACH_NOPORT, 0)
     elif not ip6_known_nxt(nxt):

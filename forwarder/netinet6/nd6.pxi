@@ -178,6 +178,7 @@ cdef void nd6_flush_hold(dp_state *dp, dp_nd6 *e) noexcept nogil:
         nd6_to_delay(dp, e)
     m = mbufq_dequeue(&e.hold)
     while m != NULL:
+        trace_nd6(dp, m, TR_ND6_RESOLVED, e, 0)
         ether_output(dp, ifp, m, e.mac, ETHERTYPE_IPV6)
         m = mbufq_dequeue(&e.hold)
 
@@ -372,6 +373,7 @@ cdef void nd6_resolve(dp_state *dp, dp_ifnet *ifp, mbuf *m, const uint8_t *nexth
     if e != NULL and e.state != ND6_INCOMPLETE:
         if e.state == ND6_STALE or (e.state == ND6_REACHABLE and dp.now_ns >= e.expire_ns):
             nd6_to_delay(dp, e)         # used while stale: confirm it soon (7.3.3)
+        trace_nd6(dp, m, TR_ND6_HIT, e, 0)
         ether_output(dp, ifp, m, e.mac, ETHERTYPE_IPV6)
         return
     if e == NULL:
@@ -383,6 +385,7 @@ cdef void nd6_resolve(dp_state *dp, dp_ifnet *ifp, mbuf *m, const uint8_t *nexth
     while mbufq_full(&e.hold):
         dp_drop_m(dp, mbufq_dequeue(&e.hold), DROP_ND6_HOLD_OVERFLOW)
     mbufq_enqueue(&e.hold, m)
+    trace_nd6(dp, m, TR_ND6_MISS, e, mbufq_len(&e.hold))
     if e.tries == 0 or dp.now_ns - e.last_req_ns >= ND6_RETRANS_NS:
         e.tries += 1
         e.last_req_ns = dp.now_ns
@@ -423,7 +426,7 @@ cdef void nd6_timer(dp_state *dp) noexcept nogil:
                 # again, so the loop ends.
                 m = mbufq_dequeue(&e.hold)
                 while m != NULL:
-                    dp.drops[DROP_ND6_TIMEOUT] += 1
+                    dp_drop_count(dp, m, DROP_ND6_TIMEOUT)
                     icmp6_error(dp, &dp.ifs[m.m_pkthdr.rcvif], m, ICMP6_DST_UNREACH,
                                 ICMP6_DST_UNREACH_ADDR, 0)
                     m = mbufq_dequeue(&e.hold)
@@ -447,12 +450,10 @@ cdef void nd6_timer(dp_state *dp) noexcept nogil:
 
 cdef int nd6_reclaim(dp_state *dp) noexcept nogil:
     """Free every packet held for an unresolved neighbour (arp_reclaim's twin)."""
-    cdef int i, k, n = 0
+    cdef int i, n = 0
     for i in range(DP_ND6_SIZE):
         if dp.nd6[i].state == ND6_INCOMPLETE:
-            k = mbufq_drain(&dp.nd6[i].hold)
-            dp.drops[DROP_ARP_HOLD_RECLAIMED] += k
-            n += k
+            n += dp_drop_queue(dp, &dp.nd6[i].hold, DROP_ARP_HOLD_RECLAIMED)
     return n
 
 

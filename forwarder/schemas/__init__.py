@@ -43,6 +43,7 @@ OUTPUTS: tuple[Output, ...] = (
     Output(("health",), "health"),
     Output(("debug", "stall", "SECONDS"), "debug"),
     Output(("debug", "resume"), "debug"),
+    Output(("trace", "show"), "trace-show"),
 )
 
 
