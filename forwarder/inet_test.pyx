@@ -1,16 +1,22 @@
 # cython: language_level=3
-"""Python wrappers around the inline helpers of inet.pxd, for tests only.
+"""Python wrappers around the inline helpers of inet.pxd (and the BPF
+interpreter of bpf.pxd), for tests only.
 
 Checksums cross this boundary as the 16-bit value read in network order
 (big-endian), i.e. what a pure-Python reference computes.
 """
 
-from libc.stdint cimport uint16_t, uint32_t
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.stdint cimport uint8_t, uint16_t, uint32_t
+from libc.string cimport memcpy
 from forwarder cimport inet
 from forwarder.inet cimport (in_cksum, in_cksum_add, in_cksum_finish, in_cksum_update16,
                              in_cksum_update32, ip_dec_ttl, ip_set_cksum, ip_ttl_expired, htons, ntohs, htonl,
                              ntohl, in_martian_src, in_martian_dst, in_multicast, in_badclass,
                              in_loopback, in_zeronet, in_lbcast)
+from forwarder.bpf cimport dp_bpf_insn, dp_bpf_run
+
+from forwarder import bpf
 
 
 def cksum(const unsigned char[::1] buf):
@@ -112,3 +118,30 @@ def parse_ip(const unsigned char[::1] hdr):
     return {"v": ip.ip_vhl >> 4, "hl": (ip.ip_vhl & 15) * 4, "len": ntohs(ip.ip_len),
             "id": ntohs(ip.ip_id), "off": ntohs(ip.ip_off), "ttl": ip.ip_ttl, "p": ip.ip_p,
             "sum": ntohs(ip.ip_sum), "src": ntohl(ip.ip_src), "dst": ntohl(ip.ip_dst)}
+
+
+_bpf_valid: set[bytes] = set()      # programs validate() passed
+
+
+def bpf_run(prog: bytes, const unsigned char[::1] packet, wirelen=None) -> int:
+    """dp_bpf_run of ``prog`` (checked by forwarder.bpf.validate first, as
+    the interpreter trusts its jumps) over ``packet``: buflen is
+    len(packet), wirelen defaults to it."""
+    if prog not in _bpf_valid:
+        bpf.validate(prog)
+        if len(_bpf_valid) >= 4096:
+            _bpf_valid.clear()
+        _bpf_valid.add(prog)
+    cdef uint32_t buflen = <uint32_t>packet.shape[0]
+    cdef uint32_t wire = buflen if wirelen is None else wirelen
+    cdef const uint8_t *p = &packet[0] if buflen else NULL
+    # a copy: bytes' data need not be aligned as struct dp_bpf_insn
+    cdef dp_bpf_insn *pc = <dp_bpf_insn *>PyMem_Malloc(len(prog))
+    cdef uint32_t r
+    if pc == NULL:
+        raise MemoryError()
+    memcpy(pc, <const char *>prog, len(prog))
+    with nogil:
+        r = dp_bpf_run(pc, p, wire, buflen)
+    PyMem_Free(pc)
+    return r

@@ -9,9 +9,10 @@ Each entry of the tables in ``tests/mutations/`` is a one-line change to the cod
 (``find`` -> ``replace``, the text must occur exactly once in ``file``) and
 the tests that must fail with it.  The check copies the working tree (with
 its built extensions) to a temporary directory, and for each entry applies
-the change there, rebuilds the changed extension when it is a .pyx, runs the
-tests from the copy (so the router processes they start import the copy's
-code, not the installed one), and restores the file and the extension.
+the change there, rebuilds the extensions it reaches (a .pyx, .pxi, .pxd, or
+a C header one of them declares), runs the tests from the copy (so the
+router processes they start import the copy's code, not the installed one),
+and restores the file and the extension.
 
 Verdicts: ``killed`` (the tests failed: good), ``survived`` (they passed: the
 tests do not prove what they claim), ``error`` (the change did not apply, the
@@ -102,13 +103,28 @@ def _includes(pyx: Path, pxi: Path) -> bool:
     return False
 
 
+def _externs(path: Path, header: Path) -> bool:
+    """``cdef extern from "h"`` in path names header (relative to path's directory)."""
+    for m in re.finditer(r'^\s*cdef\s+extern\s+from\s+"([^"]+)"', path.read_text(), re.M):
+        if (path.parent / m.group(1)).resolve() == header.resolve():
+            return True
+    return False
+
+
 def extensions_of(tree: Path, rel: str) -> list[Path]:
     """The extensions a change to ``rel`` reaches: a .pyx's own; a .pxi's
     includer; for a .pxd,
     its .pyx and every .pyx that cimports it, directly or through another
-    .pxd (Cython inlines what a .pxd declares into each user)."""
+    .pxd (Cython inlines what a .pxd declares into each user); for a C
+    header, those of each .pyx or .pxd declaring it (cdef extern from; a
+    header included by another header is not followed)."""
     if rel.endswith(".pyx"):
         return [Path(rel[:-len(".pyx")])]
+    if rel.endswith(".h"):
+        users = [p.relative_to(tree).as_posix() for p in
+                 sorted(tree.glob("*/*.pyx")) + sorted(tree.glob("*/*.pxd"))
+                 if _externs(p, tree / rel)]
+        return sorted({m for u in users for m in extensions_of(tree, u)})
     if rel.endswith(".pxi"):                # include "net/x.pxi": part of the including .pyx
         return sorted(p.relative_to(tree).with_suffix("")
                       for p in tree.glob("*/*.pyx") if _includes(p, tree / rel))

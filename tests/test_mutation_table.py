@@ -45,3 +45,11 @@ def test_mutation_applies_once_and_names_real_tests(m) -> None:
         tree = ast.parse((ROOT / path).read_text())
         functions = {f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)}
         assert name in functions, f"{node}: no such test"
+
+
+def test_a_header_change_rebuilds_the_extensions_declaring_it() -> None:
+    """A mutation of a C header rebuilds the extensions whose .pyx or .pxd
+    (cdef extern from) declare it, through the cimports."""
+    assert TOOL.extensions_of(ROOT, "forwarder/dp_drop.h") == [Path("forwarder/dataplane")]
+    assert Path("forwarder/inet_test") in TOOL.extensions_of(ROOT, "forwarder/net/bpf_filter.h")
+    assert TOOL.extensions_of(ROOT, "forwarder/bpf.py") == []
