@@ -51,8 +51,9 @@ LABEL org.opencontainers.image.title="mbuma-forwarder" \
 # over), `tc filter show dev eth1 ingress` (the router's redirect).  Not pinned,
 # as above.
 # hadolint ignore=DL3008
+# libpcap: the BPF compiler of `forwarder trace/capture --filter` (forwarder/bpf.py).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends iproute2 \
+ && apt-get install -y --no-install-recommends iproute2 libpcap0.8 \
  && rm -rf /var/lib/apt/lists/*
 # Wheels only, from the build stage, no index: nothing is compiled here.  The package
 # without extras: the router and its commands, not the lab's scapy/numpy/matplotlib.

@@ -180,3 +180,19 @@ def test_refusals(router: RunningRouter) -> None:
                         capture_output=True, text=True, timeout=20)
     assert cp.returncode == 1 and "a capture is running already" in cp.stderr
     c.wait()
+
+
+def test_bpf_filter_selects(router: RunningRouter, lab: RouterLab,  # noqa: F811
+                            tmp_path: Path) -> None:
+    out = tmp_path / "h3.pcap"
+    c = Capture(router, "tap1", "-Q", "in", "-n", "3", "-w", str(out),
+                "--filter", "icmp[icmptype] == icmp-echo and dst host 10.3.0.2")
+    for _ in range(3):
+        lab.ping("h1", "10.2.0.2", count=1)
+        lab.ping("h1", "10.3.0.2", count=1)
+    err = c.wait()
+    assert "3 packets captured (count)" in err
+    filtered = int(err.split(" not matching")[0].rsplit(", ", 1)[1])
+    assert filtered >= 2, err                  # the pings to h2 (and h3's replies are "out")
+    pk = rdpcap(str(out))
+    assert [p[IP].dst for p in pk] == ["10.3.0.2"] * 3 and all(p[ICMP].type == 8 for p in pk)
