@@ -63,9 +63,11 @@ class SysctlError(ValueError):
 Default = int | Callable[[int], int]
 """A fixed default, or a function of the physical memory size in bytes."""
 
-Applier = Literal["mbuf", "dataplane", "boot"]
+Applier = Literal["mbuf", "dataplane", "boot", "server"]
 """What applies a value: the mbuf zone limits (forwarder.mbufs), the
-dataplane (Dataplane.set), or the router when it starts (boot only)."""
+dataplane (Dataplane.set), the router when it starts (boot only), or the
+control socket and the metrics endpoint, which read it for each connection
+(forwarder.admission)."""
 
 
 @dataclass(frozen=True)
@@ -212,6 +214,22 @@ TUNABLES: tuple[Tunable, ...] = (
     Tunable("net.link.ether.inet.max_per_if", int, 1, ARP_MAX_ENTRIES, 1024,
             "ARP entries one interface may hold, so one link cannot fill the table", True,
             "dataplane"),
+    # The control socket and the Prometheus endpoint (forwarder/admission.py).
+    Tunable("net.forwarder.control.max_clients", int, 1, 4096, 64,
+            "Clients the control socket serves at once; more are refused and counted",
+            True, "server"),
+    Tunable("net.forwarder.control.request_timeout", int, 1, 3600, 10,
+            "Seconds a control request line may take from its first byte (the first "
+            "request: from the connection) to its newline", True, "server"),
+    Tunable("net.forwarder.control.idle_timeout", int, 1, 86400, 60,
+            "Seconds a control connection may wait between requests before it is closed",
+            True, "server"),
+    Tunable("net.forwarder.metrics.max_clients", int, 1, 4096, 64,
+            "Clients the Prometheus endpoint serves at once; more get 503 and are counted",
+            True, "server"),
+    Tunable("net.forwarder.metrics.request_timeout", int, 1, 3600, 10,
+            "Seconds a scrape's request line and headers may take to arrive (408 after)",
+            True, "server"),
     Tunable("net.route.max_routes", int, 1, 1 << 24, 1 << 20,
             "Maximum number of routes in the routing table (boot only)", False, "boot"),
     Tunable("net.link.max_interfaces", int, 1, MAX_INTERFACES, MAX_INTERFACES,

@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from allocator_pyx.netstat import netstat_m, netstat_m_dict, parse_netstat_m
 from forwarder import metrics, sysctl
 from forwarder import netns as nn
+from forwarder.admission import EndpointStats
 from forwarder.config import ConfigError, parse_config
 from forwarder.control import ControlServer
 from forwarder.dataplane import DROP_REASONS
@@ -123,6 +124,11 @@ def test_every_tunable_accepts_exactly_its_documented_range() -> None:
         "net.link.ether.inet.maxhold": (1, 10000), "net.link.ether.inet.maxtries": (1, 100),
         "net.link.ether.inet.max_per_if": (1, 3072),
         "net.route.max_routes": (1, 1 << 24), "net.link.max_interfaces": (1, 64),
+        "net.forwarder.control.max_clients": (1, 4096),
+        "net.forwarder.control.request_timeout": (1, 3600),
+        "net.forwarder.control.idle_timeout": (1, 86400),
+        "net.forwarder.metrics.max_clients": (1, 4096),
+        "net.forwarder.metrics.request_timeout": (1, 3600),
     }
     assert set(expected) == set(REGISTRY)
     for name, (lo, hi) in expected.items():
@@ -223,12 +229,17 @@ def test_metrics_export_each_counter_under_its_own_name() -> None:
              "icmp6": icmp6, "nd6": nd6}
     zones = [dict(name="mbuf_cluster", size=2048, limit=256, used=11, free=12, requests=13,
                   fails=14, sleeps=15)]
+    control = EndpointStats("control socket", "net.forwarder.control", ("bad_json", "args"))
+    for reason in ("bad_json", "bad_json", "args"):
+        control.reject(reason)
+    assert control.admit(1) and not control.admit(1) and not control.admit(1)
     router = SimpleNamespace(
         config=SimpleNamespace(router=SimpleNamespace(name="rX")),
         dp=SimpleNamespace(progress_age=lambda: 0.01, stats=lambda: stats),
         healthy=lambda: True, reloads=SimpleNamespace(ok=6, failed=2),
         attached_ports=lambda: {"tap1": SimpleNamespace(name="tap1", joins=3, losses=2)},
-        sysctl=sysctl.SysctlTree({"net.inet.ip.ttl": 33}, physmem=1 << 30))
+        sysctl=sysctl.SysctlTree({"net.inet.ip.ttl": 33}, physmem=1 << 30),
+        endpoints={"control": control})
     reg = CollectorRegistry()
     reg.register(metrics.RouterCollector(router))
     with mock.patch("forwarder.mbufs.zone_stats", return_value=zones):
@@ -273,6 +284,10 @@ def test_metrics_export_each_counter_under_its_own_name() -> None:
     assert val("forwarder_interface_up", interface="tap1") == 0
     assert val("forwarder_attach_joins_total", interface="tap1") == 3
     assert val("forwarder_attach_losses_total", interface="tap1") == 2
+    assert val("forwarder_control_rejected_total", reason="bad_json") == 2
+    assert val("forwarder_control_rejected_total", reason="args") == 1
+    assert val("forwarder_control_refused_connections_total") == 2
+    assert val("forwarder_control_clients") == 1
 
 
 # --- a real router ----------------------------------------------------------------------
