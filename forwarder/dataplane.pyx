@@ -192,13 +192,27 @@ TRACE_POINTS = tuple((dp_trace_stage[i].decode(), dp_trace_format[i].decode())
                      for i in range(TR_MAX))
 TRACE_ENDS = tuple(dp_trace_end_name[i].decode() for i in range(TR_END_MAX))
 TRACE_MAX = DP_TRACE_MAX
-TRACE_STEPS = DP_TRACE_STEPS
-TRACE_HEAD = DP_TRACE_HEAD
 CAPTURE_SNAPLEN = DP_CAP_SNAPLEN
-CAPTURE_RING = DP_CAP_RING
 CAPTURE_IN, CAPTURE_OUT, CAPTURE_DROP = CAP_IN, CAP_OUT, CAP_DROP
 CAPTURE_HEADER = sizeof(dp_cap_hdr)     # struct dp_cap_hdr, native order (forwarder/capture.py)
-BPF_MAXINSNS = DP_BPF_MAXINSNS
+
+
+cdef void *bpf_copy(bytes program, uint32_t *n) except? NULL:
+    """The dataplane's own copy of a classic BPF program (packed struct
+    bpf_insn, checked by forwarder.bpf.validate), malloc'd and so aligned;
+    NULL with *n = 0 for no program."""
+    cdef void *p
+    n[0] = 0
+    if not program:
+        return NULL
+    if len(program) % 8 or not 0 < len(program) // 8 <= DP_BPF_MAXINSNS:
+        raise ValueError(f"a BPF program is 1..{DP_BPF_MAXINSNS} instructions of 8 bytes")
+    p = malloc(len(program))
+    if p == NULL:
+        raise MemoryError()
+    memcpy(p, <const char *>program, len(program))
+    n[0] = len(program) // 8
+    return p
 
 
 def _check_mtu(int mtu):
@@ -546,14 +560,7 @@ cdef class Dataplane:
             self.dp.tr_ring = <dp_trace_rec *>calloc(DP_TRACE_MAX, sizeof(dp_trace_rec))
             if self.dp.tr_ring == NULL:
                 raise MemoryError()
-        if program:
-            if len(program) % 8 or not 0 < len(program) // 8 <= DP_BPF_MAXINSNS:
-                raise ValueError("a BPF program is 1..4096 instructions of 8 bytes")
-            n = len(program) // 8
-            prog = malloc(len(program))
-            if prog == NULL:
-                raise MemoryError()
-            memcpy(prog, <const char *>program, len(program))
+        prog = bpf_copy(program, &n)
         with nogil:
             pthread_mutex_lock(&self.dp.lock)
             memset(self.dp.tr_ring, 0, DP_TRACE_MAX * sizeof(dp_trace_rec))
@@ -592,21 +599,14 @@ cdef class Dataplane:
             raise ValueError("capture neither received nor sent frames")
         if not 64 <= snaplen <= DP_CAP_SNAPLEN:
             raise ValueError(f"snap length {snaplen} out of range (64..{DP_CAP_SNAPLEN})")
-        if program:
-            if len(program) % 8 or not 0 < len(program) // 8 <= DP_BPF_MAXINSNS:
-                raise ValueError("a BPF program is 1..4096 instructions of 8 bytes")
-            n = len(program) // 8
+        prog = bpf_copy(program, &n)
         ring = <uint8_t *>malloc(DP_CAP_RING)
         buf = <uint8_t *>malloc(snaplen)
-        if n:
-            prog = malloc(n * 8)
-        if ring == NULL or buf == NULL or (n and prog == NULL):
+        if ring == NULL or buf == NULL:
             free(ring)
             free(buf)
             free(prog)
             raise MemoryError()
-        if n:
-            memcpy(prog, <const char *>program, n * 8)
         with nogil:
             pthread_mutex_lock(&self.dp.lock)
             self.dp.cap_ring = ring
