@@ -68,7 +68,7 @@ from allocator_pyx.mbuf cimport (CSUM_DELAY_DATA, CSUM_DELAY_DATA_IPV6, CSUM_DEV
                                  m_getjcl, M_PREPEND, m_read_fd, m_writev_fd, mbuf, mbufq,
                                  mbufq_dequeue, mbufq_drain, mbufq_enqueue, mbufq_full,
                                  mbufq_init, mbufq_len)
-from allocator_pyx.uma cimport M_NOWAIT, uma_thread_flush
+from allocator_pyx.uma cimport M_NOWAIT, uma_thread_flush, uma_thread_trim
 from forwarder.inet cimport (ARP_HDR_LEN, ARPHRD_ETHER, ARPOP_REPLY, ARPOP_REQUEST,
                              ETHER_ADDR_LEN, ETHER_HDR_LEN, ETHERTYPE_ARP, ETHERTYPE_IP,
                              ETHERTYPE_IPV6,
