@@ -50,8 +50,8 @@ LABEL org.opencontainers.image.title="mbuma-forwarder" \
 # around with `docker exec`: `ip -br link` (which interfaces the runtime handed
 # over), `tc filter show dev eth1 ingress` (the router's redirect).  Not pinned,
 # as above.
-# hadolint ignore=DL3008
 # libpcap: the BPF compiler of `forwarder trace/capture --filter` (forwarder/bpf.py).
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends iproute2 libpcap0.8 \
  && rm -rf /var/lib/apt/lists/*
