@@ -29,7 +29,8 @@ from forwarder.lab.tomlwrite import to_toml
 from forwarder.lab.topology import router_mac
 from tests.topology import RouterLab
 
-__all__ = ["RunningRouter", "lab_config", "lab_doc", "router_mac", "start_router"]
+__all__ = ["RunningRouter", "lab_config", "lab_doc", "router_mac", "start_router",
+           "static_gateways"]
 
 
 Offload = bool | dict[str, bool] | None
@@ -195,6 +196,19 @@ def start_router(lab: RouterLab, workdir: Path, *, sysctl: dict[str, int] | None
 
 
 # --- the control plane's kernel routes (tests of forwarder/cplane.py) ---------------
+
+NUD_PERMANENT = 0x80
+
+
+def static_gateways(lab: RouterLab) -> None:
+    """Each host knows the router's MAC for good: no ARP probe of theirs
+    (Linux confirms a neighbour it used a few seconds later) reaches the
+    router while a test counts the frames on its links."""
+    for h in lab.hosts:
+        with nn.iproute(h.netns) as ipr:
+            ipr.neigh("replace", dst=str(h.gateway), lladdr=h.router_mac,
+                      ifindex=ipr.link_lookup(ifname=h.ifname)[0], state=NUD_PERMANENT)
+
 
 def kroute(cp: str, op: str, dst: str, **kw) -> None:
     """A route in the control plane's kernel, as a routing daemon installs it."""

@@ -34,7 +34,7 @@ from allocator_pyx import mbuf, uma
 from allocator_pyx.mbuf import Mbuf, MbufDenied
 from allocator_pyx.netstat import netstat_m_dict, parse_netstat_m, parse_vmstat_z
 from forwarder import netns as nn
-from tests.routerlab import RunningRouter, router_mac, start_router
+from tests.routerlab import RunningRouter, router_mac, start_router, static_gateways
 from tests.topology import lab, requires_netns, topology  # noqa: F401
 
 MBUF_LEAK_CHECK = True          # conftest: every mbuf zone's USED is back after each test
@@ -351,16 +351,6 @@ def resolved(r: RunningRouter, sender: Sender, addrs: list[str]) -> bool:
     if missing:
         sender.burst(missing, 1)
     return not missing
-
-
-def static_gateways(lab) -> None:
-    """Each host knows the router's MAC for good: no ARP probe of theirs
-    (Linux confirms a neighbour it used a few seconds later) reaches the
-    router while a test needs its links quiet."""
-    for h in lab.hosts:
-        subprocess.run(["ip", "-n", h.netns, "neigh", "replace", str(h.gateway), "lladdr",
-                        h.router_mac, "dev", h.ifname, "nud", "permanent"], check=True,
-                       capture_output=True, timeout=10)
 
 
 @contextmanager
