@@ -30,8 +30,10 @@ counted drop (dp_drop_m, reasons in dp_drop.h) or an ICMP error:
                      broadcasts, martians or non-initial fragments
   ip_output          the router's own packets: route, fragment, resolve    netinet/ip_output.pxi
   dp_timers          ARP retries (1/s), give-up after max_tries with       netinet/if_ether.pxi
-                     ICMP host unreachable, aging; ICMP token refill;
-                     the IPv6 neighbour cache's states (RFC 4861 NUD)     netinet6/nd6.pxi
+                     ICMP host unreachable, the ARP table's states
+                     (REACHABLE, STALE, DELAY, PROBE: unicast probes);
+                     ICMP token refill; the IPv6 neighbour cache's         netinet6/nd6.pxi
+                     states (RFC 4861 NUD)
 
 Where is TTL handled?  ip_forward: expiry check before anything is changed,
 decrement (RFC 1624 incremental checksum) after the MTU check, once.
@@ -177,10 +179,12 @@ MAX_STALL = DP_MAX_STALL
 ARP_MAX_ENTRIES = DP_ARP_MAX
 RX_SPARES = DP_RX_SPARES      # 16k clusters each TAP with TSO/USO keeps for super-frames
 
-# The neighbour cache's states by value (dataplane.pxd's ND6_*), as
-# nd6_entries names them.
+# The neighbour cache's states by value (dataplane.pxd's ND6_*, and the
+# ARP table's ARP_*, which have the same values), as nd6_entries and
+# arp_entries name them.
 ND6_STATES = ("free", "incomplete", "reachable", "stale", "delay", "probe")
 assert (ND6_INCOMPLETE, ND6_REACHABLE, ND6_STALE, ND6_DELAY, ND6_PROBE) == (1, 2, 3, 4, 5)
+assert (ARP_INCOMPLETE, ARP_REACHABLE, ARP_STALE, ARP_DELAY, ARP_PROBE) == (1, 2, 3, 4, 5)
 
 # Drop reasons, name -> description, in counter order (from dp_drop.h).
 DROP_REASONS = {dp_drop_symbol[i].decode().lower(): dp_drop_description[i].decode()
@@ -455,6 +459,21 @@ cdef class Dataplane:
                 self.dp.arp_max_tries = value
             elif name == "net.link.ether.inet.max_per_if":
                 self.dp.arp_max_per_if = value
+            elif name == "net.link.ether.inet.max_incomplete":
+                self.dp.arp_max_incomplete = value
+            elif name == "net.link.ether.inet.basereachable":
+                self.dp.arp_basereachable = value
+                if self.dp.ra_rand == 0:
+                    self.dp.ra_rand = <uint64_t>now_ns() | 1
+                arp_new_reachable_time(self.dp)
+            elif name == "net.link.ether.inet.delay":
+                self.dp.arp_delay = value
+            elif name == "net.link.ether.inet.umaxtries":
+                self.dp.arp_umaxtries = value
+            elif name == "net.link.ether.inet.request_ppslimit":
+                self.dp.arp_request_ppslimit = value
+            elif name == "net.inet6.icmp6.nd6_ns_ppslimit":
+                self.dp.nd6_ns_ppslimit = value
             elif name == "net.inet6.icmp6.nd6_basereachable":
                 self.dp.nd6_basereachable = value
                 if self.dp.ra_rand == 0:
@@ -786,6 +805,7 @@ cdef class Dataplane:
                 "fragments_created": self.dp.frags_created,
                 "nd6": {"received": self.dp.nd6_in, "solicitations_sent": self.dp.nd6_solicits,
                         "probes_sent": self.dp.nd6_probes,
+                        "solicitations_ratelimited": self.dp.nd6_ratelimited,
                         "advertisements_sent": self.dp.nd6_adverts, "entries": self.dp.nnd6},
                 "icmp6": {"echo_replies": self.dp.icmp6_echo_replies,
                           "unreachable": self.dp.icmp6_errors[ICMP6_DST_UNREACH],
@@ -794,8 +814,9 @@ cdef class Dataplane:
                           "parameter_problem": self.dp.icmp6_errors[ICMP6_PARAM_PROB],
                           "ratelimited": self.dp.icmp6_ratelimited},
                 "arp": {"received": self.dp.arp_in,
-                        "requests_sent": self.dp.arp_requests, "replies_sent": self.dp.arp_replies,
-                        "entries": self.dp.narp},
+                        "requests_sent": self.dp.arp_requests, "probes_sent": self.dp.arp_probes,
+                        "requests_ratelimited": self.dp.arp_ratelimited,
+                        "replies_sent": self.dp.arp_replies, "entries": self.dp.narp},
                 "loops": self.dp.loops,
             }
         finally:
@@ -824,8 +845,7 @@ cdef class Dataplane:
                 e = &self.dp.arp[i]
                 if e.state == ARP_FREE:
                     continue
-                out.append(self._neighbour(_int2ip(e.ip), e.ifindex,
-                                           "reachable" if e.state == ARP_REACHABLE else "incomplete",
+                out.append(self._neighbour(_int2ip(e.ip), e.ifindex, ND6_STATES[e.state],
                                            e.mac, e.expire_ns, now, mbufq_len(&e.hold)))
         finally:
             pthread_mutex_unlock(&self.dp.lock)

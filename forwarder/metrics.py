@@ -16,8 +16,12 @@ all read at scrape time.
     forwarder_zone_{failures,sleeps,requests}_total{router,zone}
     forwarder_icmp6_total{router,kind}          echo_replies, unreachable, packet_too_big, time_exceeded,
                                                 parameter_problem, ratelimited
-    forwarder_nd6_total{router,kind}            received, solicitations_sent, advertisements_sent
+    forwarder_nd6_total{router,kind}            received, solicitations_sent, advertisements_sent,
+                                                solicitations_ratelimited
     forwarder_nd6_probes_total{router}          the unicast solicitations among solicitations_sent
+    forwarder_arp_total{router,kind}            received, requests_sent, replies_sent,
+                                                requests_ratelimited
+    forwarder_arp_probes_total{router}          the unicast requests among requests_sent
     forwarder_arp_entries{router}, forwarder_nd6_entries{router}
     forwarder_reloads_total{router,result}      ok | failed
     forwarder_sysctl{router,name}               every tunable's current value
@@ -187,7 +191,8 @@ class RouterCollector(Collector):
         yield i6
         nd = CounterMetricFamily("forwarder_nd6", "Neighbor Discovery messages, by kind",
                                  labels=["router", "kind"])
-        for k in ("received", "solicitations_sent", "advertisements_sent"):
+        for k in ("received", "solicitations_sent", "advertisements_sent",
+                  "solicitations_ratelimited"):
             nd.add_metric([name, k], s["nd6"][k])
         yield nd
         probes = CounterMetricFamily(
@@ -195,6 +200,17 @@ class RouterCollector(Collector):
             "(counted in forwarder_nd6_total's solicitations_sent too)", labels=["router"])
         probes.add_metric([name], s["nd6"]["probes_sent"])
         yield probes
+        ar = CounterMetricFamily("forwarder_arp", "ARP messages, by kind (requests_ratelimited: "
+                                 "broadcast requests request_ppslimit kept from being sent)",
+                                 labels=["router", "kind"])
+        for k in ("received", "requests_sent", "replies_sent", "requests_ratelimited"):
+            ar.add_metric([name, k], s["arp"][k])
+        yield ar
+        ap = CounterMetricFamily(
+            "forwarder_arp_probes", "Unicast ARP requests to neighbours in PROBE "
+            "(counted in forwarder_arp_total's requests_sent too)", labels=["router"])
+        ap.add_metric([name], s["arp"]["probes_sent"])
+        yield ap
         a = GaugeMetricFamily("forwarder_arp_entries", "ARP table entries", labels=["router"])
         a.add_metric([name], s["arp"]["entries"])
         yield a

@@ -204,16 +204,40 @@ TUNABLES: tuple[Tunable, ...] = (
     Tunable("net.inet6.icmp6.nd6_gctimer", int, 1, 86400 * 365, 86400,
             "Seconds a STALE IPv6 neighbour is kept unused before it is freed", True,
             "dataplane"),
+    # The ARP table (netinet/if_ether.pxi): FreeBSD's names where FreeBSD has
+    # the tunable (max_age, maxhold, maxtries); the neighbour unreachability
+    # detection FreeBSD's ARP lacks takes Linux's defaults for ARP (arp_tbl:
+    # base_reachable_time_ms, delay_first_probe_time, ucast_probes) under the
+    # names of their nd6_* twins.
     Tunable("net.link.ether.inet.max_age", int, 1, 86400 * 365, 1200,
-            "Lifetime of a resolved ARP entry, in seconds", True, "dataplane"),
+            "Seconds a STALE ARP entry is kept unused before it is freed", True, "dataplane"),
     Tunable("net.link.ether.inet.maxhold", int, 1, 10000, 16,
             "Packets held per neighbour while its ARP resolution is pending", True, "dataplane"),
     Tunable("net.link.ether.inet.maxtries", int, 1, 100, 3,
-            "ARP requests sent for a neighbour before its queued packets get host unreachable",
-            True, "dataplane"),
+            "Broadcast ARP requests (1 s apart) for an unresolved neighbour before its queued "
+            "packets get host unreachable", True, "dataplane"),
     Tunable("net.link.ether.inet.max_per_if", int, 1, ARP_MAX_ENTRIES, 1024,
             "ARP entries one interface may hold, so one link cannot fill the table", True,
             "dataplane"),
+    Tunable("net.link.ether.inet.max_incomplete", int, 1, ARP_MAX_ENTRIES, 256,
+            "Unresolved (INCOMPLETE) entries one interface may hold, ARP and IPv6 each, so a "
+            "flood of packets to unused addresses cannot take the room of neighbours in use",
+            True, "dataplane"),
+    Tunable("net.link.ether.inet.basereachable", int, 1000, 3600000, 30000,
+            "BaseReachableTime of ARP in ms: a confirmed neighbour is REACHABLE for 0.5 to "
+            "1.5 times this", True, "dataplane"),
+    Tunable("net.link.ether.inet.delay", int, 1, 3600, 5,
+            "Seconds a STALE ARP neighbour in use waits in DELAY before it is probed",
+            True, "dataplane"),
+    Tunable("net.link.ether.inet.umaxtries", int, 1, 100, 3,
+            "Unicast ARP requests (1 s apart) a neighbour in PROBE gets before it is freed",
+            True, "dataplane"),
+    Tunable("net.link.ether.inet.request_ppslimit", int, 0, 100000, 100,
+            "Broadcast ARP requests sent per second per interface (0 = no limit)", True,
+            "dataplane"),
+    Tunable("net.inet6.icmp6.nd6_ns_ppslimit", int, 0, 100000, 100,
+            "Multicast Neighbor Solicitations sent per second per interface (0 = no limit)",
+            True, "dataplane"),
     # The control socket and the Prometheus endpoint (forwarder/admission.py).
     Tunable("net.forwarder.control.max_clients", int, 1, 4096, 64,
             "Clients the control socket serves at once; more are refused and counted",

@@ -58,7 +58,9 @@ def sysctl_values(r: RunningRouter) -> dict[str, int]:
 
 
 def arp_table(r: RunningRouter) -> list[tuple]:
-    return [(e["ip"], e["interface"], e["mac"], e["state"]) for e in r.call("arp.list")]
+    """The entries and their MACs (not their states: those move with time,
+    REACHABLE to STALE, whatever a command does)."""
+    return [(e["ip"], e["interface"], e["mac"]) for e in r.call("arp.list")]
 
 
 def refused(cp: subprocess.CompletedProcess, code: int, message: str) -> None:

@@ -195,7 +195,7 @@ SPOILED: list[tuple[str, tuple[str, ...], Callable[[Any], None]]] = [
     ("control refused negative", ("stats",), lambda d: d["control"].update(refused=-1)),
     ("drop reason described by a number", ("stats", "-v"),
      lambda d: d["drop_reasons"].update(runt=1)),
-    ("arp state unknown", ("arp", "-a"), lambda d: d[0].update(state="stale")),
+    ("arp state unknown", ("arp", "-a"), lambda d: d[0].update(state="permanent")),
     ("arp resolved without a MAC", ("arp", "-a"),
      lambda d: next(e for e in d if e["mac"]).update(mac=None)),
     ("arp entry IPv6", ("arp", "-a"), lambda d: d[0].update(ip="2001:db8:1::2")),
