@@ -29,7 +29,7 @@ from forwarder.lab.tomlwrite import to_toml
 from forwarder.lab.topology import router_mac
 from tests.topology import RouterLab
 
-__all__ = ["RunningRouter", "lab_config", "lab_doc", "router_mac", "start_router",
+__all__ = ["RunningRouter", "lab_config", "lab_doc", "poll", "router_mac", "start_router",
            "static_gateways"]
 
 
@@ -59,6 +59,20 @@ def lab_config(lab: RouterLab, sock: Path, sysctl: dict[str, int] | None = None,
     """The router's config for a lab; ``extra`` is TOML appended at the end;
     ``addresses`` adds addresses to interfaces by name (after the lab's own)."""
     return to_toml(lab_doc(lab, sock, sysctl, routes, metrics, addresses, offload)) + extra
+
+
+def poll(predicate: Callable[[], Any], timeout: float = 3.0, what: str = "condition",
+         interval: float = 0.02) -> Any:
+    """predicate() until it returns something true; AssertionError after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = predicate()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not true within {timeout} s")
+        time.sleep(interval)
 
 
 class RunningRouter(RouterProcess):
@@ -92,14 +106,7 @@ class RunningRouter(RouterProcess):
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 5.0,
                  what: str = "condition") -> Any:
         """Poll ``predicate`` until it returns something true (bounded)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            v = predicate()
-            if v:
-                return v
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what}: not true within {timeout} s")
-            time.sleep(0.05)
+        return poll(predicate, timeout, what, 0.05)
 
     def sighup(self) -> None:
         self.proc.send_signal(signal.SIGHUP)

@@ -547,7 +547,8 @@ def test_scrapes_are_answered_during_a_slowloris_and_a_huge_line_and_the_slowlor
             up = [s for fam in text_string_to_metric_families(body.decode())
                   if fam.name == "forwarder_dataplane_up" for s in fam.samples]
             assert [s.value for s in up] == [1.0]
-        assert cut is not None and cut >= DEADLINE, cut
+        # (the server's clock starts at its accept, ours when connect() returned)
+        assert cut is not None and cut >= DEADLINE - 0.05, cut
         status, _, body = http_read(slow)
         assert status == 408, body
         assert f"not complete within {DEADLINE} s (net.forwarder.metrics.request_timeout)" \
