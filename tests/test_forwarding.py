@@ -440,8 +440,12 @@ def test_arp_entries_age_out_after_max_age(lab, router):
     with router.tunables(settings):     # max_age applies to entries going STALE from now on
         router.cli("arp", "-d", "10.2.0.2", check=False)
         assert lab.ping("h1", "10.2.0.2", count=1, wait=2).returncode == 0
-        entry = next(e for e in router.cli_json("arp", "-a") if e["ip"] == "10.2.0.2")
-        assert entry["state"] == "reachable" and entry["expires_in"] <= 1.5
+        entry = next(e for e in router.call("arp.list") if e["ip"] == "10.2.0.2")
+        # REACHABLE for at most 1.5 s (a busy machine may take longer than the
+        # shortest 0.5 s to get here: then it is STALE already)
+        assert entry["state"] in ("reachable", "stale"), entry
+        if entry["state"] == "reachable":
+            assert entry["expires_in"] <= 1.5, entry
         # h2 asks the router for itself ~5 s after the ping (its own DELAY):
         # by then the entry is gone (1.5 s REACHABLE + 1 s STALE at most).
         deadline = time.monotonic() + 4
