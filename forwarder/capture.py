@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator
 
 from forwarder.dataplane import (CAPTURE_DROP, CAPTURE_HEADER, CAPTURE_IN, CAPTURE_OUT,
                                  CAPTURE_SNAPLEN, DROP_REASONS)
+from forwarder.pcap import DIR_INBOUND, DIR_OUTBOUND
 
 if TYPE_CHECKING:
     from forwarder.router import Router
@@ -49,6 +50,7 @@ _HDR = struct.Struct("=qIIIhBBHHI")     # struct dp_cap_hdr
 assert _HDR.size == CAPTURE_HEADER
 _DROPS = list(DROP_REASONS)
 DIRECTIONS = {"in": (True, False), "out": (False, True), "inout": (True, True)}
+_EPB_DIRECTION = {CAPTURE_IN: DIR_INBOUND, CAPTURE_OUT: DIR_OUTBOUND}
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,6 @@ def line(r: Record, ifnames: list[str], offset_ns: int) -> str:
 
 
 def direction_flag(r: Record) -> int:
-    from forwarder.pcap import DIR_INBOUND, DIR_OUTBOUND
-    return {CAPTURE_IN: DIR_INBOUND, CAPTURE_OUT: DIR_OUTBOUND}.get(r.direction, DIR_INBOUND)
+    """pcapng's epb_flags direction (a drop: inbound, where it came from)."""
+    return _EPB_DIRECTION.get(r.direction, DIR_INBOUND)
 
