@@ -258,12 +258,14 @@ cdef class Dataplane:
 
     def add_interface(self, int fd, str name, bytes mac, int mtu, addrs, *, addrs6=(), bint ra=False,
                       bint vnet_hdr=False, unsigned int offloads=0,
-                      unsigned int refused=0, int mirror_of=-1) -> int:
-        """Attach an open, non-blocking TAP fd.  addrs: [(address, prefixlen)]
+                      unsigned int refused=0, int mirror_of=-1, long hwassist=-1) -> int:
+        """Attach an open, non-blocking TAP fd (or a packet socket with
+        PACKET_VNET_HDR, read and written alike).  addrs: [(address, prefixlen)]
         as strings/ints; addrs6 the same for IPv6 (the link-local address
         is derived from mac).  vnet_hdr: the TAP was opened with IFF_VNET_HDR;
         offloads: the TUN_F_* bits TUNSETOFFLOAD accepted (refused: those it
-        did not, for the stats).  mirror_of: this TAP is the mirror of port
+        did not, for the stats); hwassist: the CSUM_* bits it takes on output,
+        -1 for those the offloads imply.  mirror_of: this TAP is the mirror of port
         mirror_of in the control plane's namespace (forwarder/cplane.py):
         what is read from it goes out of that port, and that port's traffic
         for the router's daemons is written to it.  Returns the interface
@@ -294,7 +296,7 @@ cdef class Dataplane:
             if vnet_hdr:
                 ifp.offloads = offloads
                 ifp.offloads_refused = refused
-                ifp.hwassist = tun_hwassist(offloads)
+                ifp.hwassist = tun_hwassist(offloads) if hwassist < 0 else <uint32_t>hwassist
                 if offloads & (TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6):
                     ifp.rx_spares = DP_RX_SPARES
             ifp_set_mtu(ifp, mtu)

@@ -70,6 +70,18 @@ TUN_F_NAMES = {TUN_F_CSUM: "csum", TUN_F_TSO4: "tso4", TUN_F_TSO6: "tso6",
 TUN_F_ALL = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN | TUN_F_USO4 | TUN_F_USO6
 VNET_HDR_LEN = 10               # sizeof(struct virtio_net_hdr)
 
+# <linux/if_packet.h>, <linux/if_ether.h>, <asm-generic/socket.h>; Python's socket
+# module has none of the packet-socket options
+SOL_PACKET = 263
+PACKET_VNET_HDR = 15            # a struct virtio_net_hdr in front of every frame
+PACKET_QDISC_BYPASS = 20        # Linux 3.14: transmit straight to the driver
+PACKET_IGNORE_OUTGOING = 23     # Linux 4.20: frames the host sends are not read back
+ETH_P_ALL = 0x0003
+SO_SNDBUFFORCE = 32             # as SO_SNDBUF / SO_RCVBUF, past the sysctl maxima
+SO_RCVBUFFORCE = 33             # (CAP_NET_ADMIN)
+PACKET_RCVBUF = 8 << 20         # bytes of frames queued for the router (see packet_open)
+PACKET_SNDBUF = 8 << 20
+
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
@@ -205,6 +217,54 @@ def tap_open(name: str, netns: str | None = None, *, extra_flags: int = 0) -> in
             raise
     log.debug("tap %s opened in netns %s (fd %d)", name, netns or "(current)", fd)
     return fd
+
+
+def packet_open() -> int:
+    """A packet socket for an attached port (forwarder/attach.py), bound to no
+    interface yet (protocol 0: it receives nothing until :func:`packet_bind`);
+    its fd, non-blocking and close-on-exec.
+
+    Read and written as a TAP opened with IFF_VNET_HDR is, one frame per
+    readv()/writev(), each behind a struct virtio_net_hdr (PACKET_VNET_HDR:
+    super-frames and partial checksums in both directions).  Frames it writes
+    go straight to the driver (PACKET_QDISC_BYPASS: a veth has no qdisc worth
+    the detour), and what the host itself sends on the interface is not read
+    back (PACKET_IGNORE_OUTGOING; its own writes never are).  The buffers are
+    raised to PACKET_RCVBUF / PACKET_SNDBUF: the defaults (rmem_default, about
+    200 KB) hold three 64 KB super-frames, a TAP's queue holds 1000 frames.
+    """
+    try:
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_NONBLOCK
+                          | socket.SOCK_CLOEXEC, 0)
+    except PermissionError as e:
+        raise PermissionError(e.errno, "an attached port on a packet socket needs "
+                              "CAP_NET_RAW (Docker and containerd give it by default; where "
+                              "it is dropped, attach_mode = \"tap\" needs only "
+                              "CAP_NET_ADMIN)") from None
+    try:
+        s.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+        s.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+        s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, PACKET_RCVBUF)
+        s.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, PACKET_SNDBUF)
+    except OSError:
+        s.close()
+        raise
+    return s.detach()
+
+
+def packet_bind(fd: int, ifindex: int) -> None:
+    """Bind a packet socket of :func:`packet_open` to interface ``ifindex``
+    (every protocol).  Binding again moves it: an interface deleted and made
+    anew under the same name has another index, the fd stays the same (the
+    forwarding thread's file table holds only the fds open when it started)."""
+    # struct sockaddr_ll: family, protocol (network order), ifindex, hatype,
+    # pkttype, halen, addr[8]
+    addr = struct.pack("=H2siHBB8s", socket.AF_PACKET, struct.pack("!H", ETH_P_ALL),
+                       ifindex, 0, 0, 0, b"")
+    if _libc.bind(fd, addr, len(addr)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"bind(AF_PACKET, ifindex {ifindex}): {os.strerror(err)}")
 
 
 def tun_flag_names(flags: int) -> list[str]:
