@@ -45,7 +45,8 @@ of inet.pxd (FreeBSD's `struct ip *`); system calls come from
 allocator_pyx/includes.pxd.
 """
 
-from libc.errno cimport EAGAIN, EBADF, EBADFD, EINTR, EIO, EMSGSIZE, ENOBUFS, ENODEV, ENXIO, errno
+from libc.errno cimport (EAGAIN, EBADF, EBADFD, EINTR, EIO, EMSGSIZE, ENETDOWN, ENOBUFS, ENODEV,
+                         ENXIO, errno)
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdlib cimport calloc, free, malloc
@@ -123,6 +124,7 @@ include "net/dp_trace.pxi"
 include "net/dp_capture.pxi"
 include "net/dp_subr.pxi"
 include "net/if_tap.pxi"
+include "net/if_packet.pxi"
 include "netinet/in.pxi"
 include "netinet/in_cksum.pxi"
 include "net/if_ethersubr.pxi"
@@ -258,9 +260,13 @@ cdef class Dataplane:
 
     def add_interface(self, int fd, str name, bytes mac, int mtu, addrs, *, addrs6=(), bint ra=False,
                       bint vnet_hdr=False, unsigned int offloads=0,
-                      unsigned int refused=0, int mirror_of=-1, long hwassist=-1) -> int:
+                      unsigned int refused=0, int mirror_of=-1, long hwassist=-1,
+                      size_t ring=0, unsigned int ring_frames=0,
+                      unsigned int ring_frame_size=0) -> int:
         """Attach an open, non-blocking TAP fd (or a packet socket with
-        PACKET_VNET_HDR, read and written alike).  addrs: [(address, prefixlen)]
+        PACKET_VNET_HDR, read and written alike; ring: the address of its
+        mapped TPACKET_V2 receive ring, ring_frames slots of ring_frame_size
+        bytes, read as net/if_packet.pxi says).  addrs: [(address, prefixlen)]
         as strings/ints; addrs6 the same for IPv6 (the link-local address
         is derived from mac).  vnet_hdr: the TAP was opened with IFF_VNET_HDR;
         offloads: the TUN_F_* bits TUNSETOFFLOAD accepted (refused: those it
@@ -299,6 +305,9 @@ cdef class Dataplane:
                 ifp.hwassist = tun_hwassist(offloads) if hwassist < 0 else <uint32_t>hwassist
                 if offloads & (TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6):
                     ifp.rx_spares = DP_RX_SPARES
+            ifp.ring = <char *>ring
+            ifp.ring_frames = ring_frames
+            ifp.ring_frame_size = ring_frame_size
             ifp_set_mtu(ifp, mtu)
             self._set_addrs(ifp, addrs)
             self._set_addrs6(ifp, addrs6)

@@ -128,6 +128,8 @@ class Router:
     mirrors: "cplane.Mirrors | None" = None
     importer: "cplane.RouteImporter | None" = None
     _tap_index: dict[str, int] = field(default_factory=dict)
+    # the packet sockets of attach_mode "packet" ports (their fds are in fds too)
+    _packet: dict[str, netns.PacketSocket] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.sysctl = self.config.sysctl_tree()
@@ -289,14 +291,16 @@ class Router:
         as from an offloading TAP.  On output the kernel does in software what
         the interface's features lack (validate_xmit_skb); ``offload = false``
         hands it none of that: the dataplane checksums and segments itself."""
-        fd = netns.packet_open()
-        self.fds[itf.name] = fd
-        idx = self.dp.add_interface(fd, itf.name, mac_bytes(itf.mac), itf.mtu,
+        ps = netns.packet_open()
+        self._packet[itf.name] = ps
+        self.fds[itf.name] = ps.fd
+        idx = self.dp.add_interface(ps.fd, itf.name, mac_bytes(itf.mac), itf.mtu,
                                     [(str(a.ip), a.network.prefixlen) for a in itf.addresses],
                                     addrs6=[(str(a.ip), a.network.prefixlen)
                                             for a in itf.addresses6], ra=itf.ra,
                                     vnet_hdr=True, offloads=netns.TUN_F_ALL,
-                                    hwassist=-1 if itf.offload else 0)
+                                    hwassist=-1 if itf.offload else 0, ring=ps.ring,
+                                    ring_frames=ps.frames, ring_frame_size=ps.frame_size)
         self.ifindex[itf.name] = idx
         self.dp.set_link(idx, False)            # until forwarder.attach binds it
         log.info("interface %s up: %s mtu %s mac %s (packet socket on %s, offloads %s)",
@@ -349,6 +353,12 @@ class Router:
         log.info("router %s stopped", self.config.router.name)
 
     def _close_taps(self) -> None:
+        """The ports' fds (after the forwarding thread stopped: it reads the
+        packet sockets' rings)."""
+        for name, ps in list(self._packet.items()):
+            ps.close()
+            del self._packet[name]
+            self.fds.pop(name, None)
         for name, fd in list(self.fds.items()):
             try:
                 os.close(fd)
