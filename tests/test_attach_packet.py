@@ -6,8 +6,9 @@ router makes no device of its own, frames arriving on the veth never reach
 the namespace's IP stack (a tc ingress drop after the packet socket's copy),
 frames the namespace itself sends there are not read back, a veth deleted
 and made again is the same socket bound anew, a link taken down and up
-again carries traffic again, and ``offload = false`` leaves segmentation to
-the dataplane.  h1 (eth1) and h3 (eth3, MTU 1280) are attached with
+again carries traffic again, ``offload = false`` leaves segmentation to
+the dataplane, and frames with no buffer for them leave the receive ring
+counted once.  h1 (eth1) and h3 (eth3, MTU 1280) are attached with
 offloads, h2 (eth2) with ``offload = false``; the namespace's kernel holds
 10.99.0.1 on its loopback, an address it would answer ARP and UDP for on
 any interface whose frames it saw.
@@ -23,6 +24,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import ARP, Ether
 
 from forwarder import netns as nn
+from forwarder.lab.path import link_stats_at
 from forwarder.lab.process import launch
 from forwarder.lab.tomlwrite import to_toml
 from tests.routerlab import RunningRouter
@@ -220,3 +222,37 @@ def test_a_veth_made_again_is_the_same_socket_bound_anew(lab: RouterLab,
     assert [line.split()[1] for line in cp.stdout.splitlines()[1:]] == \
         ["10.1.0.1", "10.3.0.2"], cp.stdout
     assert re.search(r"port eth1: attached to eth1 .* again", router.log_text())
+
+
+def test_frames_with_no_buffer_leave_the_ring_counted(lab: RouterLab,
+                                                      router: RunningRouter) -> None:
+    """Clusters denied (kern.ipc.nmbclusters lowered while held packets pin
+    them): the frames of the ring the router has no buffer for are dropped and
+    counted, their slots given back, and the port forwards again once the
+    limit is raised."""
+    mac, gw_mac = host_mac(lab, "h1"), router.interface("eth1")["mac"]
+    frames = [bytes(Ether(dst=gw_mac, src=mac) / IP(src="10.1.0.2", dst=f"10.3.0.{100 + i}")
+                    / UDP(sport=7, dport=9) / (b"f" * 18)) for i in range(150)]
+    original = router.call("sysctl.get", names=["kern.ipc.nmbclusters"])[0]["value"]
+    before, seen = router.stats(), link_stats_at(lab.router_ns, link_index(lab, "eth1"))
+    try:
+        router.sysctl("kern.ipc.nmbclusters=256")
+        with Sniffer(lab.host("h1").netns, "eth1") as s:
+            for k in range(6000):        # 150 neighbours that never answer hold 16 each
+                s.send(frames[k % 150])
+        router.wait_for(lambda: router.interface("eth1")["rx_nobuf"] > before["interfaces"][0]
+                        ["rx_nobuf"], 5, what="frames dropped for want of a buffer")
+    finally:
+        router.call("sysctl.set", assignments={"kern.ipc.nmbclusters": original})
+        router.forget_arp(incomplete=True)
+    router.wait_for(lambda: router.cli("health").returncode == 0, 5, what="healthy")
+    after = router.stats()
+    assert after["drops"]["no_buffer"] > before["drops"]["no_buffer"]
+    # each frame counted once, read or dropped: never more than eth1 received
+    # (fewer when the ring overflowed while the router could not keep up)
+    taken = sum(after["interfaces"][0][k] - before["interfaces"][0][k]
+                for k in ("rx_packets", "rx_nobuf"))
+    received = link_stats_at(lab.router_ns, link_index(lab, "eth1"))["rx_packets"] - \
+        seen["rx_packets"]
+    assert 0 < taken <= received, (taken, received)
+    assert lab.ping("h1", "10.3.0.2", count=1, wait=2).returncode == 0
