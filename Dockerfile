@@ -50,9 +50,10 @@ LABEL org.opencontainers.image.title="mbuma-forwarder" \
 # around with `docker exec`: `ip -br link` (which interfaces the runtime handed
 # over), `tc filter show dev eth1 ingress` (the router's redirect).  Not pinned,
 # as above.
+# libpcap: the BPF compiler of `forwarder trace/capture --filter` (forwarder/bpf.py).
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends iproute2 \
+ && apt-get install -y --no-install-recommends iproute2 libpcap0.8 \
  && rm -rf /var/lib/apt/lists/*
 # Wheels only, from the build stage, no index: nothing is compiled here.  The package
 # without extras: the router and its commands, not the lab's scapy/numpy/matplotlib.

@@ -45,8 +45,15 @@ cluster zone and -- the same number -- the Packet zone: a Packet item always
 holds a cluster, so the cap costs nothing, and it sizes the Packet zone's
 buckets to the cluster limit so that a refill never asks for more clusters
 than may exist.  0 is unlimited.  Limits can be raised and lowered at run
-time; lowering below what is in use revokes nothing, new requests are refused
-until usage falls (uma.pyx).
+time (FreeBSD's nmbclusters handler only lets it be raised).  Lowering trims
+the caches -- the zones' lists and the lowering thread's at once, the
+forwarding loop's at its next wake-up (uma.pyx, "Trimming") -- so that what
+is in use plus what is cached comes down to the new limit; a cached Packet
+pair leaves the Packet zone whole (zfini frees its cluster), so both zones
+fall together.  What is in use is not revoked: new requests are refused
+(denied) and frees go straight back to the slabs until usage is within the
+limit.  netstat -m's cluster total is therefore at most the max, except for
+clusters in use above a freshly lowered one.
 
 Denied and delayed (netstat -m).  m_getcl(M_NOWAIT) asks the Packet zone
 first; when it cannot (no cached pair and no cluster or mbuf to make one) it

@@ -178,6 +178,7 @@ cdef void uma_zone_set_zinit(uma_zone *zone, uma_init zinit, uma_fini zfini) noe
 cdef uint64_t uma_zone_drain(uma_zone *zone) noexcept nogil   # returns bytes unmapped
 cdef uint64_t uma_reclaim() noexcept nogil                     # drain every zone
 cdef void uma_thread_flush() noexcept nogil    # return the calling thread's buckets
+cdef void uma_thread_trim() noexcept nogil     # once per wake-up: trim after a lowered limit
 cdef void uma_zone_stats(uma_zone *zone, uma_zone_stat *st) noexcept nogil
 cdef uint64_t uma_mapped_bytes() noexcept nogil
 cdef int uma_zone_count() noexcept nogil

@@ -40,11 +40,54 @@ fails (uz_fails, netstat's "denied"); a M_WAITOK request sleeps (uz_sleeps,
 While a zone is at its limit (or above a freshly lowered one), or has
 sleepers, it is "slow": allocations and frees bypass the per-thread caches
 and go to the keg item by item, so every free is seen by the sleepers at once
-and usage falls as items come back.  Speed at the cap is traded for that.  Deliberate races: uz_slow is read without the lock
-on the fast path, so a free that races with a sleeper's arrival may still land
-in a cache; the sleeper's 10 ms slices bound that.  Items parked in *another*
-thread's cache are not stolen at the cap (as in FreeBSD): that thread hands
-them back on its next slow-path call, when it exits, or on uma_thread_flush().
+and usage falls as items come back.  Speed at the cap is traded for that.
+Deliberate races: uz_slow is read without the lock on the fast path, so a free
+that races with a sleeper's arrival may still land in a cache; the sleeper's
+10 ms slices bound that.  Items parked in *another* thread's cache are not
+stolen at the cap (as in FreeBSD): that thread hands them back on its next
+slow-path call, when it exits, or on uma_thread_flush().  Above the cap (a
+lowered limit) they are trimmed; see below.
+
+Trimming after a limit is lowered.  A limit is a memory bound: once it is
+lowered, the items out for the zone -- in use plus cached, uz_items -- must
+come down to it, the cached ones at once, those in use as they are freed.
+The thread that lowers it trims what it may touch: its own buckets and the
+zone's lists (zone_trim: full buckets to the keg while the zone is over its
+limit, and every bucket larger than the zone's new bucket size emptied and
+freed), then the keg's empty slabs go back to the OS (keg_drain).  Another
+thread's buckets belong to that thread, whose fast path takes no lock, so
+nobody else may empty them.  FreeBSD binds itself to each CPU in turn to
+drain the CPUs' caches (pcpu_cache_drain_safe); here the owner is asked
+instead: lowering bumps uma_trim_gen, and a long-lived thread calls
+uma_thread_trim() once per wake-up (the forwarding loop does, and wakes at
+least every 50 ms): a TLS load and an acquire load when nothing changed;
+when the generation moved, the thread's buckets of every zone over its limit
+(or larger than the zone's buckets now are) go to the keg and are freed, the
+zones' lists are trimmed and the kegs' empty slabs unmapped.  A thread that
+exits while a zone is over its limit leaves its buckets on the zone's lists
+and bumps the generation, so that the next trimmer (or any slow-path call on
+the zone) returns them.  A free while a zone is over its limit goes straight
+to the keg (the zone is slow), never to a cache, so once trimmed the zone
+stays at or under its limit.
+
+Deliberate races in the trim, each bounded by the owner's next wake-up: the
+fast path reads uz_slow without the lock, so a free racing with the lowering
+may still land in the owner's cache after the lowering thread trimmed; the
+generation is bumped after the zone lock that published the limit and
+uz_slow is released, and read with acquire, so the owner's trim -- and every
+fast path after it -- sees the zone slow and that item is returned with the
+rest.  A thread that never calls uma_thread_trim keeps its buckets until its
+next slow-path call on the zone (every call is one while the zone is over its
+limit) or its exit; in the router the forwarding loop is the only long-lived
+thread that allocates.
+
+Statistics.  USED is the allocations minus the frees, summed over the zone
+and every thread's counters without their owners' cooperation, so a snapshot
+taken while they run may be a few items off; it is clamped to uz_items (read
+under the zone lock, exact), and FREE is uz_items - USED plus what the keg may
+still hand the zone (see uma_zone_stats).  USED + FREE is therefore exact
+whatever the skew, and never above the limit unless more is in use than a
+freshly lowered limit allows (then FREE is 0).
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
@@ -76,10 +119,16 @@ cdef extern from *:
     { __atomic_add_fetch(p, (uint64_t)v, __ATOMIC_RELAXED); }
     static inline uint64_t uma_atomic_load64(uint64_t *p)
     { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+    static inline void uma_atomic_inc_release64(uint64_t *p)
+    { __atomic_add_fetch(p, 1, __ATOMIC_RELEASE); }
+    static inline uint64_t uma_atomic_load_acquire64(uint64_t *p)
+    { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
     """
     void *uma_tls
     void uma_atomic_add64(uint64_t *p, int64_t v) nogil
     uint64_t uma_atomic_load64(uint64_t *p) nogil
+    void uma_atomic_inc_release64(uint64_t *p) nogil
+    uint64_t uma_atomic_load_acquire64(uint64_t *p) nogil
 
 # --- per-thread caches ----------------------------------------------------------
 
@@ -92,6 +141,7 @@ cdef struct uma_cache:
 cdef struct uma_thread_s:
     uma_thread_s *ut_next
     uma_thread_s *ut_prev
+    uint64_t ut_trim_gen        # uma_trim_gen when the thread last trimmed
     uma_cache ut_cache[UMA_MAX_ZONES]
 
 ctypedef uma_thread_s uma_thread
@@ -110,6 +160,7 @@ cdef pthread_key_t uma_thread_key
 cdef uma_zone *uma_zones[UMA_MAX_ZONES]
 cdef uma_thread *uma_threads = NULL
 cdef uint64_t uma_mapped = 0           # bytes of slabs mapped, all kegs
+cdef uint64_t uma_trim_gen = 0         # bumped when caches must be trimmed (module doc)
 
 
 cdef inline void lock(pthread_mutex_t *m) noexcept nogil:
@@ -489,6 +540,37 @@ cdef void zone_drain_buckets(uma_zone *zone) noexcept nogil:
         free(bucket_pop(&zone.uz_empty_bucket))
 
 
+cdef inline bint zone_over_limit(uma_zone *zone) noexcept nogil:
+    """More items out for the zone than its limit allows, or out of its keg
+    than the keg's (zone lock held; the keg's count is read without the keg
+    lock, as zone_update_slow reads it)."""
+    cdef uma_keg *keg = zone.uz_keg
+    return ((zone.uz_limit != 0 and zone.uz_items > zone.uz_limit) or
+            (keg.uk_limit != 0 and keg_items_out(keg) > keg.uk_limit))
+
+
+cdef void zone_trim(uma_zone *zone) noexcept nogil:
+    """The zone's own cache after a limit was lowered (zone lock held): full
+    buckets go to the keg while the zone is over its limit, and a bucket
+    larger than the zone's buckets now are is emptied to the keg and freed
+    (it would let one cache hold more than the limit means it to)."""
+    cdef uma_bucket **pp
+    cdef uma_bucket *b
+    cdef int k
+    for k in range(2):
+        pp = &zone.uz_full_bucket if k == 0 else &zone.uz_empty_bucket
+        while pp[0] != NULL:
+            b = pp[0]
+            if b.ub_entries > zone.uz_bucket_size or (b.ub_cnt > 0 and zone_over_limit(zone)):
+                pp[0] = b.ub_next
+                if b.ub_cnt > 0:
+                    zone.uz_nfull_items -= b.ub_cnt
+                    zone_release(zone, b.ub_bucket, b.ub_cnt)
+                free(b)
+            else:
+                pp = &b.ub_next
+
+
 cdef void zone_take_bucket(uma_zone *zone, uma_bucket *b) noexcept nogil:
     """A bucket from a cache goes to the zone lists (zone lock held)."""
     if b.ub_cnt > 0:
@@ -520,8 +602,11 @@ cdef void *zone_alloc_item(uma_zone *zone, void *arg, int flags, int64_t timeout
         deadline = now_ns() + timeout_ns
     c = cache_lookup(zone)          # may register the thread: before the zone lock
     lock(&zone.uz_lock)
-    if zone.uz_slow and c != NULL:
-        cache_flush_to_keg(zone, c)
+    if zone.uz_slow:
+        if c != NULL:
+            cache_flush_to_keg(zone, c)
+        if zone.uz_full_bucket != NULL and zone_over_limit(zone):
+            zone_trim(zone)
     while True:
         if zone.uz_full_bucket != NULL and not (zone.uz_limit and zone.uz_items > zone.uz_limit):
             b = zone.uz_full_bucket
@@ -571,8 +656,11 @@ cdef void zone_free_item(uma_zone *zone, void *item, void *arg, bint dtor) noexc
         zone.uz_dtor(item, zone.uz_size, arg)
     c = cache_lookup(zone)          # may register the thread: before the zone lock
     lock(&zone.uz_lock)
-    if zone.uz_slow and c != NULL:
-        cache_flush_to_keg(zone, c)
+    if zone.uz_slow:
+        if c != NULL:
+            cache_flush_to_keg(zone, c)
+        if zone.uz_full_bucket != NULL and zone_over_limit(zone):
+            zone_trim(zone)
     zone_release(zone, &item, 1)
     zone.uz_frees += 1
     zone_update_slow(zone)
@@ -603,6 +691,7 @@ cdef uma_thread *thread_register() noexcept nogil:
     global uma_threads, uma_tls
     if t == NULL:
         return NULL
+    t.ut_trim_gen = uma_atomic_load_acquire64(&uma_trim_gen)
     lock(&uma_global_lock)
     t.ut_next = uma_threads
     if uma_threads != NULL:
@@ -616,11 +705,16 @@ cdef uma_thread *thread_register() noexcept nogil:
 
 cdef void thread_dtor(void *arg) noexcept nogil:
     """Thread exit: the thread's buckets go to their zones' lists (no zfini
-    runs, so a Packet item keeps its cluster), its counters to the zones."""
+    runs, so a Packet item keeps its cluster), its counters to the zones.
+    Nothing goes to a keg here: a zfini freeing into another zone would
+    register this exiting thread anew, under the global lock.  So a zone left
+    over its limit (or holding buckets larger than its own) is handed to the
+    next trimmer instead (cache_trim_request)."""
     cdef uma_thread *t = <uma_thread *>arg
     cdef uma_zone *z
     cdef uma_cache *c
     cdef int i
+    cdef bint trim = False
     global uma_threads, uma_tls
     uma_tls = NULL
     lock(&uma_global_lock)
@@ -630,6 +724,8 @@ cdef void thread_dtor(void *arg) noexcept nogil:
         if z == NULL:
             continue
         lock(&z.uz_lock)
+        if cache_needs_trim(z, c):
+            trim = True
         cache_flush_to_zone(z, c)
         z.uz_allocs += c.uc_allocs
         z.uz_frees += c.uc_frees
@@ -643,6 +739,8 @@ cdef void thread_dtor(void *arg) noexcept nogil:
         t.ut_next.ut_prev = t.ut_prev
     unlock(&uma_global_lock)
     free(t)
+    if trim:
+        cache_trim_request()
 
 
 cdef inline uma_cache *cache_lookup(uma_zone *zone) noexcept nogil:
@@ -674,6 +772,78 @@ cdef void cache_flush_to_keg(uma_zone *zone, uma_cache *c) noexcept nogil:
         if b != NULL and b.ub_cnt > 0:
             zone_release(zone, b.ub_bucket, b.ub_cnt)
             b.ub_cnt = 0
+
+
+cdef inline bint cache_bucket_oversize(uma_zone *zone, uma_bucket *b) noexcept nogil:
+    return b != NULL and b.ub_entries > zone.uz_bucket_size
+
+
+cdef inline bint cache_needs_trim(uma_zone *zone, uma_cache *c) noexcept nogil:
+    """c holds items of a zone over its limit, or a bucket larger than the
+    zone's buckets now are (zone lock held)."""
+    return ((((c.uc_allocbucket != NULL and c.uc_allocbucket.ub_cnt > 0) or
+              (c.uc_freebucket != NULL and c.uc_freebucket.ub_cnt > 0)) and zone_over_limit(zone))
+            or cache_bucket_oversize(zone, c.uc_allocbucket)
+            or cache_bucket_oversize(zone, c.uc_freebucket))
+
+
+cdef void cache_trim(uma_zone *zone, uma_cache *c) noexcept nogil:
+    """The owner's trim of its cache (zone lock held): while the zone is over
+    its limit, and for a bucket larger than the zone's buckets now are, the
+    bucket's items go to the keg and the bucket is freed (the next one comes
+    at the zone's current size)."""
+    cdef uma_bucket *b
+    cdef int k
+    for k in range(2):
+        b = c.uc_allocbucket if k == 0 else c.uc_freebucket
+        if b == NULL:
+            continue
+        if not (cache_bucket_oversize(zone, b) or (b.ub_cnt > 0 and zone_over_limit(zone))):
+            continue
+        if b.ub_cnt > 0:
+            zone_release(zone, b.ub_bucket, b.ub_cnt)
+            b.ub_cnt = 0
+        free(b)
+        if k == 0:
+            c.uc_allocbucket = NULL
+        else:
+            c.uc_freebucket = NULL
+
+
+cdef inline void cache_trim_request() noexcept nogil:
+    """Ask every thread to trim its caches at its next uma_thread_trim().
+    Called after the zone lock that published the new limit and uz_slow was
+    released: whoever sees the new generation sees them."""
+    uma_atomic_inc_release64(&uma_trim_gen)
+
+
+cdef void cache_trim_thread(uma_thread *t) noexcept nogil:
+    """Trim t's caches (t is the calling thread) and every zone's lists,
+    then unmap the kegs' empty slabs: what was trimmed is memory again.
+    Secondary zones first: their zfini frees into primary zones, which are
+    trimmed after them."""
+    cdef uma_zone *z
+    cdef int i, pass_
+    lock(&uma_global_lock)
+    for pass_ in range(2):
+        for i in range(UMA_MAX_ZONES):
+            z = uma_zones[i]
+            if z == NULL or (pass_ == 0) != ((z.uz_flags & UMA_ZONE_SECONDARY) != 0):
+                continue
+            lock(&z.uz_lock)
+            cache_trim(z, &t.ut_cache[z.uz_id])
+            zone_trim(z)
+            zone_update_slow(z)
+            if z.uz_sleepers:
+                pthread_cond_broadcast(&z.uz_cv)
+            unlock(&z.uz_lock)
+    for i in range(UMA_MAX_ZONES):
+        z = uma_zones[i]
+        if z != NULL and z.uz_keg.uk_primary == z:
+            lock(&z.uz_keg.uk_lock)
+            keg_drain(z.uz_keg)
+            unlock(&z.uz_keg.uk_lock)
+    unlock(&uma_global_lock)
 
 
 cdef void *cache_alloc_slow(uma_zone *zone, void *arg, int flags, int64_t timeout_ns) noexcept nogil:
@@ -930,20 +1100,30 @@ cdef int uma_zdestroy(uma_zone *zone) noexcept nogil:
 
 cdef void uma_zone_set_max(uma_zone *zone, uint64_t nitems) noexcept nogil:
     """Cap the zone (0 = unlimited); safe while other threads allocate.
-    Lowering below uz_items revokes nothing: the zone's cached buckets go
-    back to the keg (with the calling thread's cache) and the zone turns
-    slow until usage falls."""
+    Lowering below uz_items revokes nothing in use: the calling thread's
+    cache and the zone's lists are trimmed at once, the other threads' at
+    their next uma_thread_trim() (module doc), and the zone is slow until
+    usage falls to the limit."""
     cdef uma_cache *c = cache_lookup(zone)
+    cdef int old_bs
+    cdef bint trim = False
     lock(&zone.uz_lock)
+    old_bs = zone.uz_bucket_size
     zone.uz_limit = nitems
     zone_update_bucket_size(zone)
-    if nitems and zone.uz_items > nitems:
+    if zone.uz_bucket_size < old_bs or zone_over_limit(zone):
         if c != NULL:
-            cache_flush_to_keg(zone, c)
-        zone_drain_buckets(zone)
+            cache_trim(zone, c)
+        zone_trim(zone)
+        trim = True
     zone_update_slow(zone)
     pthread_cond_broadcast(&zone.uz_cv)
     unlock(&zone.uz_lock)
+    if trim:
+        lock(&zone.uz_keg.uk_lock)
+        keg_drain(zone.uz_keg)
+        unlock(&zone.uz_keg.uk_lock)
+        cache_trim_request()
 
 
 cdef uint64_t uma_zone_get_max(uma_zone *zone) noexcept nogil:
@@ -952,12 +1132,15 @@ cdef uint64_t uma_zone_get_max(uma_zone *zone) noexcept nogil:
 
 cdef void uma_keg_set_max(uma_zone *zone, uint64_t nitems) noexcept nogil:
     """Cap the items out of the zone's keg (all its zones together)."""
-    cdef int i
+    cdef int i, old_bs
     cdef uma_zone *z
     cdef uma_keg *keg = zone.uz_keg
-    # Register the calling thread before any lock: draining below runs zfini
+    cdef uma_thread *t
+    cdef bint trim = False
+    # Register the calling thread before any lock: trimming below runs zfini
     # hooks, which free into other zones through this thread's cache.
     cache_lookup(zone)
+    t = <uma_thread *>uma_tls
     lock(&uma_global_lock)
     lock(&keg.uk_lock)
     keg.uk_limit = nitems
@@ -966,13 +1149,23 @@ cdef void uma_keg_set_max(uma_zone *zone, uint64_t nitems) noexcept nogil:
         z = uma_zones[i]
         if z != NULL and z.uz_keg == keg:
             lock(&z.uz_lock)
+            old_bs = z.uz_bucket_size
             zone_update_bucket_size(z)
-            if nitems and keg_items_out(keg) > nitems:
-                zone_drain_buckets(z)
+            if z.uz_bucket_size < old_bs or zone_over_limit(z):
+                if t != NULL:
+                    cache_trim(z, &t.ut_cache[i])
+                zone_trim(z)
+                trim = True
             zone_update_slow(z)
             pthread_cond_broadcast(&z.uz_cv)
             unlock(&z.uz_lock)
+    if trim:
+        lock(&keg.uk_lock)
+        keg_drain(keg)
+        unlock(&keg.uk_lock)
     unlock(&uma_global_lock)
+    if trim:
+        cache_trim_request()
 
 
 cdef uint64_t uma_keg_get_max(uma_zone *zone) noexcept nogil:
@@ -1018,7 +1211,8 @@ cdef uint64_t uma_reclaim() noexcept nogil:
 
 
 cdef void uma_thread_flush() noexcept nogil:
-    """The calling thread's buckets go to their zones' lists."""
+    """The calling thread's buckets go to their zones' lists; a zone over
+    its limit then trims its lists (the items go to the keg)."""
     cdef uma_thread *t = <uma_thread *>uma_tls
     cdef uma_zone *z
     cdef int i
@@ -1030,38 +1224,56 @@ cdef void uma_thread_flush() noexcept nogil:
         if z != NULL:
             lock(&z.uz_lock)
             cache_flush_to_zone(z, &t.ut_cache[i])
+            if zone_over_limit(z):
+                zone_trim(z)
             unlock(&z.uz_lock)
     unlock(&uma_global_lock)
 
 
+cdef void uma_thread_trim() noexcept nogil:
+    """For a long-lived thread, once per wake-up (the forwarding loop): when
+    a limit was lowered (or a thread exited over one) since this thread last
+    looked, its buckets beyond the limits go to the kegs and the zones'
+    lists are trimmed.  Otherwise a TLS load, an acquire load and a compare."""
+    cdef uma_thread *t = <uma_thread *>uma_tls
+    cdef uint64_t gen
+    if t == NULL:
+        return
+    gen = uma_atomic_load_acquire64(&uma_trim_gen)
+    if likely(t.ut_trim_gen == gen):
+        return
+    t.ut_trim_gen = gen
+    cache_trim_thread(t)
+
+
 cdef void uma_zone_stats(uma_zone *zone, uma_zone_stat *st) noexcept nogil:
-    """A vmstat -z row.  Other threads' counters and bucket fills are read
-    without their owners' cooperation: exact when they are idle, a snapshot
-    a few items off while they run."""
+    """A vmstat -z row.  Other threads' counters are read without their
+    owners' cooperation: exact when they are idle, a few items off while they
+    run.  USED is clamped to uz_items (exact: read under the zone lock) and
+    the zone's cached items are uz_items - USED, so the skew moves items
+    between USED and FREE but never changes USED + FREE (module doc)."""
     cdef uma_thread *t
     cdef uma_cache *c
-    cdef uint64_t allocs, frees, cached, kfree
+    cdef uint64_t allocs, frees, used, kfree
     cdef uma_keg *keg = zone.uz_keg
     memset(st, 0, sizeof(uma_zone_stat))
     lock(&uma_global_lock)
     lock(&zone.uz_lock)
     allocs = zone.uz_allocs
     frees = zone.uz_frees
-    cached = zone.uz_nfull_items
     t = uma_threads
     while t != NULL:
         c = &t.ut_cache[zone.uz_id]
         allocs += c.uc_allocs
         frees += c.uc_frees
-        if c.uc_allocbucket != NULL:
-            cached += c.uc_allocbucket.ub_cnt
-        if c.uc_freebucket != NULL:
-            cached += c.uc_freebucket.ub_cnt
         t = t.ut_next
+    used = allocs - frees if allocs > frees else 0
+    if used > zone.uz_items:
+        used = zone.uz_items
     strncpy(st.name, zone.uz_name, UMA_NAME_LEN - 1)
     st.size = zone.uz_size
     st.limit = zone.uz_limit if zone.uz_limit else keg.uk_limit
-    st.used = allocs - frees
+    st.used = used
     st.requests = allocs
     st.fails = zone.uz_fails
     st.sleeps = zone.uz_sleeps
@@ -1082,7 +1294,7 @@ cdef void uma_zone_stats(uma_zone *zone, uma_zone_stat *st) noexcept nogil:
         kfree = min(kfree, keg.uk_limit - min(keg.uk_limit, keg_items_out(keg)))
     if kfree and zone.uz_limit:
         kfree = min(kfree, zone.uz_limit - min(zone.uz_limit, zone.uz_items))
-    st.free = cached + kfree
+    st.free = zone.uz_items - used + kfree
     unlock(&keg.uk_lock)
     unlock(&zone.uz_lock)
     unlock(&uma_global_lock)
@@ -1425,3 +1637,16 @@ def thread_flush():
     """Hand the calling thread's cached buckets to their zones."""
     with nogil:
         uma_thread_flush()
+
+
+def thread_trim():
+    """What a long-lived thread does once per wake-up (uma_thread_trim):
+    if a limit was lowered since it last looked, give back what the calling
+    thread caches beyond the limits."""
+    with nogil:
+        uma_thread_trim()
+
+
+def trim_generation() -> int:
+    """How many times caches were asked to trim (uma_trim_gen)."""
+    return uma_atomic_load_acquire64(&uma_trim_gen)

@@ -105,6 +105,10 @@ class CaptureStream:
                        "interfaces": router.dp.ifnames(),
                        "clock_offset_ns": time.time_ns() - time.monotonic_ns()}
 
+    def close(self) -> None:
+        """Disarm without streaming (the reply could not be sent)."""
+        self.router.dp.capture_stop()
+
     def run(self, conn: socket.socket) -> None:
         dp = self.router.dp
         sent, ended = 0, "timeout"

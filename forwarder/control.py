@@ -32,10 +32,21 @@ Commands (``args`` in brackets):
 
 The socket is created mode 0600 (root only): whoever can write to it can
 reconfigure the router.
+
+What the socket takes (forwarder/admission.py): at most
+net.forwarder.control.max_clients connections at once (the next one is told
+``busy`` and closed); a request line of at most MAX_REQUEST bytes, complete
+within net.forwarder.control.request_timeout seconds of its first byte (the
+first request: of the connection); net.forwarder.control.idle_timeout seconds
+between requests; an answer taken by the client within request_timeout.
+A request refused before it reaches its command gets an error whose ``kind``
+is the reason (REJECTIONS) and is counted under it (`stats`' ``control``); a
+line too long or too slow also closes the connection, since what follows
+cannot be told apart from it.  A command's own errors (a bad tunable value,
+an unknown route) are answers, not rejections.
 """
 from __future__ import annotations
 
-import functools
 import inspect
 import ipaddress
 import json
@@ -45,8 +56,13 @@ import socket
 import socketserver
 import stat
 import threading
+import types
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
+
+from forwarder.admission import (AdmissionMixIn, EndpointStats, LineReader, Limits,
+                                 RequestTimeout, RequestTooLarge, send_nowait)
 
 if TYPE_CHECKING:
     from forwarder.router import Router
@@ -57,8 +73,12 @@ from forwarder.dataplane import DROP_REASONS
 log = logging.getLogger("forwarder.control")
 
 PROTOCOL_VERSION = 1
-MAX_REQUEST = 1 << 20
-IDLE_TIMEOUT = 60.0
+MAX_REQUEST = 1 << 20                   # bytes of one request line, its newline not counted
+TUNABLES = "net.forwarder.control"      # .max_clients, .request_timeout, .idle_timeout
+# Why a request was refused before its command ran: the reply's kind, and the
+# reason it is counted under.  too_large and timeout close the connection.
+REJECTIONS = ("too_large", "timeout", "bad_utf8", "bad_json", "not_object", "version",
+              "command", "args", "unread")
 
 
 class ControlError(Exception):
@@ -108,6 +128,8 @@ def handlers(router: "Router") -> dict[str, Callable[..., Any]]:
         s["reloads"] = {"ok": router.reloads.ok, "failed": router.reloads.failed,
                         "last_error": router.reloads.last_error}
         s["router"] = router.config.router.name
+        for name, endpoint in router.endpoints.items():     # control, metrics
+            s[name] = endpoint.as_dict()
         if router.importer is not None:
             s["route_import"] = {**router.importer.stats.as_dict(),
                                  "routes": len(router.imported),
@@ -160,6 +182,12 @@ def handlers(router: "Router") -> dict[str, Callable[..., Any]]:
         router.dp.trace_start(trace.check_count(count), ifindex, program)
         return {"count": count, "interface": interface, "filter": filter}
 
+    def capture_start(interface: str, count: int = capture.DEFAULT_COUNT,
+                      timeout: float = capture.DEFAULT_TIMEOUT, direction: str = "inout",
+                      snaplen: int = capture.CAPTURE_SNAPLEN,
+                      filter: str | None = None) -> capture.CaptureStream:
+        return capture.start(router, interface, count, timeout, direction, snaplen, filter)
+
     arp_delete = neighbour_delete(4, router.dp.arp_delete, "ARP entry")
     ndp_delete = neighbour_delete(6, router.dp.nd6_delete, "neighbour cache entry")
 
@@ -185,46 +213,104 @@ def handlers(router: "Router") -> dict[str, Callable[..., Any]]:
         "trace.start": trace_start,
         "trace.show": lambda: trace.render(router.dp.trace_records()),
         "trace.stop": lambda: {"remaining": router.dp.trace_stop()},
-        "capture": functools.partial(capture.start, router),
+        "capture": capture_start,
     }
 
 
-class _Handler(socketserver.StreamRequestHandler):
+class Rejected(ControlError):
+    """A request refused before its command ran; ``kind`` is one of REJECTIONS."""
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    """One connection: request lines in, a reply line for each."""
     server: "ControlServer"
-    # A connection that sends nothing for this long is dropped (one thread each).
-    timeout = IDLE_TIMEOUT
 
     def handle(self) -> None:
+        srv = self.server
+        limits = srv.limits()
+        reader = LineReader(self.request, MAX_REQUEST)
+        first, wait = True, limits.request_timeout      # the first request: from the connection
         try:
             while True:
-                line = self.rfile.readline(MAX_REQUEST)
-                if not line:
+                try:
+                    line = reader.readline(wait, limits.request_timeout)
+                except RequestTooLarge:
+                    self._last_word(srv.reject(
+                        "too_large", f"request line longer than {MAX_REQUEST} bytes (the "
+                        "limit) and no newline: connection closed"))
                     return
-                reply = self.server.dispatch(line)
+                except RequestTimeout as e:
+                    if e.started or first:
+                        self._last_word(srv.reject("timeout", _timeout_message(e, limits)))
+                    else:
+                        log.debug("control connection idle for %g s: closed",
+                                  limits.idle_timeout)
+                    return
+                if line is None:
+                    return
+                reply = srv.dispatch(line)
                 stream = reply.get("result")
                 if isinstance(stream, capture.CaptureStream):
                     # The connection becomes the capture's stream (forwarder/capture.py).
                     reply["result"] = stream.header
-                    self.wfile.write(json.dumps(reply).encode() + b"\n")
-                    self.wfile.flush()
-                    stream.run(self.connection)
+                    if self._send(reply, limits.request_timeout):
+                        self.request.settimeout(limits.idle_timeout)
+                        stream.run(self.request)
+                    else:
+                        stream.close()
                     return
-                self.wfile.write(json.dumps(reply).encode() + b"\n")
-        except TimeoutError:
-            log.debug("control connection idle for %g s: closed", IDLE_TIMEOUT)
+                if not self._send(reply, limits.request_timeout):
+                    return
+                first, wait = False, limits.idle_timeout
         except OSError as e:
             # The client gave up before the answer (`--timeout` while the
             # dataplane was stalled, a health check killed): not an error here.
             log.debug("control client went away: %s", e)
 
+    def _send(self, reply: dict, timeout: float) -> bool:
+        """Write one reply within ``timeout`` (sendall's total); False: the
+        client does not take its answers (counted as unread) or is gone."""
+        try:
+            data = json.dumps(reply).encode() + b"\n"
+        except (TypeError, ValueError) as e:        # a result that is not JSON
+            log.error("control: a reply not JSON-able: %s", e)
+            data = json.dumps(_error("internal", f"reply not JSON-able: {e}")).encode() + b"\n"
+        self.request.settimeout(timeout)
+        try:
+            self.request.sendall(data)
+            return True
+        except TimeoutError:
+            self.server.reject("unread", "")
+            log.debug("control client took no answer for %g s: closed", timeout)
+            return False
 
-class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
+    def _last_word(self, reply: dict) -> None:
+        send_nowait(self.request, json.dumps(reply).encode() + b"\n")
+
+
+def _timeout_message(e: RequestTimeout, limits: Limits) -> str:
+    t = limits.request_timeout
+    if e.started:
+        return (f"request line not complete within {t:g} s ({TUNABLES}.request_timeout): "
+                "connection closed")
+    return (f"no request within {t:g} s of connecting ({TUNABLES}.request_timeout): "
+            "connection closed")
+
+
+def _error(kind: str, message: str) -> dict:
+    return {"version": PROTOCOL_VERSION, "ok": False, "error": message, "kind": kind}
+
+
+class ControlServer(AdmissionMixIn, socketserver.UnixStreamServer):
     allow_reuse_address = False
 
     def __init__(self, path: Path, router: "Router") -> None:
         self.path = Path(path)
         self.commands = handlers(router)
+        self.hints = {name: _hints(fn) for name, fn in self.commands.items()}
+        self.tunables = router.sysctl
+        self.endpoint = EndpointStats("control socket", TUNABLES, REJECTIONS)
+        router.endpoints["control"] = self.endpoint
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() or self.path.is_symlink():
             if _alive(self.path):
@@ -238,30 +324,69 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         os.chmod(self.path, stat.S_IRUSR | stat.S_IWUSR)
         self._thread: threading.Thread | None = None
 
+    def limits(self) -> Limits:
+        return Limits.read(self.tunables, TUNABLES)
+
+    def refusal(self, limit: int) -> bytes:
+        return json.dumps(_error("busy", f"{limit} control clients connected already, the "
+                                 f"limit ({TUNABLES}.max_clients): try again later")
+                          ).encode() + b"\n"
+
+    def reject(self, reason: str, message: str) -> dict:
+        """Count a rejection; the error reply that says so."""
+        self.endpoint.reject(reason)
+        return _error(reason, message)
+
     def dispatch(self, line: bytes) -> dict:
         try:
-            req = json.loads(line)
-            if not isinstance(req, dict):
-                raise ValueError("request must be a JSON object")
-            if req.get("version") != PROTOCOL_VERSION:
-                raise ControlError(f"protocol version {req.get('version')!r} not supported "
-                                   f"(this router speaks {PROTOCOL_VERSION})", "version")
-            fn = self.commands.get(req.get("command"))
-            if fn is None:
-                raise ControlError(f"unknown command {req.get('command')!r}", "command")
-            args = req.get("args") or {}
-            if not isinstance(args, dict):
-                raise ControlError("args must be a JSON object", "args")
-            try:
-                _signature(fn).bind(**args)
-            except TypeError as e:
-                raise ControlError(f"{req['command']}: bad arguments ({e})", "args") from None
-            result = fn(**args)
+            command, args = self._parse(line)
+            result = self.commands[command](**args)
             return {"version": PROTOCOL_VERSION, "ok": True, "result": result}
+        except Rejected as e:
+            return self.reject(e.kind, str(e))
         except Exception as e:  # noqa: BLE001 - every error goes back to the client
             kind = getattr(e, "kind", type(e).__name__)
             msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-            return {"version": PROTOCOL_VERSION, "ok": False, "error": str(msg), "kind": kind}
+            return _error(kind, str(msg))
+
+    def _parse(self, line: bytes) -> tuple[str, dict[str, Any]]:
+        """A request line -> (command, args), checked against the command's
+        signature and its annotations; Rejected says what is wrong."""
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise Rejected(f"request is not UTF-8 (byte 0x{line[e.start]:02x} at offset "
+                           f"{e.start})", "bad_utf8") from None
+        if not text.strip():
+            raise Rejected("empty request line: expected a JSON object", "bad_json")
+        try:
+            req = json.loads(text, parse_constant=_no_constant)
+        except json.JSONDecodeError as e:
+            raise Rejected(f"request is not JSON: {e.msg} at column {e.colno}",
+                           "bad_json") from None
+        except RecursionError:
+            raise Rejected("request is not JSON this router reads: nested too deeply",
+                           "bad_json") from None
+        except ValueError as e:
+            raise Rejected(f"request is not JSON: {e}", "bad_json") from None
+        if not isinstance(req, dict):
+            raise Rejected(f"request must be a JSON object, not {_json_type(req)}",
+                           "not_object")
+        if req.get("version") != PROTOCOL_VERSION:
+            raise Rejected(f"protocol version {req.get('version')!r} not supported "
+                           f"(this router speaks {PROTOCOL_VERSION})", "version")
+        command = req.get("command")
+        if not isinstance(command, str) or command not in self.commands:
+            raise Rejected(f"unknown command {command!r} (commands: "
+                           f"{', '.join(sorted(self.commands))})", "command")
+        args = req.get("args")
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise Rejected(f"{command}: args must be a JSON object, not {_json_type(args)}",
+                           "args")
+        _check_args(command, self.commands[command], self.hints[command], args)
+        return command, args
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.serve_forever, name="control", daemon=True)
@@ -282,11 +407,110 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             pass
 
 
+# --- arguments: names from the signature, types from the annotations -------------------
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _signature(fn: Callable[..., Any]) -> inspect.Signature:
     try:
         return inspect.signature(fn)
     except (TypeError, ValueError):          # an extension function without one
         return inspect.Signature([inspect.Parameter("kw", inspect.Parameter.VAR_KEYWORD)])
+
+
+def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The parameters' annotations, evaluated; none for what has none (a lambda)
+    or whose annotations do not evaluate."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001 - such arguments are just not type-checked
+        return {}
+    hints.pop("return", None)
+    return hints
+
+
+def _check_args(command: str, fn: Callable[..., Any], hints: dict[str, Any],
+                args: dict[str, Any]) -> None:
+    sig = _signature(fn)
+    params = sig.parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = [a for a in args if a not in params]
+        if unknown:
+            takes = ", ".join(params) or "no arguments"
+            raise Rejected(f"{command}: unknown argument{'s' * (len(unknown) > 1)} "
+                           f"{', '.join(map(repr, unknown))} (takes: {takes})", "args")
+    try:
+        sig.bind(**args)
+    except TypeError as e:
+        raise Rejected(f"{command}: {e}", "args") from None
+    for name, value in args.items():
+        hint = hints.get(name)
+        if hint is not None and not _conforms(value, hint):
+            raise Rejected(f"{command}: argument {name!r} must be {_describe(hint)}, not "
+                           f"{_json_type(value)}", "args")
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """Is the JSON value ``value`` of the annotated type?  What this does not
+    know (a class, a Literal) passes: the command checks it."""
+    origin, targs = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if hint is None or hint is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, a) for a in targs)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is list or origin is list:
+        return isinstance(value, list) and (not targs or all(_conforms(v, targs[0])
+                                                             for v in value))
+    if hint is dict or origin is dict:
+        return isinstance(value, dict) and (not targs or all(
+            _conforms(k, targs[0]) and _conforms(v, targs[1]) for k, v in value.items()))
+    return True
+
+
+_NAMES = {bool: ("true or false", "booleans"), int: ("an integer", "integers"),
+          float: ("a number", "numbers"), str: ("a string", "strings"),
+          type(None): ("null", "nulls")}
+
+
+def _describe(hint: Any, plural: bool = False) -> str:
+    origin, targs = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a, plural) for a in targs)
+    if hint in _NAMES:
+        return _NAMES[hint][plural]
+    if hint is list or origin is list:
+        return ("lists" if plural else "a list") + (f" of {_describe(targs[0], True)}"
+                                                   if targs and targs[0] is not Any else "")
+    if hint is dict or origin is dict:
+        inner = f" of {_describe(targs[1], True)}" if targs and targs[1] is not Any else ""
+        return ("objects" if plural else "an object") + inner
+    return "anything" if hint is Any else getattr(hint, "__name__", str(hint))
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object"
 
 
 def _alive(path: Path) -> bool:
@@ -322,7 +546,10 @@ class Client:
             req = {"version": PROTOCOL_VERSION, "command": command, "args": args}
             buf = b""
             try:
-                s.sendall(json.dumps(req).encode() + b"\n")
+                try:
+                    s.sendall(json.dumps(req).encode() + b"\n")
+                except (ConnectionResetError, BrokenPipeError):
+                    pass        # refused (busy) and closed before the request went: read why
                 while not buf.endswith(b"\n"):
                     chunk = s.recv(65536)
                     if not chunk:

@@ -77,6 +77,7 @@ cdef extern from "dp_drop.h":
         DROP_ARP_HOLD_RECLAIMED
         DROP_ARP_TABLE_FULL
         DROP_ARP_INTERFACE_FULL
+        DROP_ARP_INCOMPLETE_FULL
         DROP_IP6_TOO_SHORT
         DROP_IP6_BAD_VERSION
         DROP_IP6_BAD_LENGTH
@@ -115,6 +116,9 @@ cdef extern from "dp_trace.h":
         TR_ARP_HIT
         TR_ARP_MISS
         TR_ARP_RESOLVED
+        TR_ARP_LEARN
+        TR_ARP_UPDATE
+        TR_ARP_RATELIMITED
         TR_IP6_INPUT
         TR_IP6_LOCAL
         TR_ICMP6_INPUT
@@ -126,6 +130,7 @@ cdef extern from "dp_trace.h":
         TR_ND6_HIT
         TR_ND6_MISS
         TR_ND6_RESOLVED
+        TR_ND6_RATELIMITED
         TR_ICMP_ERROR
         TR_ICMP6_ERROR
         TR_ICMP_SUPPRESSED
@@ -223,6 +228,9 @@ cdef struct dp_ifnet:
     int plen6[DP_MAX_ADDRS]         # ... and their prefix lengths
     in6_addr lladdr6                # the link-local address (modified EUI-64 of mac)
     int nnd6                        # neighbour cache entries on this interface
+    int nincomplete6                # of those, INCOMPLETE (capped by arp_max_incomplete)
+    int64_t nd6_pps_ns              # the second multicast solicitations are counted in ...
+    int nd6_pps                     # ... and how many went out in it (nd6_ns_ppslimit)
     int ra                          # send Router Advertisements here (netinet6/nd6_ra.pxi)
     int ra_initial                  # of the first ones, still to send at the short interval
     int64_t ra_next_ns              # the next unsolicited one
@@ -238,6 +246,9 @@ cdef struct dp_ifnet:
     uint64_t tx_bytes
     uint64_t tx_errors
     int narp                    # ARP entries on this interface (capped by arp_max_per_if)
+    int nincomplete             # of those, INCOMPLETE (capped by arp_max_incomplete)
+    int64_t arp_pps_ns          # the second broadcast requests are counted in ...
+    int arp_pps                 # ... and how many went out in it (arp_request_ppslimit)
     int lost_errno              # the device went away (its namespace died): 0 while up
     int link_down               # an attached port whose interface is gone (set_link)
     int mirror                  # a port: its mirror's index (forwarder/cplane.py), -1 none
@@ -262,20 +273,26 @@ cdef struct dp_ifnet:
     uint32_t ring_frame_size    # ... of this many bytes
     uint32_t ring_next          # the slot the next frame is in
 
+# An ARP entry's states: RFC 4861 7.3.2's, as Linux keeps them for ARP
+# (netinet/if_ether.pxi says what moves an entry between them).  The values
+# are the ND6_* ones below: one list of names for both (and for the trace).
 cdef enum:
     ARP_FREE = 0
     ARP_INCOMPLETE = 1
     ARP_REACHABLE = 2
+    ARP_STALE = 3
+    ARP_DELAY = 4
+    ARP_PROBE = 5
 
 cdef struct dp_arp:
     uint32_t ip                 # HOST order
     int ifindex
     int state
     uint8_t mac[6]
-    int tries                   # requests sent while incomplete
-    int64_t expire_ns           # REACHABLE until then
+    int tries                   # requests sent: broadcast while INCOMPLETE, unicast in PROBE
+    int64_t expire_ns           # the state's deadline (REACHABLE, STALE, DELAY, PROBE)
     int64_t last_req_ns
-    mbufq hold                  # packets waiting for the answer, oldest first
+    mbufq hold                  # packets waiting for the answer (only while INCOMPLETE)
 
 # RFC 4861 7.3.2's states (netinet6/nd6.pxi says what moves an entry
 # between them).
@@ -310,6 +327,7 @@ cdef struct dp_state:
     uint64_t nd6_in             # well-formed NS/NA handled
     uint64_t nd6_solicits       # NS sent (multicast and unicast)
     uint64_t nd6_probes         # of those, unicast ones to a neighbour in PROBE
+    uint64_t nd6_ratelimited    # multicast solicitations not sent: nd6_ns_ppslimit
     int64_t nd6_reachable_ns    # ReachableTime: nd6_basereachable randomized (RFC 4861 6.3.2)
     int64_t nd6_recalc_ns       # when ReachableTime is drawn again
     uint64_t nd6_adverts        # NA sent
@@ -325,8 +343,12 @@ cdef struct dp_state:
     double icmp_tokens
     int64_t icmp_refill_ns
     uint64_t arp_in             # well-formed ARP frames handled (answered, learned or ignored)
-    uint64_t arp_requests
+    uint64_t arp_requests       # requests sent: broadcast and unicast
+    uint64_t arp_probes         # of those, unicast ones to a neighbour in PROBE
+    uint64_t arp_ratelimited    # broadcast requests not sent: arp_request_ppslimit
     uint64_t arp_replies
+    int64_t arp_reachable_ns    # ReachableTime for ARP: arp_basereachable randomized
+    int64_t arp_recalc_ns       # when it is drawn again
     uint64_t frags_created
     uint64_t forwarded
     uint64_t delivered_local
@@ -343,6 +365,12 @@ cdef struct dp_state:
     int arp_maxhold
     int arp_max_tries
     int arp_max_per_if          # entries one interface may hold
+    int arp_max_incomplete      # of them INCOMPLETE (ARP, and ND's on its own count)
+    int arp_basereachable       # ms: Linux's base_reachable_time_ms for ARP
+    int arp_delay               # s: DELAY before a STALE neighbour in use is probed
+    int arp_umaxtries           # unicast requests in PROBE (Linux's ucast_probes)
+    int arp_request_ppslimit    # broadcast requests per second per interface, 0 = no limit
+    int nd6_ns_ppslimit         # multicast solicitations per second per interface, 0 = no limit
     int nd6_basereachable       # ms: BaseReachableTime
     int nd6_delay               # s: DELAY_FIRST_PROBE_TIME
     int nd6_umaxtries           # MAX_UNICAST_SOLICIT

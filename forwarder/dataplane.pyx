@@ -30,8 +30,10 @@ counted drop (dp_drop_m, reasons in dp_drop.h) or an ICMP error:
                      broadcasts, martians or non-initial fragments
   ip_output          the router's own packets: route, fragment, resolve    netinet/ip_output.pxi
   dp_timers          ARP retries (1/s), give-up after max_tries with       netinet/if_ether.pxi
-                     ICMP host unreachable, aging; ICMP token refill;
-                     the IPv6 neighbour cache's states (RFC 4861 NUD)     netinet6/nd6.pxi
+                     ICMP host unreachable, the ARP table's states
+                     (REACHABLE, STALE, DELAY, PROBE: unicast probes);
+                     ICMP token refill; the IPv6 neighbour cache's         netinet6/nd6.pxi
+                     states (RFC 4861 NUD)
 
 Where is TTL handled?  ip_forward: expiry check before anything is changed,
 decrement (RFC 1624 incremental checksum) after the MTU check, once.
@@ -69,7 +71,7 @@ from allocator_pyx.mbuf cimport (CSUM_DELAY_DATA, CSUM_DELAY_DATA_IPV6, CSUM_DEV
                                  m_getjcl, M_PREPEND, m_read_fd, m_writev_fd, mbuf, mbufq,
                                  mbufq_dequeue, mbufq_drain, mbufq_enqueue, mbufq_full,
                                  mbufq_init, mbufq_len)
-from allocator_pyx.uma cimport M_NOWAIT, uma_thread_flush
+from allocator_pyx.uma cimport M_NOWAIT, uma_thread_flush, uma_thread_trim
 from forwarder.inet cimport (ARP_HDR_LEN, ARPHRD_ETHER, ARPOP_REPLY, ARPOP_REQUEST,
                              ETHER_ADDR_LEN, ETHER_HDR_LEN, ETHERTYPE_ARP, ETHERTYPE_IP,
                              ETHERTYPE_IPV6,
@@ -179,10 +181,12 @@ MAX_STALL = DP_MAX_STALL
 ARP_MAX_ENTRIES = DP_ARP_MAX
 RX_SPARES = DP_RX_SPARES      # 16k clusters each TAP with TSO/USO keeps for super-frames
 
-# The neighbour cache's states by value (dataplane.pxd's ND6_*), as
-# nd6_entries names them.
+# The neighbour cache's states by value (dataplane.pxd's ND6_*, and the
+# ARP table's ARP_*, which have the same values), as nd6_entries and
+# arp_entries name them.
 ND6_STATES = ("free", "incomplete", "reachable", "stale", "delay", "probe")
 assert (ND6_INCOMPLETE, ND6_REACHABLE, ND6_STALE, ND6_DELAY, ND6_PROBE) == (1, 2, 3, 4, 5)
+assert (ARP_INCOMPLETE, ARP_REACHABLE, ARP_STALE, ARP_DELAY, ARP_PROBE) == (1, 2, 3, 4, 5)
 
 # Drop reasons, name -> description, in counter order (from dp_drop.h).
 DROP_REASONS = {dp_drop_symbol[i].decode().lower(): dp_drop_description[i].decode()
@@ -194,13 +198,27 @@ TRACE_POINTS = tuple((dp_trace_stage[i].decode(), dp_trace_format[i].decode())
                      for i in range(TR_MAX))
 TRACE_ENDS = tuple(dp_trace_end_name[i].decode() for i in range(TR_END_MAX))
 TRACE_MAX = DP_TRACE_MAX
-TRACE_STEPS = DP_TRACE_STEPS
-TRACE_HEAD = DP_TRACE_HEAD
 CAPTURE_SNAPLEN = DP_CAP_SNAPLEN
-CAPTURE_RING = DP_CAP_RING
 CAPTURE_IN, CAPTURE_OUT, CAPTURE_DROP = CAP_IN, CAP_OUT, CAP_DROP
 CAPTURE_HEADER = sizeof(dp_cap_hdr)     # struct dp_cap_hdr, native order (forwarder/capture.py)
-BPF_MAXINSNS = DP_BPF_MAXINSNS
+
+
+cdef void *bpf_copy(bytes program, uint32_t *n) except? NULL:
+    """The dataplane's own copy of a classic BPF program (packed struct
+    bpf_insn, checked by forwarder.bpf.validate), malloc'd and so aligned;
+    NULL with *n = 0 for no program."""
+    cdef void *p
+    n[0] = 0
+    if not program:
+        return NULL
+    if len(program) % 8 or not 0 < len(program) // 8 <= DP_BPF_MAXINSNS:
+        raise ValueError(f"a BPF program is 1..{DP_BPF_MAXINSNS} instructions of 8 bytes")
+    p = malloc(len(program))
+    if p == NULL:
+        raise MemoryError()
+    memcpy(p, <const char *>program, len(program))
+    n[0] = len(program) // 8
+    return p
 
 
 def _check_mtu(int mtu):
@@ -452,6 +470,21 @@ cdef class Dataplane:
                 self.dp.arp_max_tries = value
             elif name == "net.link.ether.inet.max_per_if":
                 self.dp.arp_max_per_if = value
+            elif name == "net.link.ether.inet.max_incomplete":
+                self.dp.arp_max_incomplete = value
+            elif name == "net.link.ether.inet.basereachable":
+                self.dp.arp_basereachable = value
+                if self.dp.ra_rand == 0:
+                    self.dp.ra_rand = <uint64_t>now_ns() | 1
+                arp_new_reachable_time(self.dp)
+            elif name == "net.link.ether.inet.delay":
+                self.dp.arp_delay = value
+            elif name == "net.link.ether.inet.umaxtries":
+                self.dp.arp_umaxtries = value
+            elif name == "net.link.ether.inet.request_ppslimit":
+                self.dp.arp_request_ppslimit = value
+            elif name == "net.inet6.icmp6.nd6_ns_ppslimit":
+                self.dp.nd6_ns_ppslimit = value
             elif name == "net.inet6.icmp6.nd6_basereachable":
                 self.dp.nd6_basereachable = value
                 if self.dp.ra_rand == 0:
@@ -557,14 +590,7 @@ cdef class Dataplane:
             self.dp.tr_ring = <dp_trace_rec *>calloc(DP_TRACE_MAX, sizeof(dp_trace_rec))
             if self.dp.tr_ring == NULL:
                 raise MemoryError()
-        if program:
-            if len(program) % 8 or not 0 < len(program) // 8 <= DP_BPF_MAXINSNS:
-                raise ValueError("a BPF program is 1..4096 instructions of 8 bytes")
-            n = len(program) // 8
-            prog = malloc(len(program))
-            if prog == NULL:
-                raise MemoryError()
-            memcpy(prog, <const char *>program, len(program))
+        prog = bpf_copy(program, &n)
         with nogil:
             pthread_mutex_lock(&self.dp.lock)
             memset(self.dp.tr_ring, 0, DP_TRACE_MAX * sizeof(dp_trace_rec))
@@ -603,21 +629,14 @@ cdef class Dataplane:
             raise ValueError("capture neither received nor sent frames")
         if not 64 <= snaplen <= DP_CAP_SNAPLEN:
             raise ValueError(f"snap length {snaplen} out of range (64..{DP_CAP_SNAPLEN})")
-        if program:
-            if len(program) % 8 or not 0 < len(program) // 8 <= DP_BPF_MAXINSNS:
-                raise ValueError("a BPF program is 1..4096 instructions of 8 bytes")
-            n = len(program) // 8
+        prog = bpf_copy(program, &n)
         ring = <uint8_t *>malloc(DP_CAP_RING)
         buf = <uint8_t *>malloc(snaplen)
-        if n:
-            prog = malloc(n * 8)
-        if ring == NULL or buf == NULL or (n and prog == NULL):
+        if ring == NULL or buf == NULL:
             free(ring)
             free(buf)
             free(prog)
             raise MemoryError()
-        if n:
-            memcpy(prog, <const char *>program, n * 8)
         with nogil:
             pthread_mutex_lock(&self.dp.lock)
             self.dp.cap_ring = ring
@@ -797,6 +816,7 @@ cdef class Dataplane:
                 "fragments_created": self.dp.frags_created,
                 "nd6": {"received": self.dp.nd6_in, "solicitations_sent": self.dp.nd6_solicits,
                         "probes_sent": self.dp.nd6_probes,
+                        "solicitations_ratelimited": self.dp.nd6_ratelimited,
                         "advertisements_sent": self.dp.nd6_adverts, "entries": self.dp.nnd6},
                 "icmp6": {"echo_replies": self.dp.icmp6_echo_replies,
                           "unreachable": self.dp.icmp6_errors[ICMP6_DST_UNREACH],
@@ -805,8 +825,9 @@ cdef class Dataplane:
                           "parameter_problem": self.dp.icmp6_errors[ICMP6_PARAM_PROB],
                           "ratelimited": self.dp.icmp6_ratelimited},
                 "arp": {"received": self.dp.arp_in,
-                        "requests_sent": self.dp.arp_requests, "replies_sent": self.dp.arp_replies,
-                        "entries": self.dp.narp},
+                        "requests_sent": self.dp.arp_requests, "probes_sent": self.dp.arp_probes,
+                        "requests_ratelimited": self.dp.arp_ratelimited,
+                        "replies_sent": self.dp.arp_replies, "entries": self.dp.narp},
                 "loops": self.dp.loops,
             }
         finally:
@@ -835,8 +856,7 @@ cdef class Dataplane:
                 e = &self.dp.arp[i]
                 if e.state == ARP_FREE:
                     continue
-                out.append(self._neighbour(_int2ip(e.ip), e.ifindex,
-                                           "reachable" if e.state == ARP_REACHABLE else "incomplete",
+                out.append(self._neighbour(_int2ip(e.ip), e.ifindex, ND6_STATES[e.state],
                                            e.mac, e.expire_ns, now, mbufq_len(&e.hold)))
         finally:
             pthread_mutex_unlock(&self.dp.lock)

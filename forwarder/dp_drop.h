@@ -44,6 +44,7 @@
   _(ARP_HOLD_RECLAIMED,       "held for an unresolved neighbour, freed when buffers ran out")    \
   _(ARP_TABLE_FULL,           "no room in the ARP table for a new neighbour")                    \
   _(ARP_INTERFACE_FULL,       "the interface has its maximum of ARP entries")                    \
+  _(ARP_INCOMPLETE_FULL,      "the interface has its maximum of unresolved neighbours (ARP or ND)") \
   _(IP6_TOO_SHORT,            "shorter than an IPv6 header")                                     \
   _(IP6_BAD_VERSION,          "IP version not 6 under the IPv6 EtherType")                       \
   _(IP6_BAD_LENGTH,           "IPv6 payload length beyond the frame, or 0 (jumbogram)")          \

@@ -15,7 +15,8 @@
  *   {b:via} {data@16:via6}  "via GATEWAY", nothing for 0 / ::   {d:dev}  "dev IF", nothing for -1
  *   {x:ethertype} {x:gso} {x:arpop} {x:icmp} {x:icmp6} {a:nd6state} {a:nosend}
  *                names of those codes (nosend: why an ICMP error was not sent,
- *                TR_NOSEND_* below)
+ *                TR_NOSEND_* below; nd6state also names ARP's states, which
+ *                have the same values)
  *
  * VPP's nodes each format their own trace; here the formats sit in one list
  * so that "what can a trace say" is answered in one look, as dp_drop.h does
@@ -42,9 +43,12 @@
   _(IP_OUTPUT,    "ip_output",    "own packet {a:ip4} > {b:ip4}: {c:nh} dev {d:if}")            \
   _(IP_FRAGMENT,  "ip_fragment",  "{a} bytes > mtu {b} of {d:if}: {c} fragments")                \
   _(GSO_SEGMENT,  "gso_segment",  "super-frame of {a} bytes: {b} segments for {d:if}")           \
-  _(ARP_HIT,      "arp",          "hit {a:ip4} is-at {data:mac}")                                \
+  _(ARP_HIT,      "arp",          "hit {a:ip4} is-at {data:mac} ({b:nd6state})")                 \
   _(ARP_MISS,     "arp",          "miss {a:ip4} on {d:if}: held ({b} waiting)")                  \
   _(ARP_RESOLVED, "arp",          "resolved {a:ip4} is-at {data:mac}: held packet sent")         \
+  _(ARP_LEARN,    "arp",          "learned {b:ip4} is-at {data:mac}: {a:nd6state}")              \
+  _(ARP_UPDATE,   "arp",          "{b:ip4} is-at {data:mac}, was {data@6:mac}: {a:nd6state}")    \
+  _(ARP_RATELIMITED, "arp",       "request for {a:ip4} on {d:if} not sent: rate limit")          \
   _(IP6_INPUT,    "ip6_input",    "ok > {data:ip6} len={a} nxt={b} hlim={c}")                    \
   _(IP6_LOCAL,    "ip6_local",    "for us: {data:ip6} nxt={a}")                                  \
   _(ICMP6_INPUT,  "icmp6_input",  "echo request id={a} seq={b}: echo reply")                     \
@@ -56,6 +60,7 @@
   _(ND6_HIT,      "nd6",          "hit {data:ip6} is-at {data@16:mac} ({a:nd6state})")           \
   _(ND6_MISS,     "nd6",          "miss {data:ip6} on {d:if}: held ({b} waiting)")               \
   _(ND6_RESOLVED, "nd6",          "resolved {data:ip6} is-at {data@16:mac}: held packet sent")   \
+  _(ND6_RATELIMITED, "nd6",       "solicitation for {data:ip6} on {d:if} not sent: rate limit")  \
   _(ICMP_ERROR,   "icmp_error",   "{x:icmp} code {c} to {a:ip4}")                                \
   _(ICMP6_ERROR,  "icmp6_error",  "{x:icmp6} code {c} to {data:ip6}")                            \
   _(ICMP_SUPPRESSED, "icmp_error", "{x:icmp} not sent: {a:nosend}")                             \

@@ -16,19 +16,30 @@ all read at scrape time.
     forwarder_zone_{failures,sleeps,requests}_total{router,zone}
     forwarder_icmp6_total{router,kind}          echo_replies, unreachable, packet_too_big, time_exceeded,
                                                 parameter_problem, ratelimited
-    forwarder_nd6_total{router,kind}            received, solicitations_sent, advertisements_sent
+    forwarder_nd6_total{router,kind}            received, solicitations_sent, advertisements_sent,
+                                                solicitations_ratelimited
     forwarder_nd6_probes_total{router}          the unicast solicitations among solicitations_sent
+    forwarder_arp_total{router,kind}            received, requests_sent, replies_sent,
+                                                requests_ratelimited
+    forwarder_arp_probes_total{router}          the unicast requests among requests_sent
     forwarder_arp_entries{router}, forwarder_nd6_entries{router}
     forwarder_reloads_total{router,result}      ok | failed
     forwarder_sysctl{router,name}               every tunable's current value
     forwarder_dataplane_up{router}              1 when healthy (progress in the last 2 s, and
                                                 the attached interfaces came or attach_timeout passed)
     forwarder_dataplane_progress_age_seconds{router}
+    forwarder_{control,metrics}_rejected_total{router,reason}   requests the control socket /
+                                                this endpoint rejected, by reason (every reason)
+    forwarder_{control,metrics}_refused_connections_total{router}   turned away at max_clients
+    forwarder_{control,metrics}_clients{router} connections being served now
 
 The dataplane's counters are read under its lock.  A scrape waits at most
 STATS_WAIT seconds for it: while the forwarding loop is stuck (or stalled
 with `forwarder debug stall`) the scrape still answers, promptly, with
 forwarder_dataplane_up 0 and the counters of the last read that succeeded.
+
+The HTTP server is forwarder/metrics_http.py: /metrics only, within the
+limits of net.forwarder.metrics.* (forwarder/admission.py).
 """
 from __future__ import annotations
 
@@ -39,7 +50,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from forwarder.admission import EndpointStats
 from forwarder.dataplane import DROP_REASONS
+from forwarder.metrics_http import METRICS_PATH, MetricsServer
+from forwarder.metrics_http import REJECTIONS as METRICS_REJECTIONS
+from forwarder.metrics_http import TUNABLES as METRICS_TUNABLES
 
 if TYPE_CHECKING:
     from forwarder.router import Router
@@ -176,7 +191,8 @@ class RouterCollector(Collector):
         yield i6
         nd = CounterMetricFamily("forwarder_nd6", "Neighbor Discovery messages, by kind",
                                  labels=["router", "kind"])
-        for k in ("received", "solicitations_sent", "advertisements_sent"):
+        for k in ("received", "solicitations_sent", "advertisements_sent",
+                  "solicitations_ratelimited"):
             nd.add_metric([name, k], s["nd6"][k])
         yield nd
         probes = CounterMetricFamily(
@@ -184,6 +200,17 @@ class RouterCollector(Collector):
             "(counted in forwarder_nd6_total's solicitations_sent too)", labels=["router"])
         probes.add_metric([name], s["nd6"]["probes_sent"])
         yield probes
+        ar = CounterMetricFamily("forwarder_arp", "ARP messages, by kind (requests_ratelimited: "
+                                 "broadcast requests request_ppslimit kept from being sent)",
+                                 labels=["router", "kind"])
+        for k in ("received", "requests_sent", "replies_sent", "requests_ratelimited"):
+            ar.add_metric([name, k], s["arp"][k])
+        yield ar
+        ap = CounterMetricFamily(
+            "forwarder_arp_probes", "Unicast ARP requests to neighbours in PROBE "
+            "(counted in forwarder_arp_total's requests_sent too)", labels=["router"])
+        ap.add_metric([name], s["arp"]["probes_sent"])
+        yield ap
         a = GaugeMetricFamily("forwarder_arp_entries", "ARP table entries", labels=["router"])
         a.add_metric([name], s["arp"]["entries"])
         yield a
@@ -222,13 +249,40 @@ class RouterCollector(Collector):
         for n, v in r.sysctl.all():
             sc.add_metric([name, n], v)
         yield sc
+        yield from self._endpoints(name)
+
+    def _endpoints(self, name: str) -> Iterator:
+        """What the control socket and this endpoint rejected and refused."""
+        what = {"control": "the control socket", "metrics": "this endpoint"}
+        for ep_name, ep in self.router.endpoints.items():
+            d = ep.as_dict()
+            server = what.get(ep_name, ep_name)
+            rej = CounterMetricFamily(
+                f"forwarder_{ep_name}_rejected",
+                f"requests {server} rejected, by reason (every reason, 0 or not)",
+                labels=["router", "reason"])
+            for reason, v in d["rejected"].items():
+                rej.add_metric([name, reason], v)
+            yield rej
+            ref = CounterMetricFamily(
+                f"forwarder_{ep_name}_refused_connections",
+                f"connections {server} turned away at {ep.tunable_prefix}.max_clients",
+                labels=["router"])
+            ref.add_metric([name], d["refused"])
+            yield ref
+            cl = GaugeMetricFamily(f"forwarder_{ep_name}_clients",
+                                   f"connections {server} is serving", labels=["router"])
+            cl.add_metric([name], d["clients"])
+            yield cl
 
 
-def start_metrics(router: "Router", host: str, port: int):
+def start_metrics(router: "Router", host: str, port: int) -> MetricsServer:
     """Serve /metrics in a thread; returns the server (call .shutdown())."""
-    from prometheus_client import start_http_server
     registry = CollectorRegistry()
     registry.register(RouterCollector(router))
-    server, _thread = start_http_server(port, addr=host, registry=registry)
-    log.info("metrics on http://%s:%d/metrics", host, port)
+    endpoint = EndpointStats("metrics endpoint", METRICS_TUNABLES, METRICS_REJECTIONS)
+    server = MetricsServer(host, port, registry, router.sysctl, endpoint)
+    router.endpoints["metrics"] = endpoint
+    server.start()
+    log.info("metrics on http://%s:%d%s", host, port, METRICS_PATH)
     return server

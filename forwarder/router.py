@@ -45,6 +45,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_net
 from pyroute2.netlink.exceptions import NetlinkError
 
 from forwarder import attach, cplane, mbufs, netns
+from forwarder.admission import EndpointStats
 from forwarder.config import OWN_NETNS, Config, Interface, load_config, unusable_gateway
 from forwarder.dataplane import MAX_STALL, Dataplane
 from forwarder.route import RouteTable
@@ -109,6 +110,9 @@ class Router:
     config_routes: dict[str, dict] = field(default_factory=dict)
     runtime_routes: dict[str, dict] = field(default_factory=dict)
     reloads: ReloadStats = field(default_factory=ReloadStats)
+    # What the control socket and the metrics endpoint refused and rejected,
+    # by endpoint ("control", "metrics"): each server registers its own.
+    endpoints: dict[str, EndpointStats] = field(default_factory=dict)
     started_at: float = 0.0
     # Boot overrides (-o name=value), re-applied on every reload.
     overrides: tuple[str, ...] = ()

@@ -63,9 +63,11 @@ class SysctlError(ValueError):
 Default = int | Callable[[int], int]
 """A fixed default, or a function of the physical memory size in bytes."""
 
-Applier = Literal["mbuf", "dataplane", "boot"]
+Applier = Literal["mbuf", "dataplane", "boot", "server"]
 """What applies a value: the mbuf zone limits (forwarder.mbufs), the
-dataplane (Dataplane.set), or the router when it starts (boot only)."""
+dataplane (Dataplane.set), the router when it starts (boot only), or the
+control socket and the metrics endpoint, which read it for each connection
+(forwarder.admission)."""
 
 
 @dataclass(frozen=True)
@@ -202,16 +204,56 @@ TUNABLES: tuple[Tunable, ...] = (
     Tunable("net.inet6.icmp6.nd6_gctimer", int, 1, 86400 * 365, 86400,
             "Seconds a STALE IPv6 neighbour is kept unused before it is freed", True,
             "dataplane"),
+    # The ARP table (netinet/if_ether.pxi): FreeBSD's names where FreeBSD has
+    # the tunable (max_age, maxhold, maxtries); the neighbour unreachability
+    # detection FreeBSD's ARP lacks takes Linux's defaults for ARP (arp_tbl:
+    # base_reachable_time_ms, delay_first_probe_time, ucast_probes) under the
+    # names of their nd6_* twins.
     Tunable("net.link.ether.inet.max_age", int, 1, 86400 * 365, 1200,
-            "Lifetime of a resolved ARP entry, in seconds", True, "dataplane"),
+            "Seconds a STALE ARP entry is kept unused before it is freed", True, "dataplane"),
     Tunable("net.link.ether.inet.maxhold", int, 1, 10000, 16,
             "Packets held per neighbour while its ARP resolution is pending", True, "dataplane"),
     Tunable("net.link.ether.inet.maxtries", int, 1, 100, 3,
-            "ARP requests sent for a neighbour before its queued packets get host unreachable",
-            True, "dataplane"),
+            "Broadcast ARP requests (1 s apart) for an unresolved neighbour before its queued "
+            "packets get host unreachable", True, "dataplane"),
     Tunable("net.link.ether.inet.max_per_if", int, 1, ARP_MAX_ENTRIES, 1024,
             "ARP entries one interface may hold, so one link cannot fill the table", True,
             "dataplane"),
+    Tunable("net.link.ether.inet.max_incomplete", int, 1, ARP_MAX_ENTRIES, 256,
+            "Unresolved (INCOMPLETE) entries one interface may hold, ARP and IPv6 each, so a "
+            "flood of packets to unused addresses cannot take the room of neighbours in use",
+            True, "dataplane"),
+    Tunable("net.link.ether.inet.basereachable", int, 1000, 3600000, 30000,
+            "BaseReachableTime of ARP in ms: a confirmed neighbour is REACHABLE for 0.5 to "
+            "1.5 times this", True, "dataplane"),
+    Tunable("net.link.ether.inet.delay", int, 1, 3600, 5,
+            "Seconds a STALE ARP neighbour in use waits in DELAY before it is probed",
+            True, "dataplane"),
+    Tunable("net.link.ether.inet.umaxtries", int, 1, 100, 3,
+            "Unicast ARP requests (1 s apart) a neighbour in PROBE gets before it is freed",
+            True, "dataplane"),
+    Tunable("net.link.ether.inet.request_ppslimit", int, 0, 100000, 100,
+            "Broadcast ARP requests sent per second per interface (0 = no limit)", True,
+            "dataplane"),
+    Tunable("net.inet6.icmp6.nd6_ns_ppslimit", int, 0, 100000, 100,
+            "Multicast Neighbor Solicitations sent per second per interface (0 = no limit)",
+            True, "dataplane"),
+    # The control socket and the Prometheus endpoint (forwarder/admission.py).
+    Tunable("net.forwarder.control.max_clients", int, 1, 4096, 64,
+            "Clients the control socket serves at once; more are refused and counted",
+            True, "server"),
+    Tunable("net.forwarder.control.request_timeout", int, 1, 3600, 10,
+            "Seconds a control request line may take from its first byte (the first "
+            "request: from the connection) to its newline", True, "server"),
+    Tunable("net.forwarder.control.idle_timeout", int, 1, 86400, 60,
+            "Seconds a control connection may wait between requests before it is closed",
+            True, "server"),
+    Tunable("net.forwarder.metrics.max_clients", int, 1, 4096, 64,
+            "Clients the Prometheus endpoint serves at once; more get 503 and are counted",
+            True, "server"),
+    Tunable("net.forwarder.metrics.request_timeout", int, 1, 3600, 10,
+            "Seconds a scrape's request line and headers may take to arrive (408 after)",
+            True, "server"),
     Tunable("net.route.max_routes", int, 1, 1 << 24, 1 << 20,
             "Maximum number of routes in the routing table (boot only)", False, "boot"),
     Tunable("net.link.max_interfaces", int, 1, MAX_INTERFACES, MAX_INTERFACES,

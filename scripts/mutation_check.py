@@ -3,6 +3,7 @@
 
     python3 scripts/mutation_check.py                  # every mutation in tests/mutations/*.toml
     python3 scripts/mutation_check.py echo_source ...  # only these
+    python3 scripts/mutation_check.py control_abuse    # a table's (tests/mutations/NAME.toml)
     python3 scripts/mutation_check.py --list
 
 Each entry of the tables in ``tests/mutations/`` is a one-line change to the code
@@ -82,6 +83,15 @@ def load_table(path: Path) -> list[Mutation]:
                              f"unknown {sorted(unknown)}")
         out.append(Mutation(**row))
     return out
+
+
+def expand_tables(names: list[str], paths: list[Path]) -> list[str]:
+    """Mutation names, a table's name (its file's stem) standing for its entries."""
+    files = {f.stem: f for p in paths for f in (sorted(p.glob("*.toml")) if p.is_dir() else [p])}
+    out: list[str] = []
+    for n in names:
+        out += [m.name for m in load_table(files[n])] if n in files else [n]
+    return list(dict.fromkeys(out))
 
 
 def copy_tree(dest: Path) -> None:
@@ -226,7 +236,8 @@ def check(tree: Path, m: Mutation, timeout: float) -> Outcome:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("names", nargs="*", help="mutations to check (default: all)")
+    ap.add_argument("names", nargs="*",
+                    help="mutations, or tables (a file's stem), to check (default: all)")
     ap.add_argument("--table", type=Path, action="append",
                     help="a table or a directory of them (default: tests/mutations/)")
     ap.add_argument("--list", action="store_true", help="list the mutations and exit")
@@ -236,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(message)s")
-    table = load_tables(args.table or [TABLES])
+    paths = args.table or [TABLES]
+    table = load_tables(paths)
+    args.names = expand_tables(args.names, paths)
     if args.list:
         for m in table:
             sys.stdout.write(f"{m.name:28} {m.file}: {m.find!r} -> {m.replace!r}\n")

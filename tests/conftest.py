@@ -54,4 +54,4 @@ def mbuf_limits():
 # --- the session: no skips where everything can run, nothing left behind ------------
 
 from tests.sessionguard import (pytest_runtest_logreport, pytest_sessionfinish,  # noqa: E402,F401
-                                pytest_terminal_summary)
+                                pytest_terminal_summary, pytest_testnodedown)

@@ -29,7 +29,8 @@ from forwarder.lab.tomlwrite import to_toml
 from forwarder.lab.topology import router_mac
 from tests.topology import RouterLab
 
-__all__ = ["RunningRouter", "lab_config", "lab_doc", "router_mac", "start_router"]
+__all__ = ["RunningRouter", "lab_config", "lab_doc", "poll", "router_mac", "start_router",
+           "static_gateways"]
 
 
 Offload = bool | dict[str, bool] | None
@@ -58,6 +59,20 @@ def lab_config(lab: RouterLab, sock: Path, sysctl: dict[str, int] | None = None,
     """The router's config for a lab; ``extra`` is TOML appended at the end;
     ``addresses`` adds addresses to interfaces by name (after the lab's own)."""
     return to_toml(lab_doc(lab, sock, sysctl, routes, metrics, addresses, offload)) + extra
+
+
+def poll(predicate: Callable[[], Any], timeout: float = 3.0, what: str = "condition",
+         interval: float = 0.02) -> Any:
+    """predicate() until it returns something true; AssertionError after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = predicate()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not true within {timeout} s")
+        time.sleep(interval)
 
 
 class RunningRouter(RouterProcess):
@@ -91,14 +106,7 @@ class RunningRouter(RouterProcess):
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 5.0,
                  what: str = "condition") -> Any:
         """Poll ``predicate`` until it returns something true (bounded)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            v = predicate()
-            if v:
-                return v
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what}: not true within {timeout} s")
-            time.sleep(0.05)
+        return poll(predicate, timeout, what, 0.05)
 
     def sighup(self) -> None:
         self.proc.send_signal(signal.SIGHUP)
@@ -195,6 +203,19 @@ def start_router(lab: RouterLab, workdir: Path, *, sysctl: dict[str, int] | None
 
 
 # --- the control plane's kernel routes (tests of forwarder/cplane.py) ---------------
+
+NUD_PERMANENT = 0x80
+
+
+def static_gateways(lab: RouterLab) -> None:
+    """Each host knows the router's MAC for good: no ARP probe of theirs
+    (Linux confirms a neighbour it used a few seconds later) reaches the
+    router while a test counts the frames on its links."""
+    for h in lab.hosts:
+        with nn.iproute(h.netns) as ipr:
+            ipr.neigh("replace", dst=str(h.gateway), lladdr=h.router_mac,
+                      ifindex=ipr.link_lookup(ifname=h.ifname)[0], state=NUD_PERMANENT)
+
 
 def kroute(cp: str, op: str, dst: str, **kw) -> None:
     """A route in the control plane's kernel, as a routing daemon installs it."""

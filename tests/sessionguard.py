@@ -10,6 +10,11 @@
 
 Both turn an otherwise green session into exit status 1 and say why in the
 terminal summary.
+
+Under pytest-xdist (the README's test command runs two workers) each worker
+checks its own namespaces and hands what it found to the controller in its
+``workeroutput``; the controller, which sees every test report, checks the
+skips and says it all.
 """
 from __future__ import annotations
 
@@ -38,7 +43,23 @@ def leftover_namespaces() -> list[str]:
     return sorted(n for n in nn.list_netns() if prefixes and n.startswith(prefixes))
 
 
+def _worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workeroutput")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """(xdist controller) a worker is done: take what its guard found."""
+    _problems.extend(getattr(node, "workeroutput", {}).get("sessionguard", []))
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _worker(session.config):
+        left = leftover_namespaces() if netns_available() else []
+        if left:
+            session.config.workeroutput["sessionguard"] = [
+                f"network namespaces left behind after teardown: {', '.join(left)}"]
+        return
     if _skipped and netns_available():
         _problems.append(f"{len(_skipped)} test(s) skipped on a machine that can run them "
                          f"(root, /dev/net/tun): a skip here is a failure")

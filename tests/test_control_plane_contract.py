@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from allocator_pyx.netstat import netstat_m, netstat_m_dict, parse_netstat_m
 from forwarder import metrics, sysctl
 from forwarder import netns as nn
+from forwarder.admission import EndpointStats
 from forwarder.config import ConfigError, parse_config
 from forwarder.control import ControlServer
 from forwarder.dataplane import DROP_REASONS
@@ -122,7 +123,17 @@ def test_every_tunable_accepts_exactly_its_documented_range() -> None:
         "net.link.ether.inet.max_age": (1, 86400 * 365),
         "net.link.ether.inet.maxhold": (1, 10000), "net.link.ether.inet.maxtries": (1, 100),
         "net.link.ether.inet.max_per_if": (1, 3072),
+        "net.link.ether.inet.max_incomplete": (1, 3072),
+        "net.link.ether.inet.basereachable": (1000, 3600000),
+        "net.link.ether.inet.delay": (1, 3600), "net.link.ether.inet.umaxtries": (1, 100),
+        "net.link.ether.inet.request_ppslimit": (0, 100000),
+        "net.inet6.icmp6.nd6_ns_ppslimit": (0, 100000),
         "net.route.max_routes": (1, 1 << 24), "net.link.max_interfaces": (1, 64),
+        "net.forwarder.control.max_clients": (1, 4096),
+        "net.forwarder.control.request_timeout": (1, 3600),
+        "net.forwarder.control.idle_timeout": (1, 86400),
+        "net.forwarder.metrics.max_clients": (1, 4096),
+        "net.forwarder.metrics.request_timeout": (1, 3600),
     }
     assert set(expected) == set(REGISTRY)
     for name, (lo, hi) in expected.items():
@@ -217,18 +228,25 @@ def test_metrics_export_each_counter_under_its_own_name() -> None:
     icmp6 = {"echo_replies": 51, "unreachable": 52, "packet_too_big": 53, "time_exceeded": 54,
              "parameter_problem": 55, "ratelimited": 56}
     nd6 = {"received": 61, "solicitations_sent": 62, "advertisements_sent": 63, "entries": 64,
-           "probes_sent": 65}
+           "probes_sent": 65, "solicitations_ratelimited": 66}
+    arp = {"received": 71, "requests_sent": 72, "replies_sent": 73, "requests_ratelimited": 74,
+           "probes_sent": 75, "entries": 2}
     stats = {"interfaces": [iface], "drops": drops, "icmp": icmp, "forwarded": 41,
-             "delivered_local": 42, "fragments_created": 43, "arp": {"entries": 2},
+             "delivered_local": 42, "fragments_created": 43, "arp": arp,
              "icmp6": icmp6, "nd6": nd6}
     zones = [dict(name="mbuf_cluster", size=2048, limit=256, used=11, free=12, requests=13,
                   fails=14, sleeps=15)]
+    control = EndpointStats("control socket", "net.forwarder.control", ("bad_json", "args"))
+    for reason in ("bad_json", "bad_json", "args"):
+        control.reject(reason)
+    assert control.admit(1) and not control.admit(1) and not control.admit(1)
     router = SimpleNamespace(
         config=SimpleNamespace(router=SimpleNamespace(name="rX")),
         dp=SimpleNamespace(progress_age=lambda: 0.01, stats=lambda: stats),
         healthy=lambda: True, reloads=SimpleNamespace(ok=6, failed=2),
         attached_ports=lambda: {"tap1": SimpleNamespace(name="tap1", joins=3, losses=2)},
-        sysctl=sysctl.SysctlTree({"net.inet.ip.ttl": 33}, physmem=1 << 30))
+        sysctl=sysctl.SysctlTree({"net.inet.ip.ttl": 33}, physmem=1 << 30),
+        endpoints={"control": control})
     reg = CollectorRegistry()
     reg.register(metrics.RouterCollector(router))
     with mock.patch("forwarder.mbufs.zone_stats", return_value=zones):
@@ -265,14 +283,23 @@ def test_metrics_export_each_counter_under_its_own_name() -> None:
     kinds6 = {dict(labels)["kind"]: v for (n, labels), v in got.items()
               if n == "forwarder_icmp6_total"}
     assert kinds6 == icmp6
-    for k in ("received", "solicitations_sent", "advertisements_sent"):
+    for k in ("received", "solicitations_sent", "advertisements_sent",
+              "solicitations_ratelimited"):
         assert val("forwarder_nd6_total", kind=k) == nd6[k]
     assert val("forwarder_nd6_entries") == 64
     assert val("forwarder_nd6_probes_total") == 65
+    kinds4 = {dict(labels)["kind"]: v for (n, labels), v in got.items()
+              if n == "forwarder_arp_total"}
+    assert kinds4 == {k: v for k, v in arp.items() if k not in ("entries", "probes_sent")}
+    assert val("forwarder_arp_probes_total") == 75
     assert val("forwarder_dataplane_up") == 1
     assert val("forwarder_interface_up", interface="tap1") == 0
     assert val("forwarder_attach_joins_total", interface="tap1") == 3
     assert val("forwarder_attach_losses_total", interface="tap1") == 2
+    assert val("forwarder_control_rejected_total", reason="bad_json") == 2
+    assert val("forwarder_control_rejected_total", reason="args") == 1
+    assert val("forwarder_control_refused_connections_total") == 2
+    assert val("forwarder_control_clients") == 1
 
 
 # --- a real router ----------------------------------------------------------------------

@@ -210,7 +210,8 @@ def test_counters_agree_with_the_kernels_interface_counters(lab, path):
     assert sum(f["lost"] for f in r["flows"]) == r["loss"]["packets"]
     assert r["loss"]["packets"] == sent["packets"] - recv["packets"]
     assert r["router"]["forwarded"] >= recv["packets"]
-    assert r["kernel"]["src"]["tx_packets"] + r["kernel"]["src"]["tx_dropped"] == out
+    # (the load's own kernel snapshots lie inside ours: a host frame may fall between them)
+    assert 0 <= out - (r["kernel"]["src"]["tx_packets"] + r["kernel"]["src"]["tx_dropped"]) <= 4
     assert r["kernel"]["receiver_socket"]["drops"] == 0
     # a paced load through an idle router loses nothing and is timed
     assert r["loss"]["ratio"] < 0.01

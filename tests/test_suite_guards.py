@@ -13,6 +13,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from forwarder import netns as nn
 from tests.topology import requires_netns
 
@@ -35,7 +37,13 @@ def run_pytest(tmp_path: Path, source: str, *plugins: str,
                           text=True, timeout=120)
 
 
-def test_a_skip_fails_the_session_where_everything_can_run(tmp_path: Path) -> None:
+# The guards hold in one process and under pytest-xdist (the README's command).
+WORKERS = pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+
+
+@WORKERS
+def test_a_skip_fails_the_session_where_everything_can_run(tmp_path: Path,
+                                                           workers: list[str]) -> None:
     cp = run_pytest(tmp_path, """
         import pytest
 
@@ -48,7 +56,7 @@ def test_a_skip_fails_the_session_where_everything_can_run(tmp_path: Path) -> No
         @pytest.mark.xfail(reason="expected", strict=True)
         def test_xfails():
             assert False
-    """, "tests.sessionguard")
+    """, "tests.sessionguard", extra=workers)
     assert cp.returncode == 1, cp.stdout + cp.stderr
     assert "1 passed, 1 skipped, 1 xfailed" in cp.stdout, cp.stdout
     assert "1 test(s) skipped on a machine that can run them" in cp.stdout, cp.stdout
@@ -90,7 +98,8 @@ def test_without_skips_the_session_passes(tmp_path: Path) -> None:
     assert "FAILED session" not in cp.stdout
 
 
-def test_a_namespace_left_behind_fails_the_session(tmp_path: Path) -> None:
+@WORKERS
+def test_a_namespace_left_behind_fails_the_session(tmp_path: Path, workers: list[str]) -> None:
     out = tmp_path / "made"
     cp = run_pytest(tmp_path, f"""
         from pathlib import Path
@@ -99,7 +108,7 @@ def test_a_namespace_left_behind_fails_the_session(tmp_path: Path) -> None:
         def test_leaves_a_namespace():
             topo = nn.Topology()                       # never closed by the test
             Path({str(out)!r}).write_text(topo.netns("left"))
-    """, "tests.sessionguard")
+    """, "tests.sessionguard", extra=workers)
     left = out.read_text()
     assert cp.returncode == 1, cp.stdout + cp.stderr
     assert f"network namespaces left behind after teardown: {left}" in cp.stdout, cp.stdout

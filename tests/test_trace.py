@@ -207,3 +207,16 @@ def test_trace_costs_nothing_when_off(router: RunningRouter, lab: RouterLab) -> 
     assert router.stats()["forwarded"] >= before + 3
     assert router.call("trace.show")["packets"] == []
 
+
+
+def test_bpf_filter_selects(router: RunningRouter, lab: RouterLab) -> None:
+    router.call("trace.start", count=2, interface="tap1", filter="icmp and dst host 10.3.0.2")
+    for _ in range(2):
+        assert lab.ping("h1", "10.2.0.2", count=1).returncode == 0
+        assert lab.ping("h1", "10.3.0.2", count=1).returncode == 0
+    doc = router.call("trace.show")
+    assert len(doc["packets"]) == 2 and doc["remaining"] == 0
+    assert all("> 10.3.0.2" in p["summary"] for p in doc["packets"]), doc["packets"]
+    assert doc["filtered"] >= 1                 # the ping to h2 came first, and was passed over
+    cp = router.cli("trace", "start", "--filter", "ip hots 10.3.0.2", check=False)
+    assert cp.returncode == 1 and "bad filter 'ip hots 10.3.0.2'" in cp.stderr, cp.stderr

@@ -90,6 +90,7 @@ cdef void dp_run(dp_state *dp) noexcept nogil:
     dp.next_timer_ns = dp.now_ns
     while not dp.stop:
         n = epoll_wait(dp.epfd, evs, DP_EPOLL_MAX, 50)
+        uma_thread_trim()           # a limit lowered: give back what we cache beyond it
         pthread_mutex_lock(&dp.lock)
         dp.now_ns = now_ns()
         icmp_refill(dp)

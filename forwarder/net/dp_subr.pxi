@@ -98,3 +98,19 @@ cdef void dp_transmit(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
             tr_step(dp, tid, TR_TX, 0, <uint32_t>len, 0, 0, <uint32_t>ifp.index, NULL, 0)
             tr_set_end(dp, tid, TR_END_TRANSMITTED, ifp.index)
     m_freem(m)
+
+
+cdef inline bint dp_ppsratecheck(dp_state *dp, int64_t *start, int *count,
+                                 int limit) noexcept nogil:
+    """FreeBSD's ppsratecheck(9): at most limit events in each second, a
+    second starting with the first event after the last one ended; limit 0
+    means no limit.  The caller counts what this refuses."""
+    if limit <= 0:
+        return True
+    if dp.now_ns - start[0] >= 1000000000:
+        start[0] = dp.now_ns
+        count[0] = 0
+    if count[0] >= limit:
+        return False
+    count[0] += 1
+    return True

@@ -199,6 +199,23 @@ cdef inline void trace_nd6(dp_state *dp, const mbuf *m, int point, const dp_nd6 
         tr_nd6(dp, m, point, e, held)
 
 
+cdef void tr_arp_update(dp_state *dp, const mbuf *m, const dp_arp *e, const uint8_t *sha,
+                        int state) noexcept nogil:
+    cdef uint8_t data[12]
+    memcpy(data, sha, 6)
+    memcpy(data + 6, e.mac, 6)
+    tr_step(dp, m.m_pkthdr.trace, TR_ARP_UPDATE, 0, <uint32_t>state, e.ip, 0,
+            <uint32_t>e.ifindex, data, 12)
+
+
+cdef inline void trace_arp_update(dp_state *dp, const mbuf *m, const dp_arp *e,
+                                  const uint8_t *sha, int state) noexcept nogil:
+    """An ARP packet changes e (if_ether.pxi arp_update): its new MAC sha,
+    the cached one, the state it goes to."""
+    if unlikely(m.m_pkthdr.trace != 0):
+        tr_arp_update(dp, m, e, sha, state)
+
+
 cdef void tr_ip_lookup(dp_state *dp, const mbuf *m, uint32_t dst,
                        const rt_nexthop *nh) noexcept nogil:
     cdef uint32_t e = rt_lookup_entry(dp.rt, dst)

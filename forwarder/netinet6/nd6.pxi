@@ -30,7 +30,18 @@
 # A solicited advertisement makes any entry REACHABLE.  An advertisement with
 # the Override flag and a new MAC replaces the cached one (REACHABLE if
 # solicited, else STALE); without Override a new MAC only makes a REACHABLE
-# entry STALE and is otherwise ignored (7.2.5).  A solicitation or router
+# entry STALE and is otherwise ignored (7.2.5).  One departure from 7.2.5: a
+# new MAC is never confirmed at once, Solicited flag or not -- only an
+# INCOMPLETE entry's multicast question could have reached it; PROBE asks
+# the cached MAC, the other states ask nothing.  An advertisement with the
+# Solicited flag and a MAC nobody asked for -- forged, or mangled -- would
+# otherwise keep a wrong MAC REACHABLE for a whole ReachableTime (up to 45 s)
+# before the first probe; taken as STALE, the entry is probed at that MAC
+# once used and re-resolved by multicast within nd6_delay + nd6_umaxtries +
+# 1 s (9 s), as after an unsolicited one.  A neighbour that really moved is
+# reached at once all the same (the new MAC is used) and confirmed by the
+# probe.  The cached MAC with the Solicited flag makes the entry REACHABLE,
+# as the RFC says: that changes no MAC.  A solicitation or router
 # solicitation with a source link-layer option makes a new entry STALE, and
 # an existing one STALE if the MAC differs (7.2.3, 6.2.6).
 #
@@ -49,6 +60,15 @@
 #  - STALE entries are not evicted to make room: a full table (or interface
 #    share) refuses new neighbours, counted as ARP's are; nd6_gctimer bounds
 #    how long an unused entry stays.
+#  - Floods (RFC 6583: packets to the unused addresses of a connected /64)
+#    are met as ARP's are (if_ether.pxi): at most arp_max_incomplete of an
+#    interface's entries are INCOMPLETE (arp_incomplete_full), so the
+#    neighbours in use keep their room and their entries, and multicast
+#    solicitations are limited per interface to nd6_ns_ppslimit a second (a
+#    refused one counts as a try, and as nd6 solicitations_ratelimited).
+#    Unicast probes of neighbours in PROBE are not limited: only neighbours
+#    that answered before get them, and starving them under a flood would
+#    cut off the neighbours in use (RFC 6583 7.1).
 #  - Every timer is a deadline read by nd6_timer (each DP_TIMER_NS), which
 #    walks the table only when it holds an entry; the packet path only
 #    compares deadlines and never blocks, logs or allocates.
@@ -79,8 +99,21 @@ cdef dp_nd6 *nd6_lookup(dp_state *dp, int ifindex, const uint8_t *a) noexcept no
     return NULL
 
 
-cdef dp_nd6 *nd6_insert(dp_state *dp, int ifindex, const uint8_t *a, int *why) noexcept nogil:
-    """A new INCOMPLETE entry; NULL with *why set when there is no room."""
+cdef inline void nd6_set_state(dp_state *dp, dp_nd6 *e, int state) noexcept nogil:
+    """e's new state, its interface's count of INCOMPLETE entries kept."""
+    if e.state == ND6_INCOMPLETE and state != ND6_INCOMPLETE:
+        dp.ifs[e.ifindex].nincomplete6 -= 1
+    elif state == ND6_INCOMPLETE and e.state != ND6_INCOMPLETE:
+        dp.ifs[e.ifindex].nincomplete6 += 1
+    e.state = state
+
+
+cdef dp_nd6 *nd6_insert(dp_state *dp, int ifindex, const uint8_t *a, bint resolving,
+                        int *why) noexcept nogil:
+    """A new INCOMPLETE entry; NULL with *why set when there is no room.
+    resolving: it is to be resolved (a packet waits), not completed at once
+    with a MAC that came with it -- only then does the interface's share of
+    unresolved entries apply."""
     cdef uint32_t i
     cdef dp_nd6 *e
     if dp.nnd6 >= DP_ND6_MAX:
@@ -89,6 +122,9 @@ cdef dp_nd6 *nd6_insert(dp_state *dp, int ifindex, const uint8_t *a, int *why) n
     if dp.ifs[ifindex].nnd6 >= dp.arp_max_per_if:
         why[0] = DROP_ARP_INTERFACE_FULL
         return NULL
+    if resolving and dp.ifs[ifindex].nincomplete6 >= dp.arp_max_incomplete:
+        why[0] = DROP_ARP_INCOMPLETE_FULL
+        return NULL
     i = nd6_hash(ifindex, a)
     while dp.nd6[i].state != ND6_FREE:
         i = (i + 1) & (DP_ND6_SIZE - 1)
@@ -96,7 +132,7 @@ cdef dp_nd6 *nd6_insert(dp_state *dp, int ifindex, const uint8_t *a, int *why) n
     memset(e, 0, sizeof(dp_nd6))
     memcpy(e.ip.s6, a, 16)
     e.ifindex = ifindex
-    e.state = ND6_INCOMPLETE
+    nd6_set_state(dp, e, ND6_INCOMPLETE)
     mbufq_init(&e.hold, dp.arp_maxhold)
     dp.nnd6 += 1
     dp.ifs[ifindex].nnd6 += 1
@@ -107,7 +143,7 @@ cdef void nd6_remove(dp_state *dp, dp_nd6 *e) noexcept nogil:
     """Free the slot (its hold queue must be empty); shift the probe run back."""
     cdef uint32_t i = <uint32_t>(e - &dp.nd6[0])
     cdef uint32_t j = i, k
-    dp.nd6[i].state = ND6_FREE
+    nd6_set_state(dp, e, ND6_FREE)
     dp.nnd6 -= 1
     dp.ifs[e.ifindex].nnd6 -= 1
     while True:
@@ -151,19 +187,19 @@ cdef void nd6_new_reachable_time(dp_state *dp) noexcept nogil:
 
 
 cdef inline void nd6_to_reachable(dp_state *dp, dp_nd6 *e) noexcept nogil:
-    e.state = ND6_REACHABLE
+    nd6_set_state(dp, e, ND6_REACHABLE)
     e.tries = 0
     e.expire_ns = dp.now_ns + dp.nd6_reachable_ns
 
 
 cdef inline void nd6_to_stale(dp_state *dp, dp_nd6 *e) noexcept nogil:
-    e.state = ND6_STALE
+    nd6_set_state(dp, e, ND6_STALE)
     e.tries = 0
     e.expire_ns = dp.now_ns + <int64_t>dp.nd6_gctimer * 1000000000
 
 
 cdef inline void nd6_to_delay(dp_state *dp, dp_nd6 *e) noexcept nogil:
-    e.state = ND6_DELAY
+    nd6_set_state(dp, e, ND6_DELAY)
     e.expire_ns = dp.now_ns + <int64_t>dp.nd6_delay * 1000000000
 
 
@@ -191,7 +227,7 @@ cdef void nd6_cache_lladdr(dp_state *dp, dp_ifnet *ifp, const uint8_t *a,
     cdef dp_nd6 *e = nd6_lookup(dp, ifp.index, a)
     cdef int why
     if e == NULL:
-        e = nd6_insert(dp, ifp.index, a, &why)
+        e = nd6_insert(dp, ifp.index, a, False, &why)
         if e == NULL:
             dp.drops[why] += 1
             return
@@ -224,6 +260,7 @@ cdef void nd6_na_update(dp_state *dp, dp_nd6 *e, const uint8_t *tll, uint32_t fl
         return
     if changed:
         memcpy(e.mac, tll, ETHER_ADDR_LEN)
+        solicited = False               # we asked for the cached MAC, if at all: not confirmed
     if solicited:
         nd6_to_reachable(dp, e)
     elif changed:
@@ -377,7 +414,7 @@ cdef void nd6_resolve(dp_state *dp, dp_ifnet *ifp, mbuf *m, const uint8_t *nexth
         ether_output(dp, ifp, m, e.mac, ETHERTYPE_IPV6)
         return
     if e == NULL:
-        e = nd6_insert(dp, ifp.index, nexthop, &why)
+        e = nd6_insert(dp, ifp.index, nexthop, True, &why)
         if e == NULL:
             dp_drop_m(dp, m, why)
             return
@@ -387,9 +424,21 @@ cdef void nd6_resolve(dp_state *dp, dp_ifnet *ifp, mbuf *m, const uint8_t *nexth
     mbufq_enqueue(&e.hold, m)
     trace_nd6(dp, m, TR_ND6_MISS, e, mbufq_len(&e.hold))
     if e.tries == 0 or dp.now_ns - e.last_req_ns >= ND6_RETRANS_NS:
-        e.tries += 1
-        e.last_req_ns = dp.now_ns
-        nd6_ns_output(dp, ifp, nexthop, NULL)
+        nd6_solicit(dp, ifp, e, m)
+
+
+cdef void nd6_solicit(dp_state *dp, dp_ifnet *ifp, dp_nd6 *e, const mbuf *m) noexcept nogil:
+    """One more multicast solicitation for INCOMPLETE e (m: the packet that
+    asked, NULL from the timer), unless ifp sent nd6_ns_ppslimit of them
+    this second: the try counts all the same (as ARP's arp_solicit)."""
+    e.tries += 1
+    e.last_req_ns = dp.now_ns
+    if not dp_ppsratecheck(dp, &ifp.nd6_pps_ns, &ifp.nd6_pps, dp.nd6_ns_ppslimit):
+        dp.nd6_ratelimited += 1
+        if m != NULL:
+            trace_nd6(dp, m, TR_ND6_RATELIMITED, e, 0)
+        return
+    nd6_ns_output(dp, ifp, e.ip.s6, NULL)
 
 
 cdef void nd6_probe(dp_state *dp, dp_nd6 *e) noexcept nogil:
@@ -418,9 +467,7 @@ cdef void nd6_timer(dp_state *dp) noexcept nogil:
         e = &dp.nd6[i]
         if e.state == ND6_INCOMPLETE and dp.now_ns - e.last_req_ns >= ND6_RETRANS_NS:
             if e.tries < dp.nd6_mmaxtries:
-                e.tries += 1
-                e.last_req_ns = dp.now_ns
-                nd6_ns_output(dp, &dp.ifs[e.ifindex], e.ip.s6, NULL)
+                nd6_solicit(dp, &dp.ifs[e.ifindex], e, NULL)
             else:
                 # As in arp_timer: an error held here itself is not answered
                 # again, so the loop ends.
@@ -437,7 +484,7 @@ cdef void nd6_timer(dp_state *dp) noexcept nogil:
             if e.state == ND6_REACHABLE:
                 nd6_to_stale(dp, e)
             elif e.state == ND6_DELAY:
-                e.state = ND6_PROBE
+                nd6_set_state(dp, e, ND6_PROBE)
                 e.tries = 0
                 nd6_probe(dp, e)
             elif e.state == ND6_PROBE and e.tries < dp.nd6_umaxtries:
@@ -465,4 +512,5 @@ cdef void nd6_clear(dp_state *dp) noexcept nogil:
         dp.nd6[i].state = ND6_FREE
     for i in range(dp.nifs):
         dp.ifs[i].nnd6 = 0
+        dp.ifs[i].nincomplete6 = 0
     dp.nnd6 = 0
