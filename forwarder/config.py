@@ -2,12 +2,12 @@
 
 The contract (see configs/router.toml for a commented example)::
 
-    [router]            name (required), socket, log_level, attach_timeout
+    [router]            name (required), socket, log_level, attach_timeout, attach_mode
     [sysctl]            FreeBSD tunable names, dotted or quoted keys
     [metrics]           listen = "127.0.0.1:9477"   (optional)
     [control_plane]     netns, import_routes, tables, protocols   (optional; forwarder/cplane.py)
     [[interface]]       name, addresses (IPv4 and/or IPv6), mtu, mac, netns | attach,
-                        offload, ra
+                        attach_mode, offload, ra
     [[route]]           prefix (IPv4 or IPv6) + exactly one of via / interface / type
 
 IPv6: an interface's IPv6 addresses are :attr:`Interface.addresses6` (its IPv4
@@ -19,9 +19,13 @@ A route's gateway may be link-local when it names its interface,
 A port is a TAP the router creates, named as the port and moved into ``netns``
 if given; or, with ``attach = "eth1"``, joined to an existing interface of the
 router's own namespace (the veth a container runtime hands it; see
-forwarder/attach.py), its TAP then named ``tap-<name>`` (:attr:`Interface.tap`)
-so that it never clashes with the interface it attaches to.  An attached port
-takes that interface's MAC and MTU unless ``mac`` / ``mtu`` say otherwise.
+forwarder/attach.py).  ``attach_mode`` says how (per interface, default from
+``[router] attach_mode``, itself default ``"packet"``): ``"packet"`` reads and
+writes the interface through a packet socket bound to it, with no device of
+the router's; ``"tap"`` joins it with tc to a TAP named ``tap-<name>``
+(:attr:`Interface.tap`) so that it never clashes with the interface it
+attaches to.  An attached port takes that interface's MAC and MTU unless
+``mac`` / ``mtu`` say otherwise.
 
 ``[control_plane] netns = "/proc/self/ns/net"`` (:data:`OWN_NETNS`) keeps the
 ports' mirrors in the router's own namespace, as a container without
@@ -58,6 +62,8 @@ OWN_NETNS = "/proc/self/ns/net"
 IFNAMSIZ = 16                      # including the terminating NUL
 ATTACH_TAP_PREFIX = "tap-"         # the TAP of an attached port: tap-<port name>
 ATTACH_TIMEOUT = 300               # seconds to wait for attached interfaces at start
+ATTACH_MODES = ("packet", "tap")   # a packet socket on the interface, or a TAP joined by tc
+ATTACH_MODE = "packet"
 # The largest frame must fit a 16k jumbo cluster (MJUM16BYTES) with its Ethernet header.
 MTU_DEFAULT = 1500
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -124,6 +130,7 @@ class RouterConfig:
     socket: Path
     log_level: str = "info"
     attach_timeout: int = ATTACH_TIMEOUT   # 0: do not wait for attached interfaces
+    attach_mode: str = ATTACH_MODE         # the attached ports' default (ATTACH_MODES)
 
 
 @dataclass(frozen=True)
@@ -140,12 +147,16 @@ class Interface:
     ra: bool = False              # send Router Advertisements (needs a /64 in addresses6)
     attach: str | None = None     # an existing interface of the router's namespace to join
     mtu_configured: bool = False  # mtu was given (else an attached port takes the link's)
+    attach_mode: str | None = None  # with attach: "packet" or "tap" (ATTACH_MODES)
 
     @property
-    def tap(self) -> str:
-        """The name of the port's TAP: the port's own, or tap-<name> when attached."""
+    def tap(self) -> str | None:
+        """The name of the port's TAP: the port's own, or tap-<name> when attached
+        in "tap" mode; None when attached in "packet" mode (there is no TAP)."""
         if self.attach is None:
             return self.name
+        if self.attach_mode != "tap":
+            return None
         return (ATTACH_TAP_PREFIX + self.name)[:IFNAMSIZ - 1]
 
     @property
@@ -398,6 +409,17 @@ class _Reader:
             return default
         return value
 
+    def choice(self, table: Mapping[str, Any], key: str, path: tuple[str | int, ...],
+               allowed: tuple[str, ...], default: str) -> str:
+        value = self.string(table, key, path)
+        if value is None:
+            return default
+        if value not in allowed:
+            self.error(path + (key,), f"{value!r} is not one of "
+                       f"{', '.join(repr(a) for a in allowed)}")
+            return default
+        return value
+
     def integer(self, table: Mapping[str, Any], key: str, path: tuple[str | int, ...],
                 lo: int, hi: int, default: int) -> int:
         if key not in table:
@@ -420,7 +442,8 @@ class _Reader:
         router = self.read_router()
         metrics = self.read_metrics()
         control_plane = self.read_control_plane()
-        interfaces = self.read_interfaces(router.name if router else "")
+        interfaces = self.read_interfaces(router.name if router else "",
+                                          router.attach_mode if router else ATTACH_MODE)
         routes = self.read_routes(interfaces)
         if control_plane.in_router_netns:
             self.check_mirror_names(interfaces)
@@ -438,7 +461,8 @@ class _Reader:
             if "router" not in self.doc:
                 self.error(path, "missing required table [router] with name = \"...\"", line=1)
             return None
-        self.unknown_keys(table, ("name", "socket", "log_level", "attach_timeout"), path)
+        self.unknown_keys(table, ("name", "socket", "log_level", "attach_timeout",
+                                  "attach_mode"), path)
         name = self.string(table, "name", path, required=True)
         if name is not None and not _NAME_RE.match(name):
             self.error(path + ("name",),
@@ -455,11 +479,13 @@ class _Reader:
                        f"{level!r} is not a log level ({', '.join(LOG_LEVELS)})")
             level = "info"
         attach_timeout = self.integer(table, "attach_timeout", path, 0, 86400, ATTACH_TIMEOUT)
+        attach_mode = self.choice(table, "attach_mode", path, ATTACH_MODES, ATTACH_MODE)
         if name is None:
             return None
         return RouterConfig(name=name,
                             socket=Path(socket) if socket else SOCKET_DIR / f"{name}.sock",
-                            log_level=level.lower(), attach_timeout=attach_timeout)
+                            log_level=level.lower(), attach_timeout=attach_timeout,
+                            attach_mode=attach_mode)
 
     def read_metrics(self) -> Metrics:
         path = ("metrics",)
@@ -558,7 +584,8 @@ class _Reader:
                 name = text.partition("=")[0].strip()
                 self.problems.append(Problem(None, None, f"-o {text}", _strip_name(str(e), name)))
 
-    def read_interfaces(self, router_name: str) -> list[Interface]:
+    def read_interfaces(self, router_name: str,
+                        attach_mode: str = ATTACH_MODE) -> list[Interface]:
         interfaces: list[Interface] = []
         seen_names: dict[str, int] = {}
         seen_macs: dict[str, int] = {}
@@ -567,7 +594,7 @@ class _Reader:
         for i, table in enumerate(self.array_of_tables("interface")):
             path: tuple[str | int, ...] = ("interface", i)
             self.unknown_keys(table, ("name", "addresses", "mtu", "mac", "netns", "attach",
-                                      "offload", "ra"), path)
+                                      "attach_mode", "offload", "ra"), path)
             name = self.string(table, "name", path, required=True)
             if name is not None:
                 if not 1 <= len(name) < IFNAMSIZ:
@@ -603,11 +630,16 @@ class _Reader:
             attach = self.string(table, "attach", path)
             if attach is not None:
                 attach = self.check_attach(attach, netns, path)
+            mode = self.choice(table, "attach_mode", path, ATTACH_MODES, attach_mode)
+            if "attach_mode" in table and "attach" not in table:
+                self.error(path + ("attach_mode",), "attach_mode is for attached ports "
+                           "(attach = \"eth1\"); this port is a TAP of its own")
             offload = self.boolean(table, "offload", path, True)
             interfaces.append(Interface(name=name or "", addresses=tuple(addresses), mtu=mtu,
                                         mac=mac, mac_generated=generated, netns=netns,
                                         offload=offload, addresses6=tuple(addresses6), ra=ra,
-                                        attach=attach, mtu_configured="mtu" in table))
+                                        attach=attach, mtu_configured="mtu" in table,
+                                        attach_mode=mode if attach else None))
         self.check_link_names(interfaces)
         return interfaces
 
@@ -633,8 +665,8 @@ class _Reader:
         for i, itf in enumerate(interfaces):
             if not itf.name:
                 continue
-            names = [(itf.tap, "the TAP of")] + ([(itf.attach, "attached by")]
-                                                  if itf.attach else [])
+            names = ([(itf.tap, "the TAP of")] if itf.tap else []) + (
+                [(itf.attach, "attached by")] if itf.attach else [])
             for link, what in names:
                 if link in owner:
                     self.error(("interface", i, "attach" if what == "attached by" else "name"),
@@ -648,7 +680,7 @@ class _Reader:
         interface a port attaches to: name the port apart (``name = "port1"``,
         ``attach = "eth1"``)."""
         taken = {itf.tap: f"the TAP of interface[{i}]" for i, itf in enumerate(interfaces)
-                 if itf.attach}
+                 if itf.attach and itf.tap}
         taken.update({itf.attach: f"attached by interface[{i}]"
                       for i, itf in enumerate(interfaces) if itf.attach})
         for i, itf in enumerate(interfaces):

@@ -267,6 +267,11 @@ cdef struct dp_ifnet:
     uint64_t tx_gso_segs        # ... and the segments they carried
     uint64_t gso_sw             # super-frames cut into segments here (no TSO, or DF clear and too big)
     uint64_t csum_sw            # checksums completed here that the sender had left to offload
+    # a packet socket's receive ring (net/if_packet.pxi); NULL: read() the fd
+    char *ring
+    uint32_t ring_frames        # slots ...
+    uint32_t ring_frame_size    # ... of this many bytes
+    uint32_t ring_next          # the slot the next frame is in
 
 # An ARP entry's states: RFC 4861 7.3.2's, as Linux keeps them for ARP
 # (netinet/if_ether.pxi says what moves an entry between them).  The values

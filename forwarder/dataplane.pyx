@@ -47,7 +47,8 @@ of inet.pxd (FreeBSD's `struct ip *`); system calls come from
 allocator_pyx/includes.pxd.
 """
 
-from libc.errno cimport EAGAIN, EBADF, EBADFD, EINTR, EIO, EMSGSIZE, ENOBUFS, ENODEV, ENXIO, errno
+from libc.errno cimport (EAGAIN, EBADF, EBADFD, EINTR, EIO, EMSGSIZE, ENETDOWN, ENOBUFS, ENODEV,
+                         ENXIO, errno)
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdlib cimport calloc, free, malloc
@@ -125,6 +126,7 @@ include "net/dp_trace.pxi"
 include "net/dp_capture.pxi"
 include "net/dp_subr.pxi"
 include "net/if_tap.pxi"
+include "net/if_packet.pxi"
 include "netinet/in.pxi"
 include "netinet/in_cksum.pxi"
 include "net/if_ethersubr.pxi"
@@ -276,12 +278,18 @@ cdef class Dataplane:
 
     def add_interface(self, int fd, str name, bytes mac, int mtu, addrs, *, addrs6=(), bint ra=False,
                       bint vnet_hdr=False, unsigned int offloads=0,
-                      unsigned int refused=0, int mirror_of=-1) -> int:
-        """Attach an open, non-blocking TAP fd.  addrs: [(address, prefixlen)]
+                      unsigned int refused=0, int mirror_of=-1, long hwassist=-1,
+                      size_t ring=0, unsigned int ring_frames=0,
+                      unsigned int ring_frame_size=0) -> int:
+        """Attach an open, non-blocking TAP fd (or a packet socket with
+        PACKET_VNET_HDR, read and written alike; ring: the address of its
+        mapped TPACKET_V2 receive ring, ring_frames slots of ring_frame_size
+        bytes, read as net/if_packet.pxi says).  addrs: [(address, prefixlen)]
         as strings/ints; addrs6 the same for IPv6 (the link-local address
         is derived from mac).  vnet_hdr: the TAP was opened with IFF_VNET_HDR;
         offloads: the TUN_F_* bits TUNSETOFFLOAD accepted (refused: those it
-        did not, for the stats).  mirror_of: this TAP is the mirror of port
+        did not, for the stats); hwassist: the CSUM_* bits it takes on output,
+        -1 for those the offloads imply.  mirror_of: this TAP is the mirror of port
         mirror_of in the control plane's namespace (forwarder/cplane.py):
         what is read from it goes out of that port, and that port's traffic
         for the router's daemons is written to it.  Returns the interface
@@ -312,9 +320,12 @@ cdef class Dataplane:
             if vnet_hdr:
                 ifp.offloads = offloads
                 ifp.offloads_refused = refused
-                ifp.hwassist = tun_hwassist(offloads)
+                ifp.hwassist = tun_hwassist(offloads) if hwassist < 0 else <uint32_t>hwassist
                 if offloads & (TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6):
                     ifp.rx_spares = DP_RX_SPARES
+            ifp.ring = <char *>ring
+            ifp.ring_frames = ring_frames
+            ifp.ring_frame_size = ring_frame_size
             ifp_set_mtu(ifp, mtu)
             self._set_addrs(ifp, addrs)
             self._set_addrs6(ifp, addrs6)

@@ -70,7 +70,31 @@ TUN_F_NAMES = {TUN_F_CSUM: "csum", TUN_F_TSO4: "tso4", TUN_F_TSO6: "tso6",
 TUN_F_ALL = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN | TUN_F_USO4 | TUN_F_USO6
 VNET_HDR_LEN = 10               # sizeof(struct virtio_net_hdr)
 
+# <linux/if_packet.h>, <linux/if_ether.h>, <asm-generic/socket.h>; Python's socket
+# module has none of the packet-socket options
+SOL_PACKET = 263
+PACKET_VNET_HDR = 15            # a struct virtio_net_hdr in front of every frame
+PACKET_QDISC_BYPASS = 20        # Linux 3.14: transmit straight to the driver
+PACKET_IGNORE_OUTGOING = 23     # Linux 4.20: frames the host sends are not read back
+ETH_P_ALL = 0x0003
+SO_SNDBUFFORCE = 32             # as SO_SNDBUF / SO_RCVBUF, past the sysctl maxima
+SO_RCVBUFFORCE = 33             # (CAP_NET_ADMIN)
+PACKET_RX_RING = 5
+PACKET_COPY_THRESH = 7          # a frame too long for a ring slot is queued whole besides
+PACKET_VERSION = 10
+TPACKET_V2 = 1
+PACKET_RING_FRAME = 2048        # a ring slot: header, virtio-net header, an MTU-1500 frame
+PACKET_RING_BLOCK = 1 << 16     # 32 slots a block ...
+PACKET_RING_FRAMES = 1024       # ... 1024 in all (2 MiB), as many as a TAP's queue holds
+PACKET_RCVBUF = 8 << 20         # bytes of long frames queued for the router (see packet_open)
+PACKET_SNDBUF = 8 << 20
+PROT_READ, PROT_WRITE, MAP_SHARED = 1, 2, 1
+
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long)
+_libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
 
 
 class NetnsError(OSError):
@@ -205,6 +229,90 @@ def tap_open(name: str, netns: str | None = None, *, extra_flags: int = 0) -> in
             raise
     log.debug("tap %s opened in netns %s (fd %d)", name, netns or "(current)", fd)
     return fd
+
+
+@dataclass
+class PacketSocket:
+    """An open packet socket of :func:`packet_open` and its mapped receive ring."""
+    fd: int
+    ring: int                   # the ring's address in this process
+    frames: int                 # slots ...
+    frame_size: int             # ... of this many bytes
+
+    def close(self) -> None:
+        """Unmap the ring, close the socket (once nothing reads the ring any more)."""
+        if self.ring:
+            _libc.munmap(ctypes.c_void_p(self.ring), ctypes.c_size_t(self.frames * self.frame_size))
+            self.ring = 0
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+
+
+def packet_open() -> PacketSocket:
+    """A packet socket for an attached port (forwarder/attach.py), bound to no
+    interface yet (protocol 0: it receives nothing until :func:`packet_bind`),
+    non-blocking and close-on-exec, with its receive ring mapped.
+
+    Written as a TAP opened with IFF_VNET_HDR is, one frame per writev()
+    behind a struct virtio_net_hdr (PACKET_VNET_HDR: super-frames and partial
+    checksums in both directions); frames go straight to the driver
+    (PACKET_QDISC_BYPASS: a veth has no qdisc worth the detour), and what the
+    host itself sends on the interface is not read back
+    (PACKET_IGNORE_OUTGOING; its own writes never are).  Read from a
+    TPACKET_V2 ring of PACKET_RING_FRAMES slots, the virtio-net header in
+    each (forwarder/net/if_packet.pxi): no system call per frame.  A frame
+    too long for a slot (a super-frame) is queued whole on the socket as
+    well (PACKET_COPY_THRESH) and read from there with readv().  The socket
+    buffers are raised to PACKET_RCVBUF / PACKET_SNDBUF: the defaults
+    (rmem_default, about 200 KB) hold three 64 KB super-frames.
+    """
+    try:
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_NONBLOCK
+                          | socket.SOCK_CLOEXEC, 0)
+    except PermissionError as e:
+        raise PermissionError(e.errno, "an attached port on a packet socket needs "
+                              "CAP_NET_RAW (Docker and containerd give it by default; where "
+                              "it is dropped, attach_mode = \"tap\" needs only "
+                              "CAP_NET_ADMIN)") from None
+    try:
+        s.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+        s.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+        s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, PACKET_RCVBUF)
+        s.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, PACKET_SNDBUF)
+        s.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
+        s.setsockopt(SOL_PACKET, PACKET_COPY_THRESH, 1)
+        # struct tpacket_req: block size, block count, frame size, frame count
+        blocks = PACKET_RING_FRAMES * PACKET_RING_FRAME // PACKET_RING_BLOCK
+        s.setsockopt(SOL_PACKET, PACKET_RX_RING, struct.pack(
+            "IIII", PACKET_RING_BLOCK, blocks, PACKET_RING_FRAME, PACKET_RING_FRAMES))
+        size = PACKET_RING_FRAMES * PACKET_RING_FRAME
+        ring = _libc.mmap(None, ctypes.c_size_t(size), PROT_READ | PROT_WRITE, MAP_SHARED,
+                          s.fileno(), ctypes.c_long(0))
+        if ring in (None, ctypes.c_void_p(-1).value):
+            err = ctypes.get_errno()
+            raise OSError(err, f"mmap of the packet ring: {os.strerror(err)}")
+    except OSError:
+        s.close()
+        raise
+    return PacketSocket(fd=s.detach(), ring=ring, frames=PACKET_RING_FRAMES,
+                        frame_size=PACKET_RING_FRAME)
+
+
+def packet_bind(fd: int, ifindex: int) -> None:
+    """Bind a packet socket of :func:`packet_open` to interface ``ifindex``
+    (every protocol).  Binding again moves it: an interface deleted and made
+    anew under the same name has another index, the fd stays the same (the
+    forwarding thread's file table holds only the fds open when it started)."""
+    # struct sockaddr_ll: family, protocol (network order), ifindex, hatype,
+    # pkttype, halen, addr[8]
+    addr = struct.pack("=H2siHBB8s", socket.AF_PACKET, struct.pack("!H", ETH_P_ALL),
+                       ifindex, 0, 0, 0, b"")
+    if _libc.bind(fd, addr, len(addr)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"bind(AF_PACKET, ifindex {ifindex}): {os.strerror(err)}")
 
 
 def tun_flag_names(flags: int) -> list[str]:

@@ -132,6 +132,8 @@ class Router:
     mirrors: "cplane.Mirrors | None" = None
     importer: "cplane.RouteImporter | None" = None
     _tap_index: dict[str, int] = field(default_factory=dict)
+    # the packet sockets of attach_mode "packet" ports (their fds are in fds too)
+    _packet: dict[str, netns.PacketSocket] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.sysctl = self.config.sysctl_tree()
@@ -202,7 +204,8 @@ class Router:
 
     def _start_attacher(self) -> None:
         ports = [attach.Port(name=itf.name, link=itf.attach, tap=itf.tap,
-                             tap_index=self._tap_index[itf.name])
+                             tap_index=self._tap_index.get(itf.name, 0),
+                             fd=self.fds[itf.name], mode=itf.attach_mode)
                  for itf in self.config.interfaces if itf.attach]
         if not ports:
             return
@@ -218,7 +221,8 @@ class Router:
         configured, then the port is up."""
         itf = self.config.interface(port.name)
         if not itf.mtu_configured and seen.mtu != itf.mtu:
-            netns.link_set(itf.tap, mtu=seen.mtu)
+            if itf.tap:
+                netns.link_set(itf.tap, mtu=seen.mtu)
             self.dp.set_mtu(self.ifindex[itf.name], seen.mtu)
         mac = mac_bytes(seen.mac) if itf.mac_generated else None
         self.dp.set_link(self.ifindex[itf.name], True, mac)
@@ -252,6 +256,9 @@ class Router:
             log.warning("mirror %s: could not set it %s: %s", port, "up" if up else "down", e)
 
     def _attach(self, itf: Interface) -> None:
+        if itf.tap is None:     # attached through a packet socket: bound once joined
+            self._attach_packet(itf)
+            return
         fd = netns.tap_open(itf.tap, extra_flags=netns.IFF_VNET_HDR if itf.offload else 0)
         self.fds[itf.name] = fd
         accepted = self._offloads(itf, fd) if itf.offload else 0
@@ -279,6 +286,32 @@ class Router:
                  ", ".join(netns.tun_flag_names(accepted)) or "off",
                  f" (kernel side in {itf.netns})" if itf.netns else
                  f" (TAP {itf.tap}, attaches to {itf.attach})" if itf.attach else "")
+
+    def _attach_packet(self, itf: Interface) -> None:
+        """A port on a packet socket (attach_mode "packet", forwarder/attach.py).
+        The socket always carries the virtio-net header: the interface's peer
+        hands it super-frames and partial checksums whatever the router asks
+        for (a packet socket has no TUNSETOFFLOAD), so the dataplane reads them
+        as from an offloading TAP.  On output the kernel does in software what
+        the interface's features lack (validate_xmit_skb); ``offload = false``
+        hands it none of that: the dataplane checksums and segments itself."""
+        ps = netns.packet_open()
+        self._packet[itf.name] = ps
+        self.fds[itf.name] = ps.fd
+        idx = self.dp.add_interface(ps.fd, itf.name, mac_bytes(itf.mac), itf.mtu,
+                                    [(str(a.ip), a.network.prefixlen) for a in itf.addresses],
+                                    addrs6=[(str(a.ip), a.network.prefixlen)
+                                            for a in itf.addresses6], ra=itf.ra,
+                                    vnet_hdr=True, offloads=netns.TUN_F_ALL,
+                                    hwassist=-1 if itf.offload else 0, ring=ps.ring,
+                                    ring_frames=ps.frames, ring_frame_size=ps.frame_size)
+        self.ifindex[itf.name] = idx
+        self.dp.set_link(idx, False)            # until forwarder.attach binds it
+        log.info("interface %s up: %s mtu %s mac %s (packet socket on %s, offloads %s)",
+                 itf.name, ", ".join([*map(str, itf.addresses), *map(str, itf.addresses6)]),
+                 itf.mtu if itf.mtu_configured else f"{itf.mtu} (until attached)",
+                 f"of {itf.attach}" if itf.mac_generated else itf.mac, itf.attach,
+                 "on" if itf.offload else "off on output")
 
     @staticmethod
     def _offloads(itf: Interface, fd: int) -> int:
@@ -324,6 +357,12 @@ class Router:
         log.info("router %s stopped", self.config.router.name)
 
     def _close_taps(self) -> None:
+        """The ports' fds (after the forwarding thread stopped: it reads the
+        packet sockets' rings)."""
+        for name, ps in list(self._packet.items()):
+            ps.close()
+            del self._packet[name]
+            self.fds.pop(name, None)
         for name, fd in list(self.fds.items()):
             try:
                 os.close(fd)
@@ -617,9 +656,10 @@ class Router:
         if [i.name for i in new.interfaces] != [i.name for i in old.interfaces]:
             raise ValueError("interfaces cannot be added, removed or reordered by a reload; restart")
         for a, b in zip(old.interfaces, new.interfaces):
-            if (a.netns, a.mac, a.offload, a.attach) != (b.netns, b.mac, b.offload, b.attach):
-                raise ValueError(f"interface {a.name}: netns, mac, offload and attach change "
-                                 f"only with a restart")
+            if (a.netns, a.mac, a.offload, a.attach, a.attach_mode) != \
+                    (b.netns, b.mac, b.offload, b.attach, b.attach_mode):
+                raise ValueError(f"interface {a.name}: netns, mac, offload, attach and "
+                                 f"attach_mode change only with a restart")
         # Validate everything before changing anything.
         specs = self._route_specs(new)
         tree = _quiet.tree(new)
@@ -700,7 +740,8 @@ class Router:
         if itf.netns:
             netns.link_set(itf.name, itf.netns_path, mtu=mtu)
         else:
-            netns.link_set(itf.tap, mtu=mtu)
+            if itf.tap:
+                netns.link_set(itf.tap, mtu=mtu)
             if itf.attach:
                 with contextlib.suppress(OSError, LookupError):
                     netns.link_set(itf.attach, mtu=mtu)

@@ -5,6 +5,9 @@ The lab is wired as a container runtime wires a router container: h1's link
 is there before it starts and carries addresses of the router namespace's
 kernel, and h2 is on an ordinary TAP moved into its namespace (a mixed
 config).  Hosts are real kernels; ping, traceroute and iperf3 run across.
+Every test runs in both attach modes (``[router] attach_mode``): "packet",
+the default (a packet socket on the veth), and "tap" (a TAP joined to it by
+tc); what only the packet mode does is in tests/test_attach_packet.py.
 """
 from __future__ import annotations
 
@@ -17,24 +20,32 @@ import pytest
 from scapy.layers.l2 import ARP
 
 from forwarder import netns as nn
+from forwarder.config import ATTACH_MODES
 from forwarder.lab.process import launch
 from forwarder.lab.tomlwrite import to_toml
 from tests.routerlab import RunningRouter
 from tests.wire import Sniffer, arp_frame, host_mac, iperf3
-from tests.topology import RouterLab, make_lab, requires_netns, topology  # noqa: F401
+from tests.topology import RouterLab, make_lab, requires_netns
 
 pytestmark = requires_netns
 
 KERNEL_ADDRS = (("10.3.9.1", 24), ("2001:db8:3:9::1", 64))    # eth3's before the router
 
 
-@pytest.fixture(scope="module")
-def lab(topology):  # noqa: F811
-    return make_lab(topology, mtus=(1500, 1500, 1280), attach=(1, 3))
+@pytest.fixture(scope="module", params=ATTACH_MODES)
+def mode(request) -> str:
+    """The attach mode under test."""
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def router(lab: RouterLab, tmp_path_factory) -> Iterator[RunningRouter]:
+def lab(mode: str) -> Iterator[RouterLab]:
+    with nn.Topology() as topo:                         # one per mode
+        yield make_lab(topo, mtus=(1500, 1500, 1280), attach=(1, 3))
+
+
+@pytest.fixture(scope="module")
+def router(lab: RouterLab, mode: str, tmp_path_factory) -> Iterator[RunningRouter]:
     """Started before eth1 exists; what it said while it waited is kept in
     ``router.waiting`` for the tests."""
     work = tmp_path_factory.mktemp("attach")
@@ -47,6 +58,7 @@ def router(lab: RouterLab, tmp_path_factory) -> Iterator[RunningRouter]:
     sock = work / f"{lab.name}.sock"
     doc = lab.config_doc(sock)
     doc["router"]["attach_timeout"] = 60
+    doc["router"]["attach_mode"] = mode
     cfg = work / "router.toml"
     cfg.write_text(to_toml(doc))
     r = launch(lab.topo.popen, lab.router_ns, cfg, sock, kind=RunningRouter, lab=lab, wait=False)
@@ -117,9 +129,12 @@ def test_the_routers_mac_on_an_attached_link_is_the_veths(lab: RouterLab,
 
 
 def test_the_namespaces_kernel_holds_no_address_on_attached_links(
-        lab: RouterLab, router: RunningRouter) -> None:
-    for name in ("eth1", "eth3", "tap-eth1", "tap-eth3"):
+        lab: RouterLab, router: RunningRouter, mode: str) -> None:
+    taps = ("tap-eth1", "tap-eth3")
+    for name in ("eth1", "eth3") + (taps if mode == "tap" else ()):
         assert router_link(lab, name)[2] == [], name        # no link-local either
+    with nn.iproute(lab.router_ns) as ipr:                  # a packet port makes no device
+        assert [bool(ipr.link_lookup(ifname=t)) for t in taps] == [mode == "tap"] * 2
     assert re.search(r"port eth3: removed 10\.3\.9\.1/24, 2001:db8:3:9::1/64 from eth3",
                      router.log_text()), router.log_text()
     # and its frames never reach that kernel: the router answers ARP for its own
@@ -133,7 +148,7 @@ def test_the_namespaces_kernel_holds_no_address_on_attached_links(
         [("10.3.0.1", router.interface("eth3")["mac"])]
 
 
-def test_tcp_super_frames_cross_the_tc_redirect(lab: RouterLab, router: RunningRouter) -> None:
+def test_tcp_super_frames_cross_whole(lab: RouterLab, router: RunningRouter) -> None:
     a = router.interface("eth1")
     doc = iperf3(lab, "h1", "h2", "10.2.0.2", 5401)
     assert doc["end"]["sum_received"]["bits_per_second"] > 100e6
@@ -177,18 +192,19 @@ def test_a_deleted_interface_is_down_then_forwards_again_when_it_comes_back(
 
 
 def test_after_attach_timeout_the_router_goes_on_and_still_attaches_late_links(
-        tmp_path) -> None:
+        tmp_path, mode: str) -> None:
     """An interface that never came within attach_timeout: the router says so
     once, is ready without it, and joins it when it does come."""
     with nn.Topology() as topo:
-        _late_links(make_lab(topo, n_hosts=2, attach=(1, 2), name="late"), tmp_path)
+        _late_links(make_lab(topo, n_hosts=2, attach=(1, 2), name="late"), tmp_path, mode)
 
 
-def _late_links(lab: RouterLab, tmp_path) -> None:
+def _late_links(lab: RouterLab, tmp_path, mode: str) -> None:
     topology = lab.topo
     sock = tmp_path / "late.sock"
     doc = lab.config_doc(sock)
     doc["router"]["attach_timeout"] = 1
+    doc["router"]["attach_mode"] = mode
     cfg = tmp_path / "router.toml"
     cfg.write_text(to_toml(doc))
     os.environ["CLAB_INTFS"] = "3"                     # containerlab says 3; the config has 2

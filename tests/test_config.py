@@ -264,7 +264,7 @@ def test_router_name_required_and_valid(tmp_path: Path) -> None:
 
 def test_router_unknown_key_and_level(tmp_path: Path) -> None:
     expect(tmp_path, ROUTER + 'colour = "red" #!\n', "router.colour",
-           "unknown key (allowed: name, socket, log_level, attach_timeout)")
+           "unknown key (allowed: name, socket, log_level, attach_timeout, attach_mode)")
     expect(tmp_path, ROUTER + 'log_level = "loud" #!\n', "router.log_level",
            "'loud' is not a log level (debug, info, warning, error, critical)")
     expect(tmp_path, ROUTER + 'socket = "r1.sock" #!\n', "router.socket", "absolute path")
@@ -288,7 +288,8 @@ def test_interface_as_plain_table(tmp_path: Path) -> None:
 
 def test_interface_unknown_key(tmp_path: Path) -> None:
     expect(tmp_path, TWO_LINKS + 'speed = 10 #!\n', "interface[1].speed",
-           "unknown key (allowed: name, addresses, mtu, mac, netns, attach, offload, ra)")
+           "unknown key (allowed: name, addresses, mtu, mac, netns, attach, attach_mode, "
+           "offload, ra)")
 
 
 def test_interface_name_too_long(tmp_path: Path) -> None:
@@ -831,15 +832,33 @@ netns = "h2"
 
 def test_an_attached_port_takes_its_links_mac_and_mtu_unless_given() -> None:
     cfg = parse_config(ATTACHED + '\n[[interface]]\nname = "up"\nattach = "eth2"\n'
-                       'addresses = ["10.72.0.1/24"]\nmtu = 9000\nmac = "02:00:00:00:72:01"\n')
+                       'addresses = ["10.72.0.1/24"]\nmtu = 9000\nmac = "02:00:00:00:72:01"\n'
+                       'attach_mode = "tap"\n')
     eth1, tap2, up = cfg.interfaces
     assert cfg.router.attach_timeout == 20
-    assert (eth1.attach, eth1.tap, eth1.mac_generated, eth1.mtu_configured) == \
-        ("eth1", "tap-eth1", True, False)
-    assert (tap2.attach, tap2.tap, tap2.netns) == (None, "tap2", "h2")
-    assert (up.tap, up.mtu, up.mtu_configured, up.mac, up.mac_generated) == \
-        ("tap-up", 9000, True, "02:00:00:00:72:01", False)
+    assert (eth1.attach, eth1.attach_mode, eth1.tap, eth1.mac_generated, eth1.mtu_configured) \
+        == ("eth1", "packet", None, True, False)           # a packet socket: no TAP
+    assert (tap2.attach, tap2.attach_mode, tap2.tap, tap2.netns) == (None, None, "tap2", "h2")
+    assert (up.attach_mode, up.tap, up.mtu, up.mtu_configured, up.mac, up.mac_generated) == \
+        ("tap", "tap-up", 9000, True, "02:00:00:00:72:01", False)
     assert parse_config(ROUTER).router.attach_timeout == 300
+
+
+def test_attach_mode_per_router_and_per_port(tmp_path: Path) -> None:
+    """[router] attach_mode is every attached port's unless the port says otherwise."""
+    cfg = parse_config(ATTACHED.replace("attach_timeout = 20", 'attach_mode = "tap"')
+                       + '\n[[interface]]\nname = "p3"\nattach = "eth3"\n'
+                       'addresses = ["10.73.0.1/24"]\nattach_mode = "packet"\n')
+    assert cfg.router.attach_mode == "tap"
+    assert [(i.attach_mode, i.tap) for i in cfg.interfaces] == \
+        [("tap", "tap-eth1"), (None, "tap2"), ("packet", None)]
+    assert parse_config(ROUTER).router.attach_mode == "packet"
+    expect(tmp_path, ROUTER + 'attach_mode = "veth" #!\n', "router.attach_mode",
+           "'veth' is not one of 'packet', 'tap'")
+    expect(tmp_path, ATTACHED.replace('attach = "eth1"', 'attach = "eth1"\nattach_mode = 1 #!'),
+           "interface[0].attach_mode", "must be a string, not integer")
+    expect(tmp_path, ATTACHED.replace('netns = "h2"', 'netns = "h2"\nattach_mode = "tap" #!'),
+           "interface[1].attach_mode", "attach_mode is for attached ports")
 
 
 @pytest.mark.parametrize("extra,key,message", [
@@ -848,7 +867,7 @@ def test_an_attached_port_takes_its_links_mac_and_mtu_unless_given() -> None:
                             "interface[0]"),
     ('[[interface]]\nname = "tap-eth1" #!\naddresses = ["10.9.0.1/24"]\n',
      "interface[2].name", "'tap-eth1' is the TAP of interface[2] and also the TAP of "
-                          "interface[0]"),
+                          "interface[0]"),     # interface[0] in tap mode (the test's ATTACHED)
     ('[[interface]]\nname = "x"\nattach = "tap2" #!\naddresses = ["10.9.0.1/24"]\n',
      "interface[2].attach", "'tap2' is attached by interface[2] and also the TAP of "
                             "interface[1]"),
@@ -858,7 +877,13 @@ def test_an_attached_port_takes_its_links_mac_and_mtu_unless_given() -> None:
      "interface[2].attach", "attach and netns exclude each other"),
 ])
 def test_attach_problems(tmp_path: Path, extra: str, key: str, message: str) -> None:
-    expect(tmp_path, ATTACHED + "\n" + extra, key, message)
+    tap_mode = ATTACHED.replace("attach_timeout = 20", 'attach_timeout = 20\nattach_mode = "tap"')
+    expect(tmp_path, tap_mode + "\n" + extra, key, message)
+
+
+def test_a_packet_port_makes_no_tap_whose_name_could_clash() -> None:
+    assert parse_config(ATTACHED + '\n[[interface]]\nname = "tap-eth1"\n'
+                        'addresses = ["10.9.0.1/24"]\n').interfaces[2].tap == "tap-eth1"
 
 
 def test_attach_timeout_range(tmp_path: Path) -> None:
@@ -898,7 +923,9 @@ def test_control_plane_in_the_routers_own_namespace(tmp_path: Path) -> None:
     own = ROUTER + '[control_plane]\nnetns = "/proc/self/ns/net"\n'
     port = '[[interface]]\nname = "{}"\nattach = "eth1"\naddresses = ["10.1.0.1/24"]\n'
     cfg = parse_config(own + port.format("port1"))
-    assert cfg.control_plane.in_router_netns and cfg.interfaces[0].tap == "tap-port1"
+    assert cfg.control_plane.in_router_netns and cfg.interfaces[0].tap is None
+    tap_mode = parse_config(own + port.format("port1") + 'attach_mode = "tap"\n')
+    assert tap_mode.interfaces[0].tap == "tap-port1"
     assert not parse_config(ROUTER + '[control_plane]\nnetns = "/proc/7/ns/net"\n'
                             ).control_plane.in_router_netns
     expect(tmp_path, own + port.format("eth1").replace('"eth1"\nattach', '"eth1" #!\nattach'),

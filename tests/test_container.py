@@ -936,8 +936,11 @@ def test_image_runs_the_compose_topology(image: Image, compose: dict, topo: nn.T
         assert links[ifname]["addresses"] == [], (ifname, links[ifname])
         assert links[ifname]["kind"] == "veth" and "ingress" in links[ifname]["qdiscs"]
         assert f"port {itf.name}: removed {addr} from {ifname}" in log, log
-        tap = links[itf.tap]
-        assert tap["kind"] == "tun" and tap["addresses"] == [], tap
+        if itf.tap is not None:                  # attach_mode "tap": its TAP, address-free
+            tap = links[itf.tap]
+            assert tap["kind"] == "tun" and tap["addresses"] == [], tap
+        else:                                    # "packet": a socket on it, no device
+            assert [n for n, link in links.items() if link["kind"] == "tun"] == [], links
         # the port took its interface's MAC
         assert ports[itf.name]["mac"] == links[ifname]["mac"] and ports[itf.name]["link"] == "up"
     assert [n for n, link in links.items() if link["kind"] == "bridge"] == [], links
@@ -1226,7 +1229,7 @@ def test_image_runs_the_containerlab_topology(image: Image, clab: dict, topo: nn
         itf = next(i for i in config.interfaces if i.attach == router_if)
         assert mtu == CLAB_VETH_MTU and not itf.mtu_configured
         assert ports[itf.name]["mtu"] == mtu and ports[itf.name]["link"] == "up"
-        assert r_links[itf.tap]["mtu"] == mtu
+        assert r_links[itf.tap or router_if]["mtu"] == mtu     # its TAP's, in tap mode
         assert re.search(rf"port {itf.name}: attached to {router_if} .*mtu {mtu}\)", log), log
         assert r_links[router_if]["addresses"] == [], r_links[router_if]   # no link-local either
     assert [n for n, link in r_links.items() if link["kind"] == "bridge"] == []

@@ -13,11 +13,14 @@
                read() and one write() per super-frame: the most TCP throughput that a
                forwarder on offloading TAPs can expect, as (c) is the least cost per
                packet.
-  (e) attach   this router on veths handed to its namespace (``attach =``, forwarder/attach.py:
-               its TAPs joined to the veths with tc redirects), as a container runtime wires it
+  (e) attach   this router on veths handed to its namespace (``attach =``, forwarder/attach.py),
+               as a container runtime wires it: a packet socket on each veth (attach_mode
+               "packet", the default)
+  (e') attach_tap  the same with attach_mode "tap": a TAP of the router's joined to each veth
+               by tc redirects
   (f) bridge   this router with its TAPs left in its namespace, each bridged with a veth to its
                host by a Linux bridge: the way containers were wired before attach
-               (``--attach`` runs (a), (e) and (f): the three ways to reach the router's hosts)
+               (``--attach`` runs (a), (e), (e') and (f): the ways to reach the router's hosts)
 
 With ``--family 6`` every setup carries IPv6 instead: the hosts get addresses
 of 2001:db8::/32 and IPv6 default routes, the kernel forwards with
@@ -69,11 +72,14 @@ log = logging.getLogger(__name__)
 BENCH_SCHEMA = "forwarder.bench/1"
 SETUPS = BENCH_SETUPS
 TITLES = {"router": "router (a)", "kernel": "kernel veth (b)", "copy": "C copy loop (c)",
-          "offload": "C copy loop, offloads (d)", "attach": "router, attached veths (e)",
+          "offload": "C copy loop, offloads (d)",
+          "attach": "router, attached veths, packet sockets (e)",
+          "attach_tap": "router, attached veths, TAPs and tc (e')",
           "bridge": "router, bridged TAPs (f)"}
 BASELINES = ("kernel", "copy", "offload")     # the router's figures as ratios to these
 # and those of the container wirings to the TAP-in-namespace router and the bridge
-RATIOS = tuple(("router", b) for b in BASELINES) + (("attach", "router"), ("attach", "bridge"))
+RATIOS = tuple(("router", b) for b in BASELINES) + (
+    ("attach", "router"), ("attach_tap", "router"), ("attach", "attach_tap"), ("attach", "bridge"))
 FLOWS = 8
 IPERF_PORT = 5201
 IPERF_STREAMS = 4          # the second TCP figure: iperf3 -P 4
@@ -186,7 +192,9 @@ def _net(family: int, v4: str, v6: str) -> str:
     return v4 if family == 4 else v6
 
 
-WIRINGS = {"router": {}, "attach": dict(attach=(1, 2)), "bridge": dict(bridge=(1, 2))}
+WIRINGS = {"router": {}, "attach": dict(attach=(1, 2)), "attach_tap": dict(attach=(1, 2)),
+           "bridge": dict(bridge=(1, 2))}
+ATTACH_MODES = {"attach": "packet", "attach_tap": "tap"}     # [router] attach_mode
 
 
 @contextlib.contextmanager
@@ -200,6 +208,7 @@ def setup_router(workdir: Path, family: int = 4, name: str = "router") -> Iterat
                        ipv6=family == 6, **WIRINGS[name])
         lab.log_level = "warning"
         lab.attach_delay = 0.2
+        lab.attach_mode = ATTACH_MODES.get(name)
         rp = lab.start_router(workdir / name)
         h1, h2 = lab.hosts
         a1, a2 = (h1.address, h2.address) if family == 4 else (h1.address6, h2.address6)
@@ -484,7 +493,8 @@ FIGURES = (  # key, label, unit formatter, higher is better
 def ratios(results: dict) -> dict:
     """Medians over medians, for each pair of :data:`RATIOS` that was measured:
     "router/kernel", "router/copy", "router/offload", "attach/router",
-    "attach/bridge"; None where the second one's median is 0."""
+    "attach_tap/router", "attach/attach_tap", "attach/bridge"; None where the
+    second one's median is 0."""
     out: dict[str, dict[str, float | None]] = {}
     for one, other in RATIOS:
         a, b = results.get(one), results.get(other)
@@ -578,7 +588,7 @@ def run_bench(p: Params, only: tuple[str, ...] = SETUPS,
                 st = stack.enter_context(setup_router(work, p.family))
             elif name == "kernel":
                 st = stack.enter_context(setup_kernel(p.family))
-            elif name in ("attach", "bridge"):
+            elif name in ("attach", "attach_tap", "bridge"):
                 st = stack.enter_context(setup_router(work, p.family, name))
             else:
                 tapcopy = tapcopy or compile_tapcopy(work)

@@ -309,7 +309,8 @@ def add_bench(sub: Any) -> None:
                    help="IPv4 or IPv6 through every setup (default 4)")
     p.add_argument("--attach", action="store_true",
                    help="the container wirings instead: this router on TAPs moved into its "
-                   "hosts (a), attached to veths (e), its TAPs bridged with veths (f)")
+                   "hosts (a), attached to veths through packet sockets (e) or through TAPs "
+                   "and tc (e'), its TAPs bridged with veths (f)")
     p.add_argument("--quick", action="store_true",
                    help="short runs (0.4 s loads, 8 MB iperf3): for tests, not for numbers")
     p.add_argument("--reps", type=int, default=None, help="runs per figure (default 3)")

@@ -141,6 +141,7 @@ class Lab:
     metrics: str | None = None                         # [metrics] listen
     router: RouterProcess | None = None
     attach_delay: float = 2.0                          # seconds before the veths are handed over
+    attach_mode: str | None = None                     # [router] attach_mode (None: the default)
     control_plane: str | None = None                   # [control_plane] netns (made by topo)
 
     def host(self, name: str) -> LabHost:
@@ -175,6 +176,8 @@ class Lab:
         metrics = self.metrics if metrics is None else metrics
         doc: dict[str, Any] = {"router": {"name": self.name, "socket": str(socket),
                                           "log_level": self.log_level}}
+        if self.attach_mode:
+            doc["router"]["attach_mode"] = self.attach_mode
         if sysctl:
             doc["sysctl"] = dict(sysctl)
         if metrics:

@@ -46,7 +46,7 @@ cdef void dp_rx_burst(dp_state *dp, dp_ifnet *ifp) noexcept nogil:
                     if m != NULL:
                         dp_rx_frame(dp, ifp, m)
                         continue
-                if m_discard_fd(ifp.fd) < 0:
+                if tap_discard(ifp) < 0:
                     return
                 ifp.rx_nobuf += 1
                 dp.drops[DROP_NO_BUFFER] += 1

@@ -129,11 +129,21 @@ cdef mbuf *tap_read(dp_ifnet *ifp) noexcept nogil:
     """One frame from the TAP, virtio-net header still in front; NULL with
     errno (EAGAIN: nothing to read).  A TAP without the header reads its
     frames VIRTIO_NET_HDR_LEN bytes into the cluster, so that every packet
-    keeps room to leave by a TAP that has one without a new mbuf."""
+    keeps room to leave by a TAP that has one without a new mbuf.  A packet
+    socket with a receive ring is read from the ring (net/if_packet.pxi)."""
+    if ifp.ring != NULL:
+        return packet_read(ifp)
     if ifp.rx_spares:
         return tap_read_chain(ifp)
     return m_read_fd(ifp.fd, ifp.rx_size, VIRTIO_NET_HDR_LEN - ifp.vnet_hdrlen, ifp.index,
                      M_NOWAIT)
+
+
+cdef ssize_t tap_discard(dp_ifnet *ifp) noexcept nogil:
+    """Read and drop one frame (there is no buffer for it)."""
+    if ifp.ring != NULL:
+        return packet_discard(ifp)
+    return m_discard_fd(ifp.fd)
 
 
 cdef bint tap_input(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
