@@ -35,9 +35,11 @@ FCS = 4
 IMIX = ((64, 7), (594, 4), (1518, 1))  # simple IMIX: frame size (with FCS), weight
 MAX_FLOWS = 1024
 MAX_DURATION = 600.0
-BENCH_SETUPS = ("router", "kernel", "copy", "offload", "attach", "bridge")  # `forwarder bench`'s
+BENCH_SETUPS = ("router", "kernel", "copy", "offload", "attach", "bridge",  # `forwarder bench`'s
+                "container")
 BENCH_DEFAULT = ("router", "kernel", "copy", "offload")  # ... forwarders; these four by default
 BENCH_ATTACH = ("router", "attach", "bridge")            # --attach: the ways to wire a container
+BENCH_DOCKER = ("attach", "container")                   # --docker: in the image, and outside it
 DEFAULT_MAX_COUNT = 100_000_000
 BUCKET_NS = 100_000_000                # time series resolution: 100 ms
 TS_SHIFT = 6                           # timestamps in units of 64 ns, 32 bits (wraps in 275 s)
