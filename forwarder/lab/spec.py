@@ -36,9 +36,10 @@ IMIX = ((64, 7), (594, 4), (1518, 1))  # simple IMIX: frame size (with FCS), wei
 MAX_FLOWS = 1024
 MAX_DURATION = 600.0
 BENCH_SETUPS = ("router", "kernel", "copy", "offload", "attach", "attach_tap",  # `forwarder
-                "bridge")                                # bench`'s forwarders; ...
+                "bridge", "container")                   # bench`'s forwarders; ...
 BENCH_DEFAULT = ("router", "kernel", "copy", "offload")  # ... these four by default
 BENCH_ATTACH = ("router", "attach", "attach_tap", "bridge")  # --attach: ways to wire a container
+BENCH_DOCKER = ("attach", "container")                   # --docker: in the image, and outside it
 DEFAULT_MAX_COUNT = 100_000_000
 BUCKET_NS = 100_000_000                # time series resolution: 100 ms
 TS_SHIFT = 6                           # timestamps in units of 64 ns, 32 bits (wraps in 275 s)
