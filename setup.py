@@ -8,6 +8,14 @@ from setuptools import Extension, setup
 HERE = Path(__file__).parent
 # MBUMA_EXT=allocator_pyx.uma,forwarder.route builds only those modules (development aid).
 ONLY = [m for m in os.environ.get("MBUMA_EXT", "").split(",") if m]
+# MBUMA_SANITIZE=address builds with AddressSanitizer (scripts/asan.sh; run
+# with LD_PRELOAD=libasan.so: the interpreter itself is not instrumented).
+SANITIZE = os.environ.get("MBUMA_SANITIZE", "")
+if SANITIZE not in ("", "address"):
+    raise SystemExit(f"MBUMA_SANITIZE={SANITIZE!r}: only 'address' is supported")
+COMPILE = (["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer", "-Wno-unused-function"]
+           if SANITIZE else ["-O2", "-g0", "-Wno-unused-function"])
+LINK = ["-lpthread", "-fsanitize=address"] if SANITIZE else ["-lpthread"]
 
 
 def extensions() -> list[Extension]:
@@ -18,8 +26,7 @@ def extensions() -> list[Extension]:
         if ONLY and module not in ONLY:
             continue
         exts.append(Extension(module, [str(rel)],
-                              extra_compile_args=["-O2", "-g0", "-Wno-unused-function"],
-                              extra_link_args=["-lpthread"]))
+                              extra_compile_args=COMPILE, extra_link_args=LINK))
     return exts
 
 
