@@ -361,6 +361,8 @@ class LabTarget:
         except OSError as e:
             if e.errno in (errno.EINVAL, errno.EMSGSIZE, errno.ENOBUFS, errno.ENETDOWN):
                 return False            # h1's kernel refused it (or its queue is full)
+            if e.errno in (errno.ENXIO, errno.ENODEV):
+                return False            # the TAP is gone: the router died (seen after the chunk)
             raise
 
     def alive(self) -> bool:
