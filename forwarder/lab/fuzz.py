@@ -107,6 +107,7 @@ class Target(Protocol):
     min_len: int
 
     def send(self, frame: bytes, vnet: bytes | None) -> bool: ...
+    def stats(self) -> dict: ...
     def alive(self) -> bool: ...
     def check(self) -> list[str]: ...
     def close(self) -> None: ...
@@ -230,6 +231,9 @@ class InProcess:
                     return False
                 raise
         raise RuntimeError("the in-process dataplane stopped reading (100 ms)")
+
+    def stats(self) -> dict:
+        return self.dp.stats()
 
     def alive(self) -> bool:
         return self.thread.is_alive()
@@ -365,6 +369,9 @@ class LabTarget:
                 return False            # the TAP is gone: the router died (seen after the chunk)
             raise
 
+    def stats(self) -> dict:
+        return self.call("stats")
+
     def alive(self) -> bool:
         return self.router.proc.poll() is None
 
@@ -440,6 +447,7 @@ class FuzzResult:
     refused: int
     seconds: float
     checkpoints: list[Checkpoint] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)   # what rose over the run
     failed: str | None = None         # what failed, or None
     pcap: str | None = None
     replay: str | None = None
@@ -507,6 +515,7 @@ def fuzz(target: Target, frames: int, *, seed: int = 1, start: int = 0,
     ``target``, checking it every ``check_every`` frames and at the end."""
     w = target.link
     res = FuzzResult(name, seed, start, 0, 0, 0, 0.0)
+    first = target.stats()
     t0 = time.monotonic()
     good = start                                     # cases before this one passed a check
     i = start
@@ -545,7 +554,21 @@ def fuzz(target: Target, frames: int, *, seed: int = 1, start: int = 0,
     if progress:
         progress.end()
     res.seconds = round(time.monotonic() - t0, 1)
+    if target.alive():
+        res.counters = counters_rose(first, target.stats())
     return res
+
+
+def counters_rose(before: dict, after: dict) -> dict[str, int]:
+    """Frames read, what the router did with them, and each drop reason that rose."""
+    out = {"read": read(after) - read(before)}
+    for k in ("forwarded", "delivered_local"):
+        out[k] = after[k] - before[k]
+    out["arp_received"] = after["arp"]["received"] - before["arp"]["received"]
+    out["nd6_received"] = after["nd6"]["received"] - before["nd6"]["received"]
+    out.update({f"drop {k}": v - before["drops"][k] for k, v in after["drops"].items()
+                if v != before["drops"][k]})
+    return out
 
 
 def in_process_run(frames: int, seed: int = 1, check_every: int = 1_000_000,
