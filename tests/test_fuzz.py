@@ -168,7 +168,8 @@ def test_a_crash_is_reported_with_the_frames_to_replay(lab_target, tmp_path) -> 
     frames = rdpcap(str(pcap))
     want = mutate.cases(99, mutate.CHUNK, mutate.CHUNK, lab_target.link)
     assert len(frames) == len(want)
-    assert [bytes(f) for f in frames[:50]] == [mutate.build(c, lab_target.link)[0] for c in want[:50]]
+    assert [bytes(f) for f in frames[:50]] == [mutate.build(c, lab_target.link)[0]
+                                               for c in want[:50]]
     side = json.loads(pcap.with_suffix(".vnet.json").read_text())
     assert side["frames"] == len(want)
     assert f"--seed 99 --start {mutate.CHUNK} --frames {mutate.CHUNK}" in res.replay

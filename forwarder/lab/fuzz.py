@@ -48,7 +48,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from forwarder.lab import mutate
 from forwarder.lab.mutate import Case, Link
@@ -115,7 +115,8 @@ class Target(Protocol):
 
 # --- the in-process target ----------------------------------------------------------------
 
-IN_LINKS = (("fz1", "10.1.0.1", 24, "2001:db8:1::1", 1500), ("fz2", "10.2.0.1", 24, "2001:db8:2::1", 1500),
+IN_LINKS = (("fz1", "10.1.0.1", 24, "2001:db8:1::1", 1500),
+            ("fz2", "10.2.0.1", 24, "2001:db8:2::1", 1500),
             ("fz3", "10.3.0.1", 24, "2001:db8:3::1", 1280))
 IN_MAC = "02:00:00:00:{k:02x}:01"
 PEER_MAC = "02:00:00:00:{k:02x}:02"
@@ -539,7 +540,8 @@ def fuzz(target: Target, frames: int, *, seed: int = 1, start: int = 0,
             problems = ["the router is gone"]
         elif (i - start) % check_every == 0 or i == end:
             problems = target.check()
-            res.checkpoints.append(Checkpoint(res.frames, round(time.monotonic() - t0, 1), problems))
+            res.checkpoints.append(Checkpoint(res.frames, round(time.monotonic() - t0, 1),
+                                              problems))
             log.info("checked after %d frames: %s", res.frames, "; ".join(problems) or "ok")
         if problems:
             res.failed = "; ".join(problems)
@@ -547,7 +549,7 @@ def fuzz(target: Target, frames: int, *, seed: int = 1, start: int = 0,
             write_failure(pcap, w, mutate.cases(seed, good, i - good, w), target.min_len)
             res.pcap = str(pcap)
             res.replay = (f"scripts/fuzz.py --target {name} --seed {seed} --start {good} "
-                          f"--frames {i - good} --check-every {max(1, mutate.CHUNK)}")
+                          f"--frames {i - good} --check-every {mutate.CHUNK}")
             break
         if (i - start) % check_every == 0:
             good = i
@@ -570,17 +572,3 @@ def counters_rose(before: dict, after: dict) -> dict[str, int]:
                 if v != before["drops"][k]})
     return out
 
-
-def in_process_run(frames: int, seed: int = 1, check_every: int = 1_000_000,
-                   out_dir: Path = Path(".")) -> FuzzResult:
-    target = InProcess()
-    try:
-        return fuzz(target, frames, seed=seed, check_every=check_every, out_dir=out_dir,
-                    name="dataplane")
-    finally:
-        target.close()
-
-
-def cases_to_frames(cs: Sequence[Case], w: Link, min_len: int) -> Iterator[tuple[bytes, bytes | None]]:
-    for c in cs:
-        yield mutate.build(c, w, min_len)

@@ -144,19 +144,24 @@ def seeds(w: Link) -> tuple[Seed, ...]:
     add("ip options to far", eth / IP(src=w.peer, dst=w.far,
                                       options=[IPOption_RR(), IPOption_NOP(),
                                                IPOption_Timestamp(flg=0)]) / udp / bytes(8))
-    add("first fragment to far", eth / IP(src=w.peer, dst=w.far, id=7, flags="MF") / udp / bytes(40))
-    add("middle fragment to far", eth / IP(src=w.peer, dst=w.far, id=7, flags="MF", frag=6, proto=17)
-        / bytes(48))
-    add("last fragment to far", eth / IP(src=w.peer, dst=w.far, id=7, frag=12, proto=17) / bytes(20))
+    add("first fragment to far", eth / IP(src=w.peer, dst=w.far, id=7, flags="MF") / udp
+        / bytes(40))
+    add("middle fragment to far", eth / IP(src=w.peer, dst=w.far, id=7, flags="MF", frag=6,
+                                          proto=17) / bytes(48))
+    add("last fragment to far", eth / IP(src=w.peer, dst=w.far, id=7, frag=12, proto=17)
+        / bytes(20))
     add("ttl 1 to far", eth / IP(src=w.peer, dst=w.far, ttl=1) / udp / bytes(8))
-    add("df beyond the small link", eth / IP(src=w.peer, dst=w.small, flags="DF") / udp / bytes(1400))
+    add("df beyond the small link", eth / IP(src=w.peer, dst=w.small, flags="DF") / udp
+        / bytes(1400))
     add("fragmented onto the small link", eth / IP(src=w.peer, dst=w.small) / udp / bytes(1400))
     add("udp6 to far", eth / IPv6(src=w.peer6, dst=w.far6) / udp / bytes(18))
-    add("tcp6 syn to far", eth / IPv6(src=w.peer6, dst=w.far6) / TCP(sport=40002, dport=80, flags="S"))
+    add("tcp6 syn to far", eth / IPv6(src=w.peer6, dst=w.far6)
+        / TCP(sport=40002, dport=80, flags="S"))
     add("echo6 to the router", eth / IPv6(src=w.peer6, dst=w.me6) / ICMPv6EchoRequest(id=3, seq=1)
         / bytes(32))
     add("echo6 to far", eth / IPv6(src=w.peer6, dst=w.far6) / ICMPv6EchoRequest(id=4, seq=1))
-    add("hop-by-hop to far", eth / IPv6(src=w.peer6, dst=w.far6) / IPv6ExtHdrHopByHop() / udp / bytes(8))
+    add("hop-by-hop to far", eth / IPv6(src=w.peer6, dst=w.far6) / IPv6ExtHdrHopByHop() / udp
+        / bytes(8))
     add("dest opts and routing to far", eth / IPv6(src=w.peer6, dst=w.far6) / IPv6ExtHdrDestOpt()
         / IPv6ExtHdrRouting(addresses=[w.small6]) / udp / bytes(8))
     add("fragment header to far", eth / IPv6(src=w.peer6, dst=w.far6)
@@ -169,7 +174,8 @@ def seeds(w: Link) -> tuple[Seed, ...]:
     add("neighbor advertisement", eth / IPv6(src=w.peer6, dst=my_ll, hlim=255)
         / ICMPv6ND_NA(tgt=w.peer6, R=0, S=1, O=1) / ICMPv6NDOptDstLLAddr(lladdr=host))
     add("router solicitation", Ether(dst="33:33:00:00:00:02", src=host)
-        / IPv6(src=host_ll, dst="ff02::2", hlim=255) / ICMPv6ND_RS() / ICMPv6NDOptSrcLLAddr(lladdr=host))
+        / IPv6(src=host_ll, dst="ff02::2", hlim=255) / ICMPv6ND_RS()
+        / ICMPv6NDOptSrcLLAddr(lladdr=host))
     add("router advertisement", Ether(dst="33:33:00:00:00:01", src=host)
         / IPv6(src=host_ll, dst="ff02::1", hlim=255) / ICMPv6ND_RA()
         / ICMPv6NDOptPrefixInfo(prefix="2001:db8:1::", prefixlen=64) / ICMPv6NDOptMTU(mtu=1500))
@@ -179,7 +185,8 @@ def seeds(w: Link) -> tuple[Seed, ...]:
     # holds the pseudo-header sum, the device (here: the router) finishes it
     tcp = eth / IP(src=w.peer, dst=w.far) / TCP(sport=40003, dport=80, flags="PA") / bytes(3 * MSS)
     add("tcp super-frame to far", _partial(tcp), (VNET_NEEDS_CSUM, GSO_TCPV4, 54, MSS, 34, 16))
-    tcp6 = eth / IPv6(src=w.peer6, dst=w.far6) / TCP(sport=40004, dport=80, flags="PA") / bytes(3 * MSS)
+    tcp6 = (eth / IPv6(src=w.peer6, dst=w.far6) / TCP(sport=40004, dport=80, flags="PA")
+            / bytes(3 * MSS))
     add("tcp6 super-frame to far", _partial(tcp6), (VNET_NEEDS_CSUM, GSO_TCPV6, 74, MSS, 54, 16))
     udpl4 = eth / IP(src=w.peer, dst=w.far) / UDP(sport=40005, dport=9) / bytes(3 * MSS)
     add("udp super-frame to far", _partial(udpl4), (VNET_NEEDS_CSUM, GSO_UDP_L4, 42, MSS, 34, 6))
@@ -277,18 +284,19 @@ def _values(size: int, w: Link, n: int) -> list[bytes]:
         return [bytes([v]) for v in (0, 1, 2, 4, 5, 6, 0x0F, 0x11, 0x3A, 0x40, 0x45, 0x46, 0x4F,
                                      0x60, 0x7F, 0x80, 0x87, 0x88, 0xFE, 0xFF)]
     if size == 2:
-        return [struct.pack("!H", v & 0xFFFF) for v in (0, 1, 0x13, 0x14, 0x15, 0x2000, 0x2001, 0x4000,
-                                                0x1FFF, 0x3FFF, 0x7FFF, 0x8000, 0xFFFE, 0xFFFF,
-                                                n - 14, n - 13, n - 54, n, ETH_IPV4, ETH_IPV6,
-                                                ETH_ARP, ETH_VLAN)]
+        return [struct.pack("!H", v & 0xFFFF)
+                for v in (0, 1, 0x13, 0x14, 0x15, 0x2000, 0x2001, 0x4000, 0x1FFF, 0x3FFF, 0x7FFF,
+                          0x8000, 0xFFFE, 0xFFFF, n - 14, n - 13, n - 54, n, ETH_IPV4, ETH_IPV6,
+                          ETH_ARP, ETH_VLAN)]
     if size == 4:
         return [socket.inet_aton(a) for a in ("0.0.0.0", "127.0.0.1", "224.0.0.1", "240.0.0.1",
                                               "255.255.255.255", "10.1.0.255", "10.1.0.0", w.me,
                                               w.peer, "10.1.0.77", w.far, w.small, "10.200.0.1",
                                               "169.254.1.1")]
     if size == 6:
-        return [w.ours, w.host, b"\xff" * 6, b"\x01\x00\x5e\x00\x00\x01", b"\x33\x33\x00\x00\x00\x01",
-                b"\x33\x33\xff\x00\x00\x01", bytes(6), b"\x02\x00\x00\x00\x09\x09"]
+        return [w.ours, w.host, b"\xff" * 6, b"\x01\x00\x5e\x00\x00\x01",
+                b"\x33\x33\x00\x00\x00\x01", b"\x33\x33\xff\x00\x00\x01", bytes(6),
+                b"\x02\x00\x00\x00\x09\x09"]
     return [socket.inet_pton(socket.AF_INET6, a) for a in (
         "::", "::1", "ff02::1", "ff02::1:ff00:1", "fe80::1", eui64_ll(w.ours), w.me6, w.peer6,
         w.far6, w.small6, "::ffff:10.2.0.2", "2001:db8:1::77", "2001:db8:99::1", "ff05::2")]
@@ -422,6 +430,3 @@ def describe(case: Case, w: Link) -> str:
     ops = ", ".join(f"{OPS[o % len(OPS)][0]}({a}, {b})" for o, a, b in case.ops) or "none"
     return f"{s.name}; mutations: {ops}; fix {case.fix}; vnet {case.vnet}"
 
-
-def frames_of(cs: Sequence[Case], w: Link, min_len: int = 14) -> list[tuple[bytes, bytes | None]]:
-    return [build(c, w, min_len) for c in cs]
