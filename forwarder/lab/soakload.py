@@ -15,8 +15,10 @@ numbers its packets from 0 in every flow, so at its end the loss is exact:
 per flow, the packets sent minus those the receiver counted by sequence number,
 with no in-flight packets or counter skew at the boundary to blur it.  The
 price is a short pause between segments (the children report, new ones fork:
-about 0.1-0.3 s of every interval carries no load), and a loss is located only
-to its interval -- which is what the soak samples anyway.
+about 0.2-0.3 s of every interval carries no load).  The receiver also dates
+each loss (:class:`GapStats`: a gap in a flow's sequence numbers, dated by the
+sender's timestamp in the packet after it) to 100 ms, so that a loss can be
+told apart from a reload a few seconds before or after it in the same interval.
 
 While a segment runs, ``tick()`` is called every 50 ms in the parent: the soak
 does its neighbour churn, tunable changes and reloads from there.  Every
@@ -25,16 +27,24 @@ children are reaped before it returns.
 """
 from __future__ import annotations
 
+import mmap
 import multiprocessing as mp
+import socket
+import struct
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
+
+from forwarder import netns as nn
+from forwarder.lab import receiver as rx
 from forwarder.lab.frames import build_template, verify_template
 from forwarder.lab.path import PathInfo
-from forwarder.lab.receiver import receiver_main
 from forwarder.lab.sender import sender_main
-from forwarder.lab.spec import LoadgenError, parse_sizes
+from forwarder.lab.signals import child_signals
+from forwarder.lab.spec import BUCKET_NS, TS_SHIFT, LoadgenError, layout, parse_sizes
 
 SIZES = {4: (64, 128, 256, 512, 1024, 1500), 6: (78, 128, 256, 512, 1024, 1500)}
 PROTO = "udp"
@@ -86,6 +96,7 @@ class StreamResult:
     lost: int
     refused: int            # ENOBUFS on the source link (counted in sent and lost)
     receiver_drops: int     # the receiver's ring had no room (counted in lost)
+    loss_series: list[int] = field(default_factory=list)   # lost per 100 ms of sending
 
     def as_dict(self) -> dict[str, int]:
         return {"sent": self.sent, "received": self.received, "lost": self.lost,
@@ -110,6 +121,131 @@ class Segment:
     @property
     def lost(self) -> int:
         return sum(s.lost for s in self.streams)
+
+    def loss_at(self) -> list[tuple[float, int]]:
+        """When the segment's packets were lost: (seconds since its start, a
+        100 ms bucket, packets); what no gap dated (the flows' last packets)
+        at its end."""
+        per: dict[int, int] = {}
+        for st in self.streams:
+            for b, n in enumerate(st.loss_series):
+                if n:
+                    per[b] = per.get(b, 0) + n
+        out = [(round(b * BUCKET_NS / 1e9, 1), n) for b, n in sorted(per.items())]
+        undated = self.lost - sum(per.values())
+        if undated > 0:
+            out.append((round(self.end - self.start, 1), undated))
+        return out
+
+
+class GapStats(rx.Stats):
+    """The receiver's accounting, and when each loss happened.
+
+    Per flow, packets arrive in sequence (one path, one queue); a gap between
+    two sequence numbers received one after the other is that many packets
+    lost, sent just before the one after the gap: its timestamp (the sender's
+    clock, 64 ns units, 32 bits) dates them, to within the flow's packet
+    spacing (a few ms).  Losses are summed per 100 ms of sending time since
+    the segment's start.  Packets lost at the very end of a flow leave no gap;
+    the parent dates those to the segment's end."""
+
+    def __init__(self, layout: Any, nflows: int, t0: int) -> None:
+        super().__init__(layout, nflows, t0)
+        self.top = np.full(nflows, -1, np.int64)        # highest seq seen per flow
+        self.t0u = (t0 >> TS_SHIFT) & 0xFFFFFFFF
+        self.loss = np.zeros(0, np.int64)
+
+    def add(self, rec: bytes | bytearray) -> int:
+        a = np.frombuffer(rec, dtype=self.dtype)
+        flow = a["flow"].astype(np.int64) - self.layout.flow_base
+        ok = (flow >= 0) & (flow < self.nflows)
+        if ok.any():
+            a, flow = a[ok], flow[ok]
+            order = np.argsort(flow, kind="stable")
+            f = flow[order]
+            q = a["seq"].astype(np.int64)[order]
+            ts = a["ts"].astype(np.int64)[order]
+            start = np.ones(len(f), bool)
+            start[1:] = f[1:] != f[:-1]
+            prev = np.empty_like(q)
+            prev[1:] = q[:-1]
+            prev[start] = self.top[f[start]]
+            gap = q - prev - 1
+            hit = gap > 0
+            if hit.any():
+                b = (((ts[hit] - self.t0u) & 0xFFFFFFFF) << TS_SHIFT) // BUCKET_NS
+                if b.max() >= len(self.loss):
+                    self.loss = np.concatenate((self.loss, np.zeros(int(b.max()) + 1 -
+                                                                    len(self.loss), np.int64)))
+                np.add.at(self.loss, b, gap[hit])
+            heads = np.flatnonzero(start)
+            self.top[f[heads]] = np.maximum(self.top[f[heads]], np.maximum.reduceat(q, heads))
+        return super().add(rec)
+
+    def summary(self) -> dict:
+        out = super().summary()
+        out["loss_series"] = self.loss.tolist()
+        return out
+
+
+def receiver_main(conn: Any, netns: str, ifname: str, nflows: int, t0_val: Any,
+                  stop_evt: Any, max_runtime: float, family: int) -> None:
+    """:func:`forwarder.lab.receiver.receiver_main`'s ring and filter, with
+    :class:`GapStats`; the soak's own receiver process."""
+    child_signals()
+    try:
+        L = layout(PROTO, family)
+        with nn.enter_netns(netns):
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        keep = rx.attach_filter(sock, rx.bpf_program(L))
+        sock.setsockopt(rx.SOL_PACKET, rx.PACKET_VERSION, rx.TPACKET_V2)
+        nframes = rx.RING_BLOCK // rx.RING_FRAME * rx.RING_BLOCKS
+        sock.setsockopt(rx.SOL_PACKET, rx.PACKET_RX_RING,
+                        struct.pack("IIII", rx.RING_BLOCK, rx.RING_BLOCKS, rx.RING_FRAME, nframes))
+        mm = mmap.mmap(sock.fileno(), rx.RING_BLOCK * rx.RING_BLOCKS, mmap.MAP_SHARED,
+                       mmap.PROT_READ | mmap.PROT_WRITE)
+        sock.bind((ifname, L.ethertype))
+        del keep
+        sock.getsockopt(rx.SOL_PACKET, rx.PACKET_STATISTICS, 8)      # reset the counters
+        conn.send(("ready", None))
+        while not t0_val.value and not stop_evt.is_set():
+            time.sleep(0.001)
+        stats = GapStats(L, nflows, t0_val.value)
+        rec, nrec, idx = bytearray(), 0, 0
+        end_by = time.monotonic() + max_runtime
+        idle_since: float | None = None
+        while True:
+            off = idx * rx.RING_FRAME
+            if mm[off] & rx.TP_STATUS_USER:
+                rec += mm[off:off + rx.REC_LEN]
+                mm[off:off + 4] = bytes(4)
+                idx = (idx + 1) % nframes
+                nrec += 1
+                if nrec == rx.CHUNK:
+                    stats.add(rec)
+                    rec, nrec = bytearray(), 0
+                continue
+            if nrec:
+                stats.add(rec)
+                rec, nrec = bytearray(), 0
+            now = time.monotonic()
+            if now > end_by:
+                break
+            if stop_evt.is_set():               # drain: stop after 50 ms without a frame
+                idle_since = idle_since or now
+                if now - idle_since > 0.05:
+                    break
+            else:
+                idle_since = None
+            time.sleep(0.002)
+        _, drops = struct.unpack("II", sock.getsockopt(rx.SOL_PACKET, rx.PACKET_STATISTICS, 8))
+        mm.close()
+        sock.close()
+        out = stats.summary()
+        out["socket"] = {"drops": drops}
+        conn.send(("done", out))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent
+        conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
 
 
 def _collect(conn: Any, proc: Any, what: str, deadline: float) -> Any:
@@ -140,9 +276,8 @@ def run_segment(streams: list[Stream], rate: float | None, duration: float,
             p = st.path
             rc, rchild = ctx.Pipe(duplex=False)
             recv = ctx.Process(target=receiver_main, name=f"soak-rx{i}", daemon=True,
-                               args=(rchild, p.dst_netns, p.dst_if, PROTO, st.flows, t0_val,
-                                     ctx.Value("Q", 0, lock=False), rstop, duration + 30,
-                                     st.family))
+                               args=(rchild, p.dst_netns, p.dst_if, st.flows, t0_val, rstop,
+                                     duration + 30, st.family))
             recv.start()
             rchild.close()
             children.append(recv)
@@ -197,5 +332,6 @@ def run_segment(streams: list[Stream], rate: float | None, duration: float,
         results.append(StreamResult(family=st.family, sent=s["sent"],
                                     received=sum(r["per_flow_received"]), lost=lost,
                                     refused=s["refused"],
-                                    receiver_drops=int(r["socket"]["drops"])))
+                                    receiver_drops=int(r["socket"]["drops"]),
+                                    loss_series=r["loss_series"]))
     return Segment(start=t0 / 1e9, end=end / 1e9, streams=results)
