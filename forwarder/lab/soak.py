@@ -332,11 +332,16 @@ def _counters(router: Any, streams: Sequence[Any], pid: int) -> dict[str, Any]:
     from forwarder.lab.path import link_stats_at
     st = router.call("stats")
     try:
-        proc = psutil.Process(pid)
-        cpu = proc.cpu_times()
-        cpu_s, preempted = cpu.user + cpu.system, proc.num_ctx_switches().involuntary
+        cpu = psutil.Process(pid).cpu_times()
+        cpu_s = cpu.user + cpu.system
     except psutil.Error:
-        cpu_s, preempted = 0.0, 0
+        cpu_s = 0.0
+    preempted = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):      # every thread's
+        with contextlib.suppress(OSError):
+            for line in status.read_text().splitlines():
+                if line.startswith("nonvoluntary_ctxt_switches:"):
+                    preempted += int(line.split()[1])
     src = {(x.path.src_netns, x.path.src_ifindex) for x in streams}
     dst = {(x.path.dst_netns, x.path.dst_ifindex) for x in streams}
     return {"drops": {k: v for k, v in st["drops"].items() if v},
@@ -357,6 +362,26 @@ def _where(before: Mapping[str, Any], after: Mapping[str, Any], seg: Any) -> dic
             "loadavg": os.getloadavg()[0],
             "source_refused": sum(r.refused for r in seg.streams),
             "receiver_drops": sum(r.receiver_drops for r in seg.streams)}
+
+
+def drain(router: Any, timeout: float = 3.0) -> Callable[[], None]:
+    """The segments' wait for frames in flight: until the router's count of
+    frames read stays the same for 100 ms (with deep source queues, a router
+    short of CPU may still hold a few hundred milliseconds of load when the
+    senders stop), at most ``timeout`` seconds."""
+    def read() -> int:
+        return sum(i["rx_packets"] for i in router.call("stats")["interfaces"])
+
+    def wait() -> None:
+        deadline = time.monotonic() + timeout
+        last = read()
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            now = read()
+            if now == last:
+                return
+            last = now
+    return wait
 
 
 def deepen_queues(streams: Sequence[Any], qlen: int) -> None:
@@ -544,7 +569,7 @@ def run_soak(opts: SoakOptions) -> SoakRecord:
                 capacity = None
                 rate = opts.rate
                 if rate is None:
-                    seg = run_segment(streams, None, opts.probe_s)
+                    seg = run_segment(streams, None, opts.probe_s, drained=drain(router))
                     pps = seg.received / max(seg.end - seg.start, 1e-9)
                     capacity = {"seconds": seg.end - seg.start, "sent": seg.sent,
                                 "received": seg.received, "delivered_pps": pps}
@@ -560,7 +585,7 @@ def run_soak(opts: SoakOptions) -> SoakRecord:
                 while time.time() < end - 0.5:
                     dur = min(opts.interval, end - time.time())
                     before = _counters(router, streams, pid)
-                    seg = run_segment(streams, rate, dur, chores.tick)
+                    seg = run_segment(streams, rate, dur, chores.tick, drain(router))
                     alive = router.proc.poll() is None
                     a, b = seg.start - t0, seg.end - t0
                     s = Sample(t_start=round(a, 3), t_end=round(b, 3), sent=seg.sent,

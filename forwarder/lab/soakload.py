@@ -261,9 +261,12 @@ def _collect(conn: Any, proc: Any, what: str, deadline: float) -> Any:
 
 
 def run_segment(streams: list[Stream], rate: float | None, duration: float,
-                tick: Callable[[], None] = lambda: None) -> Segment:
+                tick: Callable[[], None] = lambda: None,
+                drained: Callable[[], None] = lambda: time.sleep(0.05)) -> Segment:
     """Offer every stream's load for ``duration`` seconds (``rate`` packets/s in
-    all, shared equally; None: flat out) and count what arrived."""
+    all, shared equally; None: flat out) and count what arrived.  Once the
+    senders are done, ``drained()`` returns when nothing is in flight any more
+    (default: 50 ms); then the receivers stop, after 50 ms without a frame."""
     ctx = mp.get_context("fork")
     start_evt, stop_evt, rstop = ctx.Event(), ctx.Event(), ctx.Event()
     t0_val = ctx.Value("q", 0, lock=False)
@@ -312,7 +315,7 @@ def run_segment(streams: list[Stream], rate: float | None, duration: float,
         by = time.monotonic() + 10
         sent = [_collect(c, proc, proc.name, by) for c, proc in tx]
         end = max(r["end_ns"] for r in sent)
-        time.sleep(0.05)                    # frames in flight
+        drained()
         rstop.set()
         by = time.monotonic() + 15
         got = [_collect(c, proc, proc.name, by) for c, proc in rx]
