@@ -14,8 +14,8 @@ in the destination host per stream, all started at one instant.  Each segment
 numbers its packets from 0 in every flow, so at its end the loss is exact:
 per flow, the packets sent minus those the receiver counted by sequence number,
 with no in-flight packets or counter skew at the boundary to blur it.  The
-price is a short pause between segments (the children report, new ones fork:
-about 0.2-0.3 s of every interval carries no load).  The receiver also dates
+price is a pause between segments (frames in flight land, the children report,
+new ones fork: 0.4-1.3 s on a busy 2-core machine) that carries no load.  The receiver also dates
 each loss (:class:`GapStats`: a gap in a flow's sequence numbers, dated by the
 sender's timestamp in the packet after it) to 100 ms, so that a loss can be
 told apart from a reload a few seconds before or after it in the same interval.
