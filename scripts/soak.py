@@ -2,11 +2,13 @@
 """Soak: a real router under mixed load for minutes; RSS, zones and loss sampled.
 
     python3 scripts/soak.py --minutes 30 [--json soak.json] [--png soak.png]
-                            [--rate PPS] [--seed N] [--interval S] [-v]
+                            [--rate PPS | --load FRACTION] [--seed N] [--interval S]
+                            [--reload-every S] [--sysctl-every S] [--churn-every S]
+                            [--flows N] [--queue FRAMES] [-v]
 
 A dual-stack lab (router and three hosts in namespaces of their own) carries an
 IPv4 and an IPv6 UDP stream from h1 to h2 (64/78 to 1500-byte frames, 128 flows
-each) at half the rate a 2-second flat-out probe delivered (or ``--rate``),
+each) at half the rate a 2-second flat-out probe delivered (``--load``; or ``--rate``),
 while neighbour entries are deleted and re-learnt, an address of h3 comes and
 goes, tunables change and the config is reloaded (SIGHUP).  Every interval
 (10 s) a line: the router's RSS, the loss in the interval, the zones' used and
@@ -37,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--interval", type=float, default=d.interval,
                    help=f"seconds per sample (default {d.interval:g})")
     p.add_argument("--rate", type=float, default=None,
-                   help="packets/s, both families together (default: half the probe's)")
+                   help="packets/s, both families together (default: --load of the probe's)")
     p.add_argument("--load", type=float, default=d.load, metavar="FRACTION",
                    help=f"without --rate: this fraction of the probe's rate (default {d.load:g})")
     p.add_argument("--seed", type=int, default=d.seed, help="the chores' order")
