@@ -160,10 +160,10 @@ class _Hosts(threading.Thread):
                            + v6 + b"\x02\x01" + me)
             mutate.fix_checksums(na, True)
             self._send(k, bytes(na))
-        elif (k == 0 and len(f) >= 42 and f[12:14] == b"\x08\x00" and f[23] == 1
-              and f[14 + (f[14] & 15) * 4] == 0):
-            o = 14 + (f[14] & 15) * 4
-            self.echo_ids.append(struct.unpack_from("!H", f, o + 4)[0])
+        elif k == 0 and len(f) >= 42 and f[12:14] == b"\x08\x00" and f[23] == 1:
+            o = 14 + (f[14] & 15) * 4           # what the router forwards may lie here
+            if len(f) >= o + 6 and f[o] == 0:
+                self.echo_ids.append(struct.unpack_from("!H", f, o + 4)[0])
 
     def _send(self, k: int, frame: bytes) -> None:
         try:
@@ -256,6 +256,8 @@ class InProcess:
     def check(self) -> list[str]:
         if not self.alive():
             return ["the dataplane thread is gone"]
+        if not self.hosts.is_alive():
+            return ["the fuzzer's own hosts thread died (see its traceback)"]
         problems = []
         now = self.settle()
         why = unaccounted(self.last, now)
