@@ -74,7 +74,6 @@ import contextlib
 import logging
 import os
 import random
-import shutil
 import signal
 import tempfile
 import time
@@ -546,9 +545,9 @@ def run_soak(opts: SoakOptions) -> SoakRecord:
     """A lab, a router, the load and the chores for ``opts.minutes``; removed
     afterwards, on errors and Ctrl-C too.  Returns the record (not judged)."""
     from forwarder.lab.path import blackhole_replies, host_path
-    from forwarder.lab.signals import cleanup_signals, signals_ignored
+    from forwarder.lab.signals import cleanup_signals
     from forwarder.lab.soakload import Stream, run_segment
-    from forwarder.lab.topology import make_lab
+    from forwarder.lab.topology import make_lab, tear_down
 
     with cleanup_signals(), nn.Topology() as topo:
         workdir = Path(tempfile.mkdtemp(prefix=f"{topo.prefix}soak-"))
@@ -611,14 +610,8 @@ def run_soak(opts: SoakOptions) -> SoakRecord:
                      final, settle, baseline, (rec.final_rss_bytes or 0) / MIB, chores.events)
             return rec
         finally:
-            with signals_ignored():
-                if lab is not None and lab.router is not None:
-                    with contextlib.suppress(Exception):
-                        code, out = lab.router.stop()
-                        if code != 0:
-                            log.error("router exited %s:\n%s", code, out[-3000:])
-                topo.close()
-                shutil.rmtree(workdir, ignore_errors=True)
+            tear_down(lab, topo, workdir,
+                      lambda code, out: log.error("router exited %s:\n%s", code, out[-3000:]))
 
 
 def samples_end(samples: Sequence[Sample]) -> float:

@@ -373,12 +373,20 @@ def lab_up(config: str | os.PathLike | None = None, *, report: Report | None = N
                                + (f" (mtu {h.mtu})" if h.mtu != 1500 else "") for h in lab.hosts))
             yield lab
         finally:
-            with signals_ignored():
-                # the router first, so that it can say goodbye (netns removal kills it anyway)
-                if lab is not None and lab.router is not None:
-                    with contextlib.suppress(Exception):
-                        code, out = lab.router.stop()
-                        if code != 0:
-                            report("cleanup", f"router exited {code}:\n{out[-3000:]}")
-                topo.close()
-                shutil.rmtree(workdir, ignore_errors=True)
+            tear_down(lab, topo, workdir,
+                      lambda code, out: report("cleanup", f"router exited {code}:\n{out[-3000:]}"))
+
+
+def tear_down(lab: Lab | None, topo: nn.Topology, workdir: Path,
+              on_exit: Callable[[int, str], None]) -> None:
+    """Remove a lab, signals held off: the router first, so that it can say
+    goodbye (netns removal kills it anyway; ``on_exit(code, log)`` hears of
+    an exit status not 0), then the namespaces and ``workdir``."""
+    with signals_ignored():
+        if lab is not None and lab.router is not None:
+            with contextlib.suppress(Exception):
+                code, out = lab.router.stop()
+                if code != 0:
+                    on_exit(code, out)
+        topo.close()
+        shutil.rmtree(workdir, ignore_errors=True)
