@@ -1,10 +1,10 @@
 # if_packet.pxi -- an attached port's packet socket (forwarder/attach.py,
-# attach_mode "packet") read through its receive ring.
+# attach_mode "packet") read through its receive ring, written in batches.
 #
 # The socket is read and written as a TAP with IFF_VNET_HDR is (if_tap.pxi):
 # a struct virtio_net_hdr in front of every frame, super-frames and partial
-# checksums both ways, one writev() per frame out.  What differs is the way
-# in: the socket has a PACKET_RX_RING (TPACKET_V2, mapped by
+# checksums both ways.  What differs is the way in, and the way out (below):
+# the socket has a PACKET_RX_RING (TPACKET_V2, mapped by
 # forwarder/netns.py: packet_open), a ring of fixed-size slots the kernel
 # copies each frame into, behind the header and a struct tpacket2_hdr whose
 # tp_status hands the slot over (TP_STATUS_USER: ours; writing
@@ -179,7 +179,9 @@ cdef ssize_t packet_discard(dp_ifnet *ifp) noexcept nogil:
 cdef void pk_enqueue(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
     """Queue a complete frame, virtio-net header in front, for the end of the
     burst (m is the queue's now); a full queue is sent first, and one that
-    holds DP_TXQ_BYTES at once."""
+    holds DP_TXQ_BYTES at once.  (A burst of DP_BURST frames read fills the
+    64 slots only when its frames make more than two each and all of them
+    small -- ARP holds flushed, say: DP_TXQ_BYTES nearly always comes first.)"""
     if ifp.txq_len == DP_TXQ:
         pk_flush(dp, ifp)
     ifp.txq[ifp.txq_len] = m
