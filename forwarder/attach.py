@@ -8,8 +8,9 @@ with ``attach = "eth1"`` reaches its interface in one of two ways
 
 ``"packet"`` (the default): a packet socket bound to eth1 is the port's file
 descriptor (forwarder/netns.py: :func:`~forwarder.netns.packet_open`).  It
-is read and written as a TAP opened with IFF_VNET_HDR is, one frame per
-readv()/writev() behind a struct virtio_net_hdr (PACKET_VNET_HDR), so the
+is read and written as a TAP opened with IFF_VNET_HDR is, frames behind a
+struct virtio_net_hdr (PACKET_VNET_HDR; read from a ring, written a burst
+per sendmmsg(): forwarder/net/if_packet.pxi), so the
 dataplane's TAP path serves it unchanged: super-frames and partial checksums
 cross whole in both directions.  There is no TUNSETOFFLOAD: what the socket
 hands the router is what eth1's peer sends (a veth's TSO, checksum and USO

@@ -24,6 +24,9 @@ cdef enum:
     DP_MTU_MAX = 16000          # the largest frame read fits a 16k jumbo cluster
     DP_MAX_STALL = 3600         # seconds: forwarder debug stall
     DP_BURST = 32               # frames read from one TAP per wake-up
+    DP_TXQ = 64                 # frames a packet socket's output queue holds (net/if_packet.pxi)
+    DP_TXQ_IOV = 256            # iovecs one sendmmsg() of that queue may carry
+    DP_TXQ_BYTES = 16384        # ... and the bytes it holds before it is sent, burst or not
     DP_ARP_SIZE = 4096          # ARP hash slots (power of two)
     DP_ARP_MAX = 3072           # entries at most (load factor 3/4)
     DP_ND6_SIZE = 4096          # neighbour cache slots (power of two)
@@ -272,6 +275,13 @@ cdef struct dp_ifnet:
     uint32_t ring_frames        # slots ...
     uint32_t ring_frame_size    # ... of this many bytes
     uint32_t ring_next          # the slot the next frame is in
+    # ... and its output, sent in batches from the forwarding loop (pk_flush)
+    int txb                     # queue frames while dp.tx_batching, else write each at once
+    int txq_len                 # frames in txq, waiting for the end of the burst
+    int txq_bytes               # their bytes
+    int txq_dirty               # listed in dp.txq_dirty
+    mbuf *txq[DP_TXQ]           # complete frames, virtio-net header in front
+    uint64_t tx_batches         # sendmmsg() calls that sent at least one frame
 
 # An ARP entry's states: RFC 4861 7.3.2's, as Linux keeps them for ARP
 # (netinet/if_ether.pxi says what moves an entry between them).  The values
@@ -385,6 +395,9 @@ cdef struct dp_state:
     int64_t last_reclaim_ns
     volatile int64_t last_progress_ns
     uint64_t loops
+    int tx_batching             # in the forwarding loop: packet sockets queue their output
+    int ntxq_dirty              # ports with frames queued (dp_tx_flush_all sends them)
+    int txq_dirty[DP_MAX_IFS]
     # packet trace (net/dp_trace.pxi): all under lock, as every field here
     int tr_armed                # packets still to select; 0: off (the one test per frame)
     int tr_ifindex              # select frames of this port only; -1: any

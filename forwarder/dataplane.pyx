@@ -68,8 +68,8 @@ from allocator_pyx.mbuf cimport (CSUM_DELAY_DATA, CSUM_DELAY_DATA_IPV6, CSUM_DEV
                                  CSUM_L4_CALC, CSUM_L4_VALID, CSUM_SEG, MHLEN, MJUM16BYTES,
                                  MT_DATA, M_PKTHDR, M_TRAILINGSPACE, m_adj, m_copyback,
                                  m_copydata, m_copym, m_discard_fd, m_freem, m_getcl, m_gethdr,
-                                 m_getjcl, M_PREPEND, m_read_fd, m_writev_fd, mbuf, mbufq,
-                                 mbufq_dequeue, mbufq_drain, mbufq_enqueue, mbufq_full,
+                                 m_getjcl, M_PREPEND, m_read_fd, m_to_iovec, m_writev_fd, mbuf,
+                                 mbufq, mbufq_dequeue, mbufq_drain, mbufq_enqueue, mbufq_full,
                                  mbufq_init, mbufq_len)
 from allocator_pyx.uma cimport M_NOWAIT, uma_thread_flush, uma_thread_trim
 from forwarder.inet cimport (ARP_HDR_LEN, ARPHRD_ETHER, ARPOP_REPLY, ARPOP_REQUEST,
@@ -280,11 +280,12 @@ cdef class Dataplane:
                       bint vnet_hdr=False, unsigned int offloads=0,
                       unsigned int refused=0, int mirror_of=-1, long hwassist=-1,
                       size_t ring=0, unsigned int ring_frames=0,
-                      unsigned int ring_frame_size=0) -> int:
+                      unsigned int ring_frame_size=0, bint tx_batch=True) -> int:
         """Attach an open, non-blocking TAP fd (or a packet socket with
         PACKET_VNET_HDR, read and written alike; ring: the address of its
         mapped TPACKET_V2 receive ring, ring_frames slots of ring_frame_size
-        bytes, read as net/if_packet.pxi says).  addrs: [(address, prefixlen)]
+        bytes, read as net/if_packet.pxi says; tx_batch: its output sent in
+        batches, one sendmmsg() a burst, False: a writev() per frame).  addrs: [(address, prefixlen)]
         as strings/ints; addrs6 the same for IPv6 (the link-local address
         is derived from mac).  vnet_hdr: the TAP was opened with IFF_VNET_HDR;
         offloads: the TUN_F_* bits TUNSETOFFLOAD accepted (refused: those it
@@ -326,6 +327,7 @@ cdef class Dataplane:
             ifp.ring = <char *>ring
             ifp.ring_frames = ring_frames
             ifp.ring_frame_size = ring_frame_size
+            ifp.txb = 1 if ring and tx_batch else 0
             ifp_set_mtu(ifp, mtu)
             self._set_addrs(ifp, addrs)
             self._set_addrs6(ifp, addrs6)
@@ -530,6 +532,7 @@ cdef class Dataplane:
             nd6_clear(self.dp)
             for i in range(self.dp.nifs):
                 tap_free_spares(&self.dp.ifs[i])
+            dp_tx_flush_all(self.dp)        # empty whenever the loop let go of the lock
             pthread_mutex_unlock(&self.dp.lock)
 
     def progress_age(self) -> float:
@@ -788,7 +791,7 @@ cdef class Dataplane:
                     "rx_packets": ifp.rx_packets, "rx_bytes": ifp.rx_bytes,
                     "rx_errors": ifp.rx_errors, "rx_nobuf": ifp.rx_nobuf,
                     "tx_packets": ifp.tx_packets, "tx_bytes": ifp.tx_bytes,
-                    "tx_errors": ifp.tx_errors,
+                    "tx_errors": ifp.tx_errors, "tx_batches": ifp.tx_batches,
                     "link": (f"lost ({os.strerror(ifp.lost_errno)})" if ifp.lost_errno
                              else "down" if ifp.link_down else "up"),
                     "mac": ":".join(f"{b:02x}" for b in ifp.mac[:6]),

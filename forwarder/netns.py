@@ -255,9 +255,9 @@ def packet_open() -> PacketSocket:
     interface yet (protocol 0: it receives nothing until :func:`packet_bind`),
     non-blocking and close-on-exec, with its receive ring mapped.
 
-    Written as a TAP opened with IFF_VNET_HDR is, one frame per writev()
-    behind a struct virtio_net_hdr (PACKET_VNET_HDR: super-frames and partial
-    checksums in both directions); frames go straight to the driver
+    Written as a TAP opened with IFF_VNET_HDR is (a burst per sendmmsg() from
+    the forwarding loop) behind a struct virtio_net_hdr (PACKET_VNET_HDR:
+    super-frames and partial checksums in both directions); frames go straight to the driver
     (PACKET_QDISC_BYPASS: a veth has no qdisc worth the detour), and what the
     host itself sends on the interface is not read back
     (PACKET_IGNORE_OUTGOING; its own writes never are).  Read from a

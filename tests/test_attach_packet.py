@@ -7,8 +7,9 @@ the namespace's IP stack (a tc ingress drop after the packet socket's copy),
 frames the namespace itself sends there are not read back, a veth deleted
 and made again is the same socket bound anew, a link taken down and up
 again carries traffic again, ``offload = false`` leaves segmentation to
-the dataplane, and frames with no buffer for them leave the receive ring
-counted once.  h1 (eth1) and h3 (eth3, MTU 1280) are attached with
+the dataplane, frames with no buffer for them leave the receive ring
+counted once, and what leaves goes one sendmmsg() a burst: every frame
+counted, super-frames whole.  h1 (eth1) and h3 (eth3, MTU 1280) are attached with
 offloads, h2 (eth2) with ``offload = false``; the namespace's kernel holds
 10.99.0.1 on its loopback, an address it would answer ARP and UDP for on
 any interface whose frames it saw.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import re
 import socket
+import time
 from typing import Iterator
 
 import pytest
@@ -120,6 +122,60 @@ def test_ping_traceroute_and_tcp_through_packet_ports(lab: RouterLab,
     # eth2 has offload = false: the router cuts them itself, the kernel is handed none
     assert b["eth2"]["gso_software"] - a["eth2"]["gso_software"] > 100, (a, b)
     assert b["eth2"]["tx_gso"] == a["eth2"]["tx_gso"], (a, b)
+    # the segments leave in batches: many a sendmmsg(), every one counted sent
+    sent = b["eth2"]["tx_packets"] - a["eth2"]["tx_packets"]
+    batches = b["eth2"]["tx_batches"] - a["eth2"]["tx_batches"]
+    assert 0 < 2 * batches < sent, (a, b)
+    assert b["eth2"]["tx_errors"] == a["eth2"]["tx_errors"], (a, b)
+
+
+def test_super_frames_leave_whole_in_the_batches(lab: RouterLab, router: RunningRouter) -> None:
+    """TCP from h2 to h1: eth2 reads super-frames, eth1 (offloads on) hands
+    them to the kernel whole, each a chain of jumbo clusters in the
+    sendmmsg() of its burst."""
+    a = router.interface("eth1")
+    doc = iperf3(lab, "h2", "h1", "10.1.0.2", 5412)
+    assert doc["end"]["sum_received"]["bits_per_second"] > 100e6
+    b = router.interface("eth1")
+    assert b["tx_gso"] - a["tx_gso"] > 100, (a, b)
+    assert b["tx_batches"] > a["tx_batches"], (a, b)
+    assert b["tx_errors"] == a["tx_errors"], (a, b)
+
+
+def test_a_burst_leaves_in_batches_every_frame_counted(lab: RouterLab,
+                                                       router: RunningRouter) -> None:
+    """Frames that pile up in eth1's receive ring while the loop is held
+    (debug stall) are read a burst at a time and leave eth2 a sendmmsg() a
+    burst: each counted sent, in far fewer calls than frames, and each
+    received by h2's end of the veth."""
+    n = 600
+    assert lab.ping("h1", "10.2.0.2", count=1, wait=2).returncode == 0     # h2 resolved
+    mac, gw_mac = host_mac(lab, "h1"), router.interface("eth1")["mac"]
+    frames = [bytes(Ether(dst=gw_mac, src=mac) / IP(src="10.1.0.2", dst="10.2.0.2")
+                    / UDP(sport=40000 + i % 64, dport=9) / (b"b" * 18)) for i in range(n)]
+    h2 = lab.host("h2").netns
+    with nn.iproute(h2) as ipr:
+        h2_link = ipr.link_lookup(ifname="eth2")[0]
+    a, seen = router.interface("eth2"), link_stats_at(h2, h2_link)
+    router.cli("debug", "stall", "20")
+    try:
+        time.sleep(0.3)
+        with Sniffer(lab.host("h1").netns, "eth1") as s:
+            for f in frames:
+                s.send(f)
+    finally:
+        router.cli("debug", "resume")
+
+    def out() -> int:
+        b = router.interface("eth2")
+        return b["tx_packets"] + b["tx_errors"] - a["tx_packets"] - a["tx_errors"]
+    router.wait_for(lambda: out() >= n, 10, what=f"{n} frames out of eth2")
+    b = router.interface("eth2")
+    sent, batches = b["tx_packets"] - a["tx_packets"], b["tx_batches"] - a["tx_batches"]
+    assert b["tx_errors"] == a["tx_errors"], (a, b)
+    assert n <= sent <= n + 3, (a, b)               # a probe of h2's ARP entry may join them
+    assert 0 < batches <= n // 8, (a, b)            # bursts of up to 32 frames, one call each
+    assert link_stats_at(h2, h2_link)["rx_packets"] - seen["rx_packets"] >= n
 
 
 def test_the_1280_byte_link_takes_fragments_or_says_frag_needed(lab: RouterLab,
@@ -187,10 +243,17 @@ def test_frames_the_namespace_sends_on_the_link_are_not_read_back(lab: RouterLab
 def test_a_link_taken_down_and_up_carries_traffic_again(lab: RouterLab,
                                                         router: RunningRouter) -> None:
     assert lab.ping("h2", "10.1.0.2", count=1, wait=2).returncode == 0
-    errors = router.interface("eth1")["rx_errors"]
+    before = router.interface("eth1")
+    errors, tx_drops = before["rx_errors"], router.stats()["drops"]["tx_error"]
     nn.link_set("eth1", lab.router_ns, up=False)       # the socket reads ENETDOWN once
     try:
         assert lab.ping("h2", "10.1.0.2", count=1, wait=1).returncode != 0
+        # the echo request is refused on its way out (ENETDOWN), counted once
+        down = router.interface("eth1")
+        assert down["tx_errors"] - before["tx_errors"] >= 1, (before, down)
+        assert router.stats()["drops"]["tx_error"] - tx_drops == \
+            down["tx_errors"] - before["tx_errors"]
+        assert down["tx_batches"] == before["tx_batches"]
     finally:
         nn.link_set("eth1", lab.router_ns, up=True)
     router.wait_for(lambda: lab.ping("h2", "10.1.0.2", count=1, wait=1).returncode == 0, 10,

@@ -93,6 +93,7 @@ cdef void dp_run(dp_state *dp) noexcept nogil:
         uma_thread_trim()           # a limit lowered: give back what we cache beyond it
         pthread_mutex_lock(&dp.lock)
         dp.now_ns = now_ns()
+        dp.tx_batching = 1              # packet sockets' output queued, sent after each burst
         icmp_refill(dp)
         for i in range(n):
             tok = evs[i].data.u32
@@ -100,9 +101,14 @@ cdef void dp_run(dp_state *dp) noexcept nogil:
                 read(dp.wakefd, &junk, 8)
             elif <int>tok < dp.nifs and dp.ifs[tok].fd >= 0:
                 dp_rx_burst(dp, &dp.ifs[tok])
+                if dp.ntxq_dirty:
+                    dp_tx_flush_all(dp)
         if dp.now_ns >= dp.next_timer_ns:
             dp_timers(dp)
             dp.next_timer_ns = dp.now_ns + DP_TIMER_NS
+        if dp.ntxq_dirty:
+            dp_tx_flush_all(dp)
+        dp.tx_batching = 0              # nothing queued while the lock is let go
         dp.loops += 1
         dp.last_progress_ns = dp.now_ns
         pthread_mutex_unlock(&dp.lock)

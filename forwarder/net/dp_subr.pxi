@@ -70,7 +70,9 @@ cdef void dp_inject(dp_state *dp, dp_ifnet *mifp, mbuf *m) noexcept nogil:
 
 cdef void dp_transmit(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
     """writev() the chain (a complete frame) to the TAP, behind its
-    virtio-net header when the TAP has one (tap_output_hdr); m is consumed."""
+    virtio-net header when the TAP has one (tap_output_hdr); m is consumed.
+    A packet socket's frames queue instead while the forwarding loop runs a
+    burst (pk_enqueue: one sendmmsg() at its end)."""
     cdef int len = m.m_pkthdr.len
     cdef uint32_t tid = m.m_pkthdr.trace
     cdef virtio_net_hdr vh
@@ -88,6 +90,9 @@ cdef void dp_transmit(dp_state *dp, dp_ifnet *ifp, mbuf *m) noexcept nogil:
                 tr_drop_id(dp, tid, DROP_NO_BUFFER)
             return
         memcpy(mdata(m), &vh, VIRTIO_NET_HDR_LEN)
+    if ifp.txb and dp.tx_batching:
+        pk_enqueue(dp, ifp, m)          # a packet socket: sent at the end of the burst
+        return
     if ifp.lost_errno or m_writev_fd(ifp.fd, m) < 0:
         ifp.tx_errors += 1
         dp_drop_count(dp, m, DROP_TX_ERROR)
