@@ -38,8 +38,9 @@
 # held for the end of a burst is data the receiver has not seen yet and an
 # ACK its sender waits for longer (benchmarks/README.md, "Container
 # wiring": one TCP stream with a 64 KB limit).  Bursts of small frames,
-# where the calls are the cost, still leave in one call.  A frame the kernel refuses (the veth's peer
-# backlog full: ENOBUFS; EAGAIN: the send buffer) ends sendmmsg's batch
+# where the calls are the cost, still leave in one call.  A frame the
+# kernel refuses (the veth's peer backlog full: ENOBUFS; EAGAIN: the send
+# buffer) ends sendmmsg's batch
 # there; it is counted (tx_errors, DROP_TX_ERROR) and the rest is sent
 # with the next call: at most one call per frame, never a wait, never a
 # retry of the same frame.  sendmmsg() does not say why that frame failed
