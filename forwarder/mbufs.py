@@ -1,6 +1,8 @@
 """The router's view of the mbuf layer: zone limits from tunables, stats."""
 from __future__ import annotations
 
+from typing import Any
+
 from allocator_pyx import mbuf
 from allocator_pyx.netstat import netstat_m, netstat_m_dict
 from forwarder.sysctl import MBUF_LIMITS, SysctlError, SysctlTree
@@ -35,10 +37,12 @@ def zone_stats() -> list[dict]:
     return list(mbuf.zone_stats().values())
 
 
-def in_use() -> dict[str, int]:
+def in_use(zones: Any = None) -> dict[str, int]:
     """What is still in use, counted as netstat -m counts it (a cluster
-    attached to a cached Packet-zone mbuf is cache, not use): {kind: n}."""
-    d = netstat_m_dict(mbuf.zone_stats())
+    attached to a cached Packet-zone mbuf is cache, not use): {kind: n}.
+    ``zones``: vmstat -z rows (another router's, from its control socket);
+    default this process's zones."""
+    d = netstat_m_dict(mbuf.zone_stats() if zones is None else zones)
     return {k: d[k]["current"] for k in ("mbufs", "clusters", "jumbop", "jumbo9", "jumbo16")
             if d[k]["current"]}
 

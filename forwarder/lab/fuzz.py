@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from forwarder.lab import mutate
+from forwarder.mbufs import in_use
 from forwarder.lab.mutate import Case, Link
 
 log = logging.getLogger("forwarder.fuzz")
@@ -70,15 +71,6 @@ def accounted(s: dict) -> int:
     """Frames the router says what it did with (a stats snapshot)."""
     return (sum(s["drops"].values()) + s["forwarded"] + s["delivered_local"]
             + s["arp"]["received"] + s["nd6"]["received"])
-
-
-def in_use(zones: Any) -> dict[str, int]:
-    """What is in use as netstat -m counts it, from vmstat -z rows: a cluster
-    on a cached Packet-zone mbuf is cache, not use (allocator_pyx/netstat.py)."""
-    from allocator_pyx.netstat import netstat_m_dict
-
-    d = netstat_m_dict(zones)
-    return {k: d[k]["current"] for k in ("mbufs", "clusters", "jumbop", "jumbo9", "jumbo16")}
 
 
 def read(s: dict) -> int:
@@ -177,13 +169,11 @@ class InProcess:
     min_len = 0
 
     def __init__(self) -> None:
-        from allocator_pyx import mbuf
         from forwarder import netns as nn
         from forwarder.dataplane import Dataplane
         from forwarder.route import RouteTable
         from forwarder.route6 import Route6Table
 
-        self._zones = mbuf.zone_stats
         self.link = Link(ours=bytes.fromhex(IN_MAC.format(k=1).replace(":", "")),
                          host=bytes.fromhex(PEER_MAC.format(k=1).replace(":", "")))
         self.routes, self.routes6 = RouteTable(), Route6Table()
@@ -216,7 +206,7 @@ class InProcess:
         self.last = self.dp.stats()
 
     def in_use(self) -> dict[str, int]:
-        return in_use(self._zones())
+        return in_use()
 
     def send(self, frame: bytes, vnet: bytes | None) -> bool:
         data = (vnet or bytes(mutate.VNET_HDR_LEN)) + frame

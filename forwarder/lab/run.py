@@ -49,7 +49,18 @@ def _router_delta(before: dict | None, after: dict | None) -> dict | None:
             "rx_nobuf": rx_nobuf}
 
 
-def _recv_all(conns: list[Any], procs: list[Any], what: str, timeout: float) -> list[Any]:
+def reap(children: Sequence[Any]) -> None:
+    """Join the load's child processes; terminate one still running after 2 s."""
+    for p in children:
+        p.join(2)
+        if p.is_alive():
+            p.terminate()
+            p.join(2)
+
+
+def recv_results(conns: list[Any], procs: list[Any], what: str, timeout: float) -> list[Any]:
+    """Each child's ("ok"|"error", value) from its pipe, in order; LoadgenError
+    when one fails, exits without a word, or is silent past ``timeout``."""
     out = []
     deadline = time.monotonic() + timeout
     for c, p in zip(conns, procs):
@@ -138,8 +149,8 @@ def run_load(spec: LoadSpec, path: PathInfo, *, progress: Progress | None = None
                 children.append(proc)
                 senders.append(proc)
                 sconns.append(c)
-            _recv_all([rconn], [receiver], "receiver", 10)
-            _recv_all(sconns, senders, "sender", 10)
+            recv_results([rconn], [receiver], "receiver", 10)
+            recv_results(sconns, senders, "sender", 10)
             t0 = time.time_ns() + 20_000_000
             t0_val.value = t0
             start_evt.set()
@@ -152,10 +163,10 @@ def run_load(spec: LoadSpec, path: PathInfo, *, progress: Progress | None = None
                                     recv_val.value)
                 if time.monotonic() > hard_end:
                     stop_evt.set()
-            results = _recv_all(sconns, senders, "sender", 10)
+            results = recv_results(sconns, senders, "sender", 10)
             time.sleep(0.05)            # frames in flight
             rstop.set()
-            rres = _recv_all([rconn], [receiver], "receiver", 15)[0]
+            rres = recv_results([rconn], [receiver], "receiver", 15)[0]
             if progress is not None:
                 progress.done()
     except BaseException:
@@ -163,11 +174,7 @@ def run_load(spec: LoadSpec, path: PathInfo, *, progress: Progress | None = None
         rstop.set()
         raise
     finally:
-        for p in children:
-            p.join(2)
-            if p.is_alive():
-                p.terminate()
-                p.join(2)
+        reap(children)
     after_src = link_stats_at(path.src_netns, path.src_ifindex)
     after_dst = link_stats_at(path.dst_netns, path.dst_ifindex)
     after_router = _router_stats(path.router_socket)

@@ -42,6 +42,7 @@ from forwarder import netns as nn
 from forwarder.lab import receiver as rx
 from forwarder.lab.frames import build_template, verify_template
 from forwarder.lab.path import PathInfo
+from forwarder.lab.run import reap, recv_results
 from forwarder.lab.sender import sender_main
 from forwarder.lab.signals import child_signals
 from forwarder.lab.spec import BUCKET_NS, TS_SHIFT, LoadgenError, layout, parse_sizes
@@ -248,18 +249,6 @@ def receiver_main(conn: Any, netns: str, ifname: str, nflows: int, t0_val: Any,
         conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
 
 
-def _collect(conn: Any, proc: Any, what: str, deadline: float) -> Any:
-    while not conn.poll(0.05):
-        if not proc.is_alive() and not conn.poll(0):
-            raise LoadgenError(f"{what} exited ({proc.exitcode}) without a result")
-        if time.monotonic() > deadline:
-            raise LoadgenError(f"{what} did not answer in time")
-    kind, val = conn.recv()
-    if kind == "error":
-        raise LoadgenError(f"{what} failed: {val}")
-    return val
-
-
 def run_segment(streams: list[Stream], rate: float | None, duration: float,
                 tick: Callable[[], None] = lambda: None,
                 drained: Callable[[], None] = lambda: time.sleep(0.05)) -> Segment:
@@ -298,9 +287,7 @@ def run_segment(streams: list[Stream], rate: float | None, duration: float,
             schild.close()
             children.append(send)
             tx.append((sc, send))
-        ready_by = time.monotonic() + 15
-        for c, proc in rx + tx:
-            _collect(c, proc, proc.name, ready_by)
+        recv_results([c for c, _ in rx + tx], [p for _, p in rx + tx], "soak load process", 15)
         t0 = time.time_ns() + 20_000_000
         t0_val.value = t0
         start_evt.set()
@@ -312,23 +299,17 @@ def run_segment(streams: list[Stream], rate: float | None, duration: float,
             if time.monotonic() > hard_end:
                 stop_evt.set()
             time.sleep(0.05)
-        by = time.monotonic() + 10
-        sent = [_collect(c, proc, proc.name, by) for c, proc in tx]
+        sent = recv_results([c for c, _ in tx], [p for _, p in tx], "sender", 10)
         end = max(r["end_ns"] for r in sent)
         drained()
         rstop.set()
-        by = time.monotonic() + 15
-        got = [_collect(c, proc, proc.name, by) for c, proc in rx]
+        got = recv_results([c for c, _ in rx], [p for _, p in rx], "receiver", 15)
     except BaseException:
         stop_evt.set()
         rstop.set()
         raise
     finally:
-        for proc in children:
-            proc.join(2)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(2)
+        reap(children)
     results = []
     for st, s, r in zip(streams, sent, got):
         lost = sum(max(a - b, 0) for a, b in zip(s["per_flow"], r["per_flow_received"]))
